@@ -1,0 +1,1 @@
+"""Placeholder: the NumPy reference is being written (issue 2)."""
