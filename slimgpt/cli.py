@@ -1,0 +1,209 @@
+"""The `slimgpt` command: prune, eval, generate.
+
+    slimgpt prune --model smollm2-135m --ratio 0.2 --out pruned-smollm2
+    slimgpt eval pruned-smollm2 --seqlen 128 --max-tokens 16384 --json
+    slimgpt generate pruned-smollm2 --prompt "The capital of France is"
+
+Progress bars and the per-layer log go to stderr; the result (or, with --json, one JSON object)
+goes to stdout. Bad input exits with status 2 and a one-line message, and writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+
+def _eprint(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+
+
+# ----------------------------------------------------------------------------------------------
+
+def cmd_prune(a) -> dict:
+    from slimgpt.checkpoint import check_output_dir, save_pretrained
+    from slimgpt.evaluate import wikitext2_perplexity
+    from slimgpt.loaders import load_model
+    from slimgpt.ops import resolve_backend
+    from slimgpt.pipeline import PruneSettings, estimate, prune_model
+    from slimgpt.textdata import calibration_windows
+
+    s = PruneSettings(ratio=a.ratio, schedule=a.schedule, first=a.first, last=a.last, n_samples=a.nsamples,
+                      seqlen=a.seqlen, seed=a.seed, gqa=a.gqa, method=a.method, percdamp=a.percdamp,
+                      backend=a.backend, batch_size=a.batch_size, hit_target=not a.no_target)
+    if a.first is not None and a.ratio is not None and a.ratio_given:
+        raise ValueError("give either --ratio or --first/--last, not both")
+    if a.first is not None:
+        s.ratio = None
+    s.validate()
+    out = check_output_dir(a.out, a.force, inputs=(a.model,))
+    backend = resolve_backend(a.backend)
+    t0 = time.perf_counter()
+    _eprint(f"loading {a.model} ...")
+    loaded = load_model(a.model)
+    model, tok = loaded.model, loaded.tokenizer
+    if tok is None:
+        raise ValueError(f"{a.model}: no tokenizer.json, cannot build calibration data")
+    calib = calibration_windows(tok, s.n_samples, s.seqlen, s.seed)
+    t_load = time.perf_counter() - t0
+    est = estimate(model.config, s.n_samples, s.seqlen, s.batch_size, s.cache_mb)
+    _eprint(f"estimate: memory ~{_fmt_bytes(est['memory_bytes'])} (model {_fmt_bytes(est['model_bytes'])}, "
+            f"activations {_fmt_bytes(est['activation_bytes'] + est['cache_bytes'])}, H {_fmt_bytes(est['hessian_bytes'])}); "
+            f"pruning ~{est['seconds_at_60gflops']:.0f} s of forward/Hessian work at 60 GFLOP/s + selection")
+    report = {"command": "prune", "model": loaded.source, "out": out, "backend": backend,
+              "load_seconds": t_load, "estimate": est}
+    evals = []
+    if a.eval_tokens > 0:
+        r = wikitext2_perplexity(model, tok, a.eval_seqlen, a.eval_tokens, progress=not a.quiet)
+        report["dense"] = dict(r, params=model.num_parameters())
+        evals.append(("dense", r))
+        _eprint(f"dense  PPL {r['ppl']:.3f}  (WikiText-2 test, {r['tokens']} tokens, seqlen {a.eval_seqlen})")
+    s.backend = backend
+    result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet)
+    report["prune"] = {k: v for k, v in result.summary.items() if k != "settings"}
+    report["settings"] = result.summary["settings"]
+    if a.eval_tokens > 0:
+        r = wikitext2_perplexity(model, tok, a.eval_seqlen, a.eval_tokens, progress=not a.quiet)
+        report["pruned"] = dict(r, params=model.num_parameters())
+        _eprint(f"pruned PPL {r['ppl']:.3f}  (same tokens)")
+    manifest = {"source_model": loaded.source, "method": s.method, "backend": backend,
+                "settings": result.summary["settings"], "ratios": result.summary["ratios"],
+                "calibration": {"dataset": "c4 sample docs 1000-1999 (slimgpt/data/c4)",
+                                "n_samples": s.n_samples, "seqlen": s.seqlen, "seed": s.seed},
+                "params_before": result.summary["params_before"], "params_after": result.summary["params_after"],
+                "prune_seconds": result.summary["seconds"], "layers": result.layers,
+                "eval": {k: report[k] for k in ("dense", "pruned") if k in report}}
+    save_pretrained(model, out, tok, manifest, force=a.force)
+    report["seconds_total"] = time.perf_counter() - t0
+    report["peak_rss_mb"] = _peak_rss_mb()
+    sm = result.summary
+    _eprint(f"saved {out}: {sm['params_before']:,} -> {sm['params_after']:,} parameters "
+            f"({100 * sm['pruned_fraction_of_prunable']:.2f}% of prunable decoder parameters, "
+            f"{100 * sm['pruned_fraction_of_total']:.2f}% of all); prune {sm['seconds']:.1f} s, "
+            f"total {report['seconds_total']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB")
+    if a.report:
+        with open(a.report, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, default=str)
+    return report
+
+
+def cmd_eval(a) -> dict:
+    from slimgpt.evaluate import wikitext2_perplexity
+    from slimgpt.loaders import load_model
+
+    loaded = load_model(a.model)
+    if loaded.tokenizer is None:
+        raise ValueError(f"{a.model}: no tokenizer.json, cannot tokenize WikiText-2")
+    if a.seqlen < 2:
+        raise ValueError("--seqlen must be at least 2")
+    r = wikitext2_perplexity(loaded.model, loaded.tokenizer, a.seqlen, a.max_tokens, progress=not a.quiet)
+    out = {"model": loaded.source, "dataset": "wikitext2-test", "ppl": r["ppl"], "seqlen": r["seqlen"],
+           "tokens": r["tokens"], "windows": r["windows"], "params": loaded.model.num_parameters(),
+           "seconds": r["seconds"]}
+    if not a.json:
+        print(f"{loaded.source}: WikiText-2 PPL {r['ppl']:.4f} (seqlen {r['seqlen']}, {r['windows']} windows, "
+              f"{r['tokens']} scored tokens), {out['params']:,} parameters")
+    return out
+
+
+def cmd_generate(a) -> dict:
+    from slimgpt.generate import generate
+    from slimgpt.loaders import load_model
+
+    loaded = load_model(a.model)
+    if loaded.tokenizer is None:
+        raise ValueError(f"{a.model}: no tokenizer.json")
+    text = generate(loaded.model, loaded.tokenizer, a.prompt, a.max_new_tokens)
+    if not a.json:
+        print(a.prompt + text)
+    return {"model": loaded.source, "prompt": a.prompt, "completion": text}
+
+
+# ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from slimgpt.loaders import DEFAULT_MODEL, NAMES
+    from slimgpt.methods import METHODS
+    from slimgpt.pipeline import GQA_MODES, SCHEDULES
+
+    p = argparse.ArgumentParser(prog="slimgpt", description="SlimGPT structured pruning of LLaMA-style models")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pr = sub.add_parser("prune", help="prune a model and save it (atomically)")
+    pr.add_argument("--model", default=DEFAULT_MODEL, help=f"{', '.join(NAMES)}, or a model folder (default {DEFAULT_MODEL})")
+    pr.add_argument("--ratio", type=float, default=None,
+                    help="global target: fraction of prunable decoder parameters (default 0.2)")
+    pr.add_argument("--schedule", default="log", choices=SCHEDULES, help="per-layer ratio schedule (IPR; default log)")
+    pr.add_argument("--first", type=float, default=None, help="explicit first-layer ratio (instead of --ratio)")
+    pr.add_argument("--last", type=float, default=None, help="explicit last-layer ratio (with --first)")
+    pr.add_argument("--nsamples", type=int, default=64, help="calibration windows (default 64)")
+    pr.add_argument("--seqlen", type=int, default=256, help="calibration window length (default 256)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--backend", default=None, choices=("reference", "cpu", "cuda"),
+                    help="algebra backend (default: fastest available)")
+    pr.add_argument("--gqa", default="query", choices=GQA_MODES, help="GQA granularity (default query)")
+    pr.add_argument("--method", default="slimgpt", choices=sorted(METHODS), help="selection method")
+    pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--no-target", action="store_true",
+                    help="use round(m·r_i) channels as published, without re-apportioning to hit the target")
+    pr.add_argument("--eval-tokens", type=int, default=4096,
+                    help="WikiText-2 tokens for the quick dense/pruned PPL (0: skip; default 4096)")
+    pr.add_argument("--eval-seqlen", type=int, default=128)
+    pr.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    pr.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    pr.add_argument("--report", default=None, help="also write the JSON report to this file")
+
+    ev = sub.add_parser("eval", help="WikiText-2 test perplexity")
+    ev.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    ev.add_argument("--seqlen", type=int, default=128, help="window length (128: paper protocol; 2048: full context)")
+    ev.add_argument("--max-tokens", type=int, default=None, help="score only the first windows covering this many tokens")
+
+    ge = sub.add_parser("generate", help="greedy continuation of a prompt")
+    ge.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    ge.add_argument("--prompt", required=True)
+    ge.add_argument("--max-new-tokens", type=int, default=32)
+
+    for sp in (pr, ev, ge):
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars or per-layer log")
+        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cmd == "prune":
+        args.ratio_given = args.ratio is not None
+        if args.ratio is None and args.first is None:
+            args.ratio = 0.2
+    torch.set_grad_enabled(False)
+    try:
+        out = {"prune": cmd_prune, "eval": cmd_eval, "generate": cmd_generate}[args.cmd](args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as e:
+        _eprint(f"slimgpt {args.cmd}: error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        _eprint("interrupted; nothing was saved")
+        return 130
+    if args.json:
+        print(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

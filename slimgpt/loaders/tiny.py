@@ -1,0 +1,49 @@
+"""Tiny random LLaMA-style models built in code (seeded), for tests and tutorials.
+
+Each is well under 2 MB, uses a 256-token byte-level tokenizer, and covers one feature the
+pipeline must handle: MHA, GQA, per-layer heterogeneous shapes (uneven query→KV map), Qwen2-style
+q/k/v biases, untied embeddings.
+"""
+from __future__ import annotations
+
+from slimgpt.model import LlamaConfig, build_model, random_init_
+
+TINY_CONFIGS = {
+    # name: LlamaConfig keyword arguments (vocab 256: byte tokenizer)
+    "tiny-llama": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
+                       intermediate_size=96, tie_word_embeddings=False),
+    "tiny-gqa": dict(hidden_size=72, num_hidden_layers=4, num_attention_heads=9, num_key_value_heads=3,
+                     intermediate_size=128, tie_word_embeddings=True, rope_theta=100000.0),
+    "tiny-hetero": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4,
+                        intermediate_size=96, tie_word_embeddings=True,
+                        layer_heads=[8, 5, 3], layer_kv_heads=[4, 3, 1],
+                        layer_kv_map=[[0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 1, 2, 2], [0, 0, 0]],
+                        layer_intermediate=[96, 70, 33]),
+    "tiny-qwen2": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=80, tie_word_embeddings=False, attention_bias=True,
+                       rope_theta=1000000.0),
+}
+
+
+def tiny_config(name: str, **overrides) -> LlamaConfig:
+    kw = dict(vocab_size=256, rms_norm_eps=1e-6, max_position_embeddings=512, architecture="tiny")
+    kw.update(TINY_CONFIGS[name])
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def tiny_model(name: str = "tiny-gqa", seed: int = 0, **overrides):
+    """A seeded random model. Weights std 0.1 (not 0.02) so attention patterns are not uniform."""
+    model = build_model(tiny_config(name, **overrides))
+    return random_init_(model, seed=seed, std=0.1)
+
+
+def byte_tokenizer():
+    """A 256-token byte-level tokenizer (token id = byte value order of the ByteLevel alphabet)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok

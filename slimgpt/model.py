@@ -1,0 +1,334 @@
+"""A readable LLaMA-family decoder in torch whose every layer may have its own shape.
+
+What this file is: the model the pipeline prunes and the checkpoints store. It covers LLaMA,
+Mistral, SmolLM2 and Qwen2-style models: RMSNorm, rotary embeddings (HF `rotate_half`
+convention, configurable theta), SwiGLU MLP, grouped-query attention, tied or untied embeddings,
+and optional biases (q/k/v as in Qwen2; o_proj and down_proj for bias-compensating baselines).
+
+What makes it different from a stock LLaMA: each decoder layer i has its own
+- number of query heads  `layer_heads[i]`,
+- number of KV heads     `layer_kv_heads[i]`,
+- explicit query→KV map  `layer_kv_map[i]` (query head h reads KV head kv_map[h]),
+- FFN width              `layer_intermediate[i]`,
+so a model pruned at query-head granularity (uneven heads per KV group, KV heads dropped when all
+their query heads are gone) is a normal model of this class. A layer may have 0 heads or 0 FFN
+channels; its half then contributes only its bias (or nothing).
+
+Parameter names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, ...), so HF
+folders load without renaming and checkpoints stay familiar. Weights are out × in (nn.Linear).
+
+Shape letters: B batch, T sequence, D hidden, H query heads, K KV heads, d head_dim, M FFN width.
+Positions are 0..T-1 for every sequence (no padding, no KV cache).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int                    # D
+    num_hidden_layers: int              # L
+    num_attention_heads: int            # dense query heads per layer (before pruning)
+    num_key_value_heads: int            # dense KV heads per layer
+    intermediate_size: int              # dense FFN width M
+    head_dim: int | None = None         # d; default D // num_attention_heads
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False        # q/k/v biases (Qwen2)
+    o_proj_bias: bool = False           # o_proj bias (bias-compensating baselines, e.g. FLAP)
+    mlp_bias: bool = False              # down_proj bias (same reason); gate/up never get one
+    max_position_embeddings: int = 2048
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    # Per-layer shapes; None means "dense everywhere". Filled by __post_init__.
+    layer_heads: list[int] | None = None
+    layer_kv_heads: list[int] | None = None
+    layer_kv_map: list[list[int]] | None = None
+    layer_intermediate: list[int] | None = None
+    architecture: str = "llama"         # informational: llama | mistral | qwen2 | smollm2 | tiny
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        L = self.num_hidden_layers
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError("hidden_size must be divisible by num_attention_heads, or set head_dim")
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.layer_heads is None:
+            self.layer_heads = [self.num_attention_heads] * L
+        if self.layer_kv_heads is None:
+            self.layer_kv_heads = [self.num_key_value_heads] * L
+        if self.layer_intermediate is None:
+            self.layer_intermediate = [self.intermediate_size] * L
+        if self.layer_kv_map is None:
+            # Hugging Face's repeat_kv convention: query head h uses KV head h // n_rep.
+            self.layer_kv_map = []
+            for h, k in zip(self.layer_heads, self.layer_kv_heads):
+                if k == 0 or h % k:
+                    raise ValueError("layer_kv_map is required when heads are not a multiple of KV heads")
+                self.layer_kv_map.append([j // (h // k) for j in range(h)])
+        self.layer_heads = [int(x) for x in self.layer_heads]
+        self.layer_kv_heads = [int(x) for x in self.layer_kv_heads]
+        self.layer_intermediate = [int(x) for x in self.layer_intermediate]
+        self.layer_kv_map = [[int(x) for x in m] for m in self.layer_kv_map]
+        self.validate()
+
+    def validate(self):
+        L = self.num_hidden_layers
+        for name in ("layer_heads", "layer_kv_heads", "layer_kv_map", "layer_intermediate"):
+            if len(getattr(self, name)) != L:
+                raise ValueError(f"{name} must have {L} entries, got {len(getattr(self, name))}")
+        for i in range(L):
+            h, k, kv_map = self.layer_heads[i], self.layer_kv_heads[i], self.layer_kv_map[i]
+            if len(kv_map) != h:
+                raise ValueError(f"layer {i}: kv_map has {len(kv_map)} entries for {h} query heads")
+            if any(not 0 <= j < k for j in kv_map):
+                raise ValueError(f"layer {i}: kv_map entries must lie in [0, {k})")
+            if h and sorted(set(kv_map)) != list(range(k)):
+                raise ValueError(f"layer {i}: every KV head must serve at least one query head")
+            if h == 0 and k != 0:
+                raise ValueError(f"layer {i}: a layer without query heads keeps no KV heads")
+            if self.layer_intermediate[i] < 0:
+                raise ValueError(f"layer {i}: negative FFN width")
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every layer has the dense shape (a stock LLaMA could hold it)."""
+        return (set(self.layer_heads) == {self.num_attention_heads}
+                and set(self.layer_kv_heads) == {self.num_key_value_heads}
+                and set(self.layer_intermediate) == {self.intermediate_size})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # normalise in float32 (as HF LLaMA does), then scale
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(T: int, head_dim: int, theta: float, device=None, dtype=torch.float32):
+    """cos, sin of shape (T, d) for positions 0..T-1 (HF convention: frequencies repeated twice)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    pos = torch.arange(T, device=device, dtype=torch.float32)
+    freqs = torch.outer(pos, inv_freq)                  # (T, d/2)
+    emb = torch.cat((freqs, freqs), dim=-1)             # (T, d)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    return x * cos + rotate_half(x) * sin               # x: (B, heads, T, d); cos/sin: (T, d)
+
+
+def _linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
+    # Built on the meta device and materialised empty: initialisation is the caller's job
+    # (loaders assign real weights; tiny configs draw seeded random ones).
+    lin = nn.Linear(n_in, n_out, bias=bias, device="meta")
+    return lin.to_empty(device="cpu")
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, i: int):
+        super().__init__()
+        D, d = cfg.hidden_size, cfg.head_dim
+        self.n_heads, self.n_kv, self.head_dim = cfg.layer_heads[i], cfg.layer_kv_heads[i], d
+        self.q_proj = _linear(D, self.n_heads * d, cfg.attention_bias)
+        self.k_proj = _linear(D, self.n_kv * d, cfg.attention_bias)
+        self.v_proj = _linear(D, self.n_kv * d, cfg.attention_bias)
+        self.o_proj = _linear(self.n_heads * d, D, cfg.o_proj_bias)
+        self.register_buffer("kv_map", torch.tensor(cfg.layer_kv_map[i], dtype=torch.long), persistent=False)
+
+    def heads(self, x, cos, sin):
+        """The concatenated head outputs (B, T, H·d): the input of o_proj, where SlimGPT's H_o lives."""
+        B, T, _ = x.shape
+        H, K, d = self.n_heads, self.n_kv, self.head_dim
+        if H == 0:
+            return x.new_zeros(B, T, 0)
+        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)      # (B, H, T, d)
+        k = self.k_proj(x).view(B, T, K, d).transpose(1, 2)      # (B, K, T, d)
+        v = self.v_proj(x).view(B, T, K, d).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if not (K == H and bool((self.kv_map == torch.arange(H)).all())):
+            k = k.index_select(1, self.kv_map)                   # (B, H, T, d): explicit query→KV map
+            v = v.index_select(1, self.kv_map)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d)
+        return y.transpose(1, 2).reshape(B, T, H * d)
+
+    def forward(self, x, cos, sin):
+        return self.o_proj(self.heads(x, cos, sin))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig, i: int):
+        super().__init__()
+        D, M = cfg.hidden_size, cfg.layer_intermediate[i]
+        self.gate_proj = _linear(D, M, False)
+        self.up_proj = _linear(D, M, False)
+        self.down_proj = _linear(M, D, cfg.mlp_bias)
+
+    def act(self, x):
+        """SwiGLU activations (B, T, M): the input of down_proj, where SlimGPT's H_dn lives."""
+        return F.silu(self.gate_proj(x)) * self.up_proj(x)
+
+    def forward(self, x):
+        return self.down_proj(self.act(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig, i: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, i)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg, i)
+
+    def attn_half(self, x, cos, sin):
+        return x + self.self_attn(self.input_layernorm(x), cos, sin)
+
+    def ffn_half(self, h):
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def forward(self, x, cos, sin):
+        return self.ffn_half(self.attn_half(x, cos, sin))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device="meta").to_empty(device="cpu")
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Embeddings → L decoder layers → RMSNorm → lm_head. `forward(ids)` returns float logits."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self._rope_cache: dict = {}
+
+    def rope(self, T: int, device=None, dtype=torch.float32):
+        key = (T, str(device), dtype)
+        if key not in self._rope_cache:
+            self._rope_cache = {key: rope_cos_sin(T, self.config.head_dim, self.config.rope_theta, device, dtype)}
+        return self._rope_cache[key]
+
+    def embed(self, input_ids):
+        return self.model.embed_tokens(input_ids)
+
+    def head(self, x):
+        return self.lm_head(self.model.norm(x))
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)                                # (B, T, D)
+        cos, sin = self.rope(input_ids.shape[1], x.device, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)
+        return self.head(x)                                      # (B, T, V)
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def num_parameters(self) -> int:
+        """Parameters counted once (a tied lm_head is not counted twice)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting and construction helpers
+
+def layer_param_count(cfg: LlamaConfig, i: int) -> int:
+    """Parameters of decoder layer i (projections, biases and its two norms)."""
+    D, d = cfg.hidden_size, cfg.head_dim
+    H, K, M = cfg.layer_heads[i], cfg.layer_kv_heads[i], cfg.layer_intermediate[i]
+    n = D * H * d + 2 * D * K * d + H * d * D + 3 * D * M + 2 * D
+    if cfg.attention_bias:
+        n += H * d + 2 * K * d
+    n += D * cfg.o_proj_bias + D * cfg.mlp_bias
+    return n
+
+
+def param_count(cfg: LlamaConfig) -> int:
+    """Total parameters of a model with this config, without building it."""
+    n = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2) + cfg.hidden_size
+    return n + sum(layer_param_count(cfg, i) for i in range(cfg.num_hidden_layers))
+
+
+def build_model(cfg: LlamaConfig, state_dict: dict | None = None) -> LlamaForCausalLM:
+    """A model of this config; with `state_dict`, its tensors are used as the parameters (no copy).
+
+    The state dict must have exactly the model's keys (lm_head.weight may be missing when tied).
+    """
+    model = LlamaForCausalLM(cfg)
+    if state_dict is not None:
+        sd = dict(state_dict)
+        if cfg.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)
+            sd["lm_head.weight"] = sd.get("model.embed_tokens.weight")
+        expected = set(model.state_dict().keys())
+        missing, unexpected = expected - set(sd), set(sd) - expected
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match the config: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        model.load_state_dict(sd, strict=True, assign=True)
+        model.tie_weights()
+    return model.eval()
+
+
+def random_init_(model: LlamaForCausalLM, seed: int = 0, std: float = 0.02) -> LlamaForCausalLM:
+    """Seeded N(0, std²) weights, unit norms, small random biases (for tiny test models)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return model

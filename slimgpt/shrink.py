@@ -1,0 +1,102 @@
+"""Physical shrinking of a decoder layer from the **recorded pruned indices**.
+
+SlimGPT prunes by zeroing input columns of o_proj / down_proj and compensating the rest; the
+pruned model is then exported by removing those columns and the same-indexed rows of q/k/v and
+gate/up (spec §6.4-6.5). The published exporter finds them as "columns that are all zero"; here
+they always come from the indices the selection step returned, so a dead input column (all zero
+but not selected) can never cut a head in half.
+
+GQA: a query head's q rows and o_proj columns go with it; a KV head's k/v rows go only when no
+remaining query head reads it, and the query→KV map is renumbered (model.py keeps it explicit).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from slimgpt.model import DecoderLayer, LlamaForCausalLM
+
+
+def _rows(lin: nn.Linear, keep: torch.Tensor) -> nn.Linear:
+    new = nn.Linear(lin.in_features, keep.numel(), bias=lin.bias is not None, device="meta")
+    new.weight = nn.Parameter(lin.weight.data.index_select(0, keep).clone())
+    if lin.bias is not None:
+        new.bias = nn.Parameter(lin.bias.data.index_select(0, keep).clone())
+    return new
+
+
+def _cols(lin: nn.Linear, keep: torch.Tensor, weight: torch.Tensor | None = None) -> nn.Linear:
+    W = lin.weight.data if weight is None else weight
+    new = nn.Linear(keep.numel(), lin.out_features, bias=lin.bias is not None, device="meta")
+    new.weight = nn.Parameter(W.index_select(1, keep).clone().to(lin.weight.dtype))
+    if lin.bias is not None:
+        new.bias = nn.Parameter(lin.bias.data.clone())
+    return new
+
+
+def _block_index(blocks: list[int], d: int) -> torch.Tensor:
+    return (torch.tensor(blocks, dtype=torch.long)[:, None] * d + torch.arange(d)).reshape(-1)
+
+
+@torch.no_grad()
+def remove_heads(layer: DecoderLayer, pruned_heads, o_weight: torch.Tensor | None = None) -> list[int]:
+    """Remove query heads `pruned_heads` (indices in the layer's current numbering).
+
+    `o_weight`, when given, is the compensated full-width o_proj weight to shrink (default: the
+    current one). Returns the KV heads that were removed (current numbering).
+    """
+    attn = layer.self_attn
+    H, d = attn.n_heads, attn.head_dim
+    pruned = sorted(set(int(h) for h in pruned_heads))
+    if any(not 0 <= h < H for h in pruned):
+        raise ValueError(f"head indices must lie in [0, {H}), got {pruned}")
+    keep_q = [h for h in range(H) if h not in pruned]
+    old_map = attn.kv_map.tolist()
+    keep_kv = sorted(set(old_map[h] for h in keep_q))
+    gone_kv = [k for k in range(attn.n_kv) if k not in keep_kv]
+    renum = {k: j for j, k in enumerate(keep_kv)}
+    attn.q_proj = _rows(attn.q_proj, _block_index(keep_q, d))
+    attn.k_proj = _rows(attn.k_proj, _block_index(keep_kv, d))
+    attn.v_proj = _rows(attn.v_proj, _block_index(keep_kv, d))
+    attn.o_proj = _cols(attn.o_proj, _block_index(keep_q, d), o_weight)
+    attn.n_heads, attn.n_kv = len(keep_q), len(keep_kv)
+    attn.kv_map = torch.tensor([renum[old_map[h]] for h in keep_q], dtype=torch.long)
+    return gone_kv
+
+
+@torch.no_grad()
+def remove_channels(layer: DecoderLayer, pruned_channels, down_weight: torch.Tensor | None = None) -> None:
+    """Remove FFN channels (gate/up rows, down_proj columns) at the given indices."""
+    mlp = layer.mlp
+    M = mlp.down_proj.in_features
+    pruned = set(int(c) for c in pruned_channels)
+    if any(not 0 <= c < M for c in pruned):
+        raise ValueError(f"channel indices must lie in [0, {M})")
+    keep = torch.tensor([c for c in range(M) if c not in pruned], dtype=torch.long)
+    mlp.gate_proj = _rows(mlp.gate_proj, keep)
+    mlp.up_proj = _rows(mlp.up_proj, keep)
+    mlp.down_proj = _cols(mlp.down_proj, keep, down_weight)
+
+
+def sync_config(model: LlamaForCausalLM) -> None:
+    """Write the layers' current shapes back into model.config (after in-place shrinking)."""
+    cfg = model.config
+    for i, layer in enumerate(model.model.layers):
+        cfg.layer_heads[i] = layer.self_attn.n_heads
+        cfg.layer_kv_heads[i] = layer.self_attn.n_kv
+        cfg.layer_kv_map[i] = layer.self_attn.kv_map.tolist()
+        cfg.layer_intermediate[i] = layer.mlp.down_proj.in_features
+    cfg.o_proj_bias = model.model.layers[0].self_attn.o_proj.bias is not None if len(model.model.layers) else cfg.o_proj_bias
+    cfg.mlp_bias = model.model.layers[0].mlp.down_proj.bias is not None if len(model.model.layers) else cfg.mlp_bias
+    cfg.validate()
+
+
+@torch.no_grad()
+def shrink_model(model: LlamaForCausalLM, layers_record: list[dict]) -> LlamaForCausalLM:
+    """Shrink a masked full-size model in place from a pipeline record (one dict per layer with
+    'heads_pruned' and 'channels_pruned' in the layer's numbering at pruning time)."""
+    for layer, rec in zip(model.model.layers, layers_record):
+        remove_heads(layer, rec.get("heads_pruned", []))
+        remove_channels(layer, rec.get("channels_pruned", []))
+    sync_config(model)
+    return model

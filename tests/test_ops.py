@@ -1,0 +1,313 @@
+"""slimgpt.ops on every backend against the NumPy reference (style.md §3 points 10-12).
+
+Each fast backend (C++ "cpu", and "cuda" when built with a device) runs the same public call
+as backend="reference" on the same inputs. Continuous outputs are compared at the "float32"
+tolerance of tests/tolerances.py (the reference goes in `desired`), discrete outputs (which
+heads, which channels) exactly. Inputs have well-separated saliencies (column scales spread
+geometrically) so float32 and float64 cannot flip a near-tie.
+
+The fast path keeps H⁻¹ and downdates it instead of re-inverting every iteration
+(docs/cpp.md); these tests are what shows the two loops give the same answer.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from slimgpt import ops, reference
+from slimgpt._native import has_cuda
+from tolerances import assert_close
+
+BACKENDS = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not has_cuda(), reason="no CUDA build or device")),
+]
+
+
+def _dev(A, backend):
+    """Inputs as the backend likes them: NumPy for cpu, torch CUDA tensors for cuda."""
+    if backend == "cuda":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32)).cuda()
+    return A
+
+
+def _np(A):
+    return A.detach().cpu().numpy() if hasattr(A, "detach") else np.asarray(A)
+
+
+def make_case(d_out, d_in, *, seed=0, dead=(), spread=1.15):
+    """W (d_out, d_in) with column scales spread**rank (random ranks), H = 2 XᵀX/n with
+    n = 4·d_in tokens of log-normal feature scales; dead columns have zero inputs."""
+    rng = np.random.default_rng(seed)
+    n = 4 * d_in
+    X = rng.standard_normal((n, d_in)) * np.exp(0.3 * rng.standard_normal(d_in))
+    X[:, list(dead)] = 0.0
+    H = 2.0 * X.T @ X / n
+    W = rng.standard_normal((d_out, d_in)) * spread ** rng.permutation(d_in)[None, :] / spread ** (d_in / 2)
+    return W, H
+
+
+def make_head_case(d_out, n_heads, d, *, seed=0, dead=()):
+    """As make_case, but the scales are per head (factor 1.6 between heads)."""
+    W, H = make_case(d_out, n_heads * d, seed=seed, dead=dead, spread=1.0)
+    rng = np.random.default_rng(seed + 1)
+    W = W * np.repeat(1.6 ** rng.permutation(n_heads), d)[None, :]
+    return W, H
+
+
+# --- Hessian ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(50, 7), (3, 20, 13)], ids=["2d", "batch-seq"])
+def test_hessian(backend, shape):
+    X = np.random.default_rng(1).standard_normal(shape)
+    assert_close(_np(ops.hessian(_dev(X, backend), backend=backend)), reference.hessian(X), "float32",
+                 err_msg=str(shape))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_accumulate_hessian_equals_one_shot(backend):
+    X = np.random.default_rng(2).standard_normal((90, 11))
+    H, n = None, 0
+    for chunk in (X[:10], X[10:10], X[10:55].reshape(3, 15, 11), X[55:]):
+        H, n = ops.accumulate_hessian(H, n, _dev(chunk, backend), backend=backend)
+    assert n == 90
+    assert_close(_np(H), reference.hessian(X), "float32")
+
+
+# --- prune_columns ------------------------------------------------------------------------
+
+COLUMN_CASES = {
+    # id: (d_out, d_in, columns, dead, percdamp, compensate)
+    "tiny": (4, 6, [1, 4], (), 0.0, True),
+    "unsorted": (13, 37, [30, 2, 17, 3, 36], (), 0.0, True),
+    "dead-kept": (9, 25, [0, 5], (7, 11), 0.0, True),
+    "dead-pruned": (9, 25, [7, 3], (7,), 0.0, True),
+    "damped": (9, 25, [4, 8, 9], (), 0.01, True),
+    "no-compensate": (9, 25, [4, 8, 9], (2,), 0.0, False),
+    "empty": (5, 8, [], (3,), 0.0, True),
+    "all": (5, 8, list(range(8)), (), 0.0, True),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", COLUMN_CASES, ids=list(COLUMN_CASES))
+def test_prune_columns(backend, case):
+    d_out, d_in, cols, dead, percdamp, compensate = COLUMN_CASES[case]
+    W, H = make_case(d_out, d_in, seed=3, dead=dead)
+    want = reference.prune_columns(W, H, cols, percdamp=percdamp, compensate=compensate)
+    got = _np(ops.prune_columns(_dev(W, backend), _dev(H, backend), cols, percdamp=percdamp,
+                                compensate=compensate, backend=backend))
+    assert_close(got, want, "float32", err_msg=case)
+    assert np.all(got[:, cols] == 0.0)
+    if not compensate:  # survivors untouched except dead inputs (bit-identical in float32)
+        keep = np.setdiff1d(np.arange(d_in), list(cols) + list(dead))
+        np.testing.assert_array_equal(got[:, keep], W[:, keep].astype(np.float32))
+
+
+# --- head_errors --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gcd", [True, False], ids=["gcd", "no-gcd"])
+@pytest.mark.parametrize("d_in,d", [(48, 8), (30, 30), (21, 1)], ids=["8-heads", "one-head", "d=1"])
+def test_head_errors(backend, gcd, d_in, d):
+    W, H = make_case(7, d_in, seed=4)
+    Hinv = np.linalg.inv(H)
+    want = reference.head_errors(W, Hinv, d, gcd=gcd)
+    got = _np(ops.head_errors(_dev(W, backend), _dev(Hinv, backend), d, gcd=gcd, backend=backend))
+    assert got.shape == (d_in // d,)
+    assert_close(got, want, "float32")
+
+
+# --- prune_heads --------------------------------------------------------------------------
+
+HEAD_CASES = {
+    # id: (d_out, n_heads, head_dim, n_prune, kwargs, dead)
+    "basic": (24, 8, 8, 3, {}, ()),
+    "one-head": (10, 1, 16, 1, {}, ()),
+    "odd-shapes": (17, 5, 12, 2, {}, ()),
+    "head_dim=1": (9, 20, 1, 6, {}, ()),
+    "dead-columns": (16, 6, 8, 2, {}, (3, 4, 20)),
+    "damped": (16, 6, 8, 2, {"percdamp": 0.01}, ()),
+    "no-gcd": (16, 6, 8, 3, {"gcd": False}, ()),
+    "no-compensate": (16, 6, 8, 3, {"compensate": False}, ()),
+    "groups-ids": (16, 8, 4, 4, {"head_groups": [0, 0, 1, 1, 0, 0, 1, 1]}, ()),
+    "groups-int": (16, 8, 4, 4, {"head_groups": 4}, ()),
+    "prune-none": (16, 4, 4, 0, {}, (1,)),
+    "prune-all": (16, 4, 4, 4, {}, ()),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", HEAD_CASES, ids=list(HEAD_CASES))
+def test_prune_heads(backend, case):
+    d_out, n_heads, d, n_prune, kw, dead = HEAD_CASES[case]
+    W, H = make_head_case(d_out, n_heads, d, seed=5, dead=dead)
+    W_ref, heads_ref = reference.prune_heads(W, H, n_prune, d, **kw)
+    W_new, heads = ops.prune_heads(_dev(W, backend), _dev(H, backend), n_prune, d, backend=backend, **kw)
+    np.testing.assert_array_equal(_np(heads), heads_ref, err_msg=case)
+    assert _np(heads).dtype == np.int64
+    assert_close(_np(W_new), W_ref, "float32", err_msg=case)
+
+
+# --- prune_channels -----------------------------------------------------------------------
+
+CHANNEL_CASES = {
+    # id: (d_out, d_in, n_prune, kwargs, dead)
+    "dgs-small": (12, 100, 37, {}, ()),
+    "dgs-schedule": (6, 700, 600, {}, ()),          # groups 64 x 9, 24 (spec §4.2 schedule)
+    "fixed-size": (12, 100, 37, {"group_sizes": 8}, ()),
+    "explicit": (12, 100, 37, {"group_sizes": [20, 10, 7]}, ()),
+    "one-by-one": (12, 40, 9, {"group_sizes": 1}, ()),
+    "dead-columns": (12, 90, 30, {"group_sizes": 10}, (5, 6, 80)),
+    "damped": (12, 90, 30, {"percdamp": 0.01, "group_sizes": 10}, ()),
+    "no-compensate": (12, 90, 30, {"compensate": False, "group_sizes": 10}, ()),
+    "prune-none": (12, 30, 0, {}, ()),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CHANNEL_CASES, ids=list(CHANNEL_CASES))
+def test_prune_channels(backend, case):
+    d_out, d_in, n_prune, kw, dead = CHANNEL_CASES[case]
+    W, H = make_case(d_out, d_in, seed=6, dead=dead, spread=1.03 if d_in > 200 else 1.15)
+    W_ref, ch_ref = reference.prune_channels(W, H, n_prune, **kw)
+    W_new, ch = ops.prune_channels(_dev(W, backend), _dev(H, backend), n_prune, backend=backend, **kw)
+    np.testing.assert_array_equal(_np(ch), ch_ref, err_msg=case)
+    assert_close(_np(W_new), W_ref, "float32", err_msg=case)
+
+
+def test_dgs_group_sizes_match_reference():
+    for T in (0, 1, 64, 300, 688, 2064, 2752, 5504, 7000):
+        assert ops.dgs_group_sizes(T, backend="cpu") == reference.dgs_group_sizes(T), T
+
+
+# --- kinds, dtypes, devices ---------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_in_torch_out(backend):
+    torch = pytest.importorskip("torch")
+    W, H = make_head_case(8, 4, 4, seed=7)
+    dev = "cuda" if backend == "cuda" else "cpu"
+    for dtype in (torch.float32, torch.float64):
+        Wt = torch.tensor(W, dtype=dtype, device=dev)
+        Ht = torch.tensor(H, dtype=dtype, device=dev)
+        W_new, heads = ops.prune_heads(Wt, Ht, 2, 4, backend=backend)
+        assert isinstance(W_new, torch.Tensor) and W_new.dtype == dtype and W_new.device.type == dev
+        assert isinstance(heads, torch.Tensor) and heads.dtype == torch.int64
+        W_new, ch = ops.prune_channels(Wt, Ht, 5, backend=backend)
+        assert isinstance(ch, torch.Tensor) and ch.dtype == torch.int64
+        Hh = ops.hessian(Wt, backend=backend)
+        assert isinstance(Hh, torch.Tensor) and Hh.dtype == dtype
+    assert torch.equal(Wt, torch.tensor(W, dtype=dtype, device=dev))  # inputs never mutated
+
+
+def test_numpy_dtype_kept_and_input_not_mutated():
+    W, H = make_head_case(8, 4, 4, seed=8)
+    W0 = W.copy()
+    W_new, heads = ops.prune_heads(W, H, 1, 4, backend="cpu")
+    assert W_new.dtype == np.float64 and isinstance(heads, np.ndarray) and heads.dtype == np.int64
+    np.testing.assert_array_equal(W, W0)
+    W32, _ = ops.prune_heads(W.astype(np.float32), H.astype(np.float32), 1, 4, backend="cpu")
+    assert W32.dtype == np.float32
+
+
+def test_backend_none_picks_cpu_and_bad_backend_raises():
+    assert ops.resolve_backend(None, np.zeros((2, 2))) == "cpu"
+    with pytest.raises(ValueError, match="backend"):
+        ops.resolve_backend("tpu")
+
+
+# --- damping and positive definiteness ----------------------------------------------------
+
+def _indefinite(d_in, neg):
+    """H = Q diag(λ) Qᵀ with one eigenvalue -neg·mean(λ): PD only after enough damping."""
+    rng = np.random.default_rng(9)
+    Q, _ = np.linalg.qr(rng.standard_normal((d_in, d_in)))
+    lam = np.linspace(1.0, 2.0, d_in)
+    lam[0] = -neg * lam.mean()
+    return (Q * lam) @ Q.T
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_damping_retry_warns_like_reference(backend):
+    W = np.random.default_rng(10).standard_normal((5, 16))
+    H = _indefinite(16, 5e-3)  # fixed by the ladder's 1e-2
+    with pytest.warns(reference.DampingWarning) as want:
+        W_ref, heads_ref = reference.prune_heads(W, H, 1, 4)
+    with pytest.warns(reference.DampingWarning) as got:
+        W_new, heads = ops.prune_heads(_dev(W, backend), _dev(H, backend), 1, 4, backend=backend)
+    assert got[-1].message.percdamp == want[-1].message.percdamp == 1e-2
+    np.testing.assert_array_equal(_np(heads), heads_ref)
+    assert_close(_np(W_new), W_ref, "float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hopeless_hessian_raises(backend):
+    W = np.ones((3, 8))
+    H = -np.eye(8)  # damping adds a negative multiple of I: never positive definite
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", reference.DampingWarning)
+        for call in (lambda: ops.prune_channels(_dev(W, backend), _dev(H, backend), 2, backend=backend),
+                     lambda: ops.prune_columns(_dev(W, backend), _dev(H, backend), [1], backend=backend)):
+            with pytest.raises(reference.NotPositiveDefiniteError):
+                call()
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+BAD_CALLS = {
+    # id: call(W, H) that must raise ValueError on every backend
+    "H-wrong-shape": lambda W, H, b: ops.prune_heads(W, H[:-1], 1, 4, backend=b),
+    "W-1d": lambda W, H, b: ops.prune_columns(W[0], H, [0], backend=b),
+    "head_dim-not-divisor": lambda W, H, b: ops.prune_heads(W, H, 1, 5, backend=b),
+    "too-many-heads": lambda W, H, b: ops.prune_heads(W, H, 5, 4, backend=b),
+    "negative-prune": lambda W, H, b: ops.prune_channels(W, H, -1, backend=b),
+    "col-out-of-range": lambda W, H, b: ops.prune_columns(W, H, [16], backend=b),
+    "col-repeated": lambda W, H, b: ops.prune_columns(W, H, [2, 2], backend=b),
+    "groups-sum": lambda W, H, b: ops.prune_channels(W, H, 5, group_sizes=[2, 2], backend=b),
+    "groups-zero": lambda W, H, b: ops.prune_channels(W, H, 5, group_sizes=[5, 0], backend=b),
+    "head-groups-quota": lambda W, H, b: ops.prune_heads(W, H, 3, 4, head_groups=[0, 0, 1, 1], backend=b),
+    "percdamp-negative": lambda W, H, b: ops.prune_heads(W, H, 1, 4, percdamp=-1.0, backend=b),
+    "nan-W": lambda W, H, b: ops.prune_heads(np.where(W > 0, np.nan, W), H, 1, 4, backend=b),
+    "inf-H": lambda W, H, b: ops.prune_channels(W, np.where(H > 1, np.inf, H), 2, backend=b),
+    "no-tokens": lambda W, H, b: ops.hessian(np.zeros((0, 4)), backend=b),
+}
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("case", BAD_CALLS, ids=list(BAD_CALLS))
+def test_bad_input_raises_value_error(backend, case):
+    W, H = make_head_case(6, 4, 4, seed=11)
+    with pytest.raises(ValueError):
+        BAD_CALLS[case](W, H, backend)
+
+
+def test_raw_core_rejects_float64_and_strided_with_clear_errors():
+    from slimgpt._native import core
+
+    c = core()
+    W, H = make_head_case(6, 4, 4, seed=12)
+    W32, H32 = W.astype(np.float32), H.astype(np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        c.prune_heads(W, H, 1, 4)  # float64: rejected, not silently converted (.noconvert())
+    with pytest.raises(TypeError):
+        c.prune_heads(np.asfortranarray(W32), H32, 1, 4)
+    with pytest.raises(ValueError, match="H must be"):
+        c.prune_heads(W32, H32[:8, :8].copy(), 1, 4)
+    with pytest.raises(ValueError, match="out of range"):
+        c.prune_columns(W32.copy(), H32, np.array([99], dtype=np.int64))
+    with pytest.raises(ValueError, match="NaN"):
+        c.prune_columns(np.full_like(W32, np.nan), H32, np.array([0], dtype=np.int64))
+    with pytest.raises(ValueError, match="quota"):
+        c.prune_heads(W32.copy(), H32, 2, 4, head_groups=np.array([0, 0, 0, 1], dtype=np.int64))
+    with pytest.raises(c.NotPositiveDefiniteError):
+        c.prune_columns(W32.copy(), -np.eye(16, dtype=np.float32), np.array([0], dtype=np.int64))
+    # the raw core updates W in place and returns the indices
+    Wc = W32.copy()
+    heads = c.prune_heads(Wc, H32, 1, 4)
+    assert heads.dtype == np.int64 and np.all(Wc[:, heads[0] * 4:(heads[0] + 1) * 4] == 0)

@@ -1,0 +1,218 @@
+"""The golden-case oracle (slimgpt/oracle.py): export, file format, check, failure messages, CLI."""
+from __future__ import annotations
+
+import json
+import types
+import zipfile
+
+import numpy as np
+import pytest
+
+from slimgpt import oracle
+from slimgpt import reference
+
+import tolerances
+
+pytestmark = pytest.mark.skipif(not hasattr(reference, "prune_heads"),
+                                reason="slimgpt.reference is not written yet")
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory):
+    d = tmp_path_factory.mktemp("oracle")
+    oracle.export(d)
+    return d
+
+
+def _module(**functions):
+    m = types.ModuleType("impl_under_test")
+    for k, v in functions.items():
+        setattr(m, k, v)
+    return m
+
+
+def _wrapping_reference(**overrides):
+    """A module with every reference operation, some replaced."""
+    fns = {op: getattr(reference, op) for op in oracle.SIGNATURES if hasattr(reference, op)}
+    fns.update(overrides)
+    return _module(**fns)
+
+
+# --- export and format ------------------------------------------------------------------------
+
+def test_every_reference_operation_has_cases(golden):
+    index = json.loads((golden / "index.json").read_text())
+    ops = {c["operation"] for c in index["cases"]}
+    assert ops == set(oracle.SIGNATURES)
+    assert len({c["id"] for c in index["cases"]}) == len(index["cases"])
+    tags = {t for c in index["cases"] for t in c["tags"]}
+    assert {"dead", "damping", "retry", "gqa", "gcd", "ablation", "schedule", "edge"} <= tags
+
+
+def test_format_is_plain_zip_of_npy_and_json(golden):
+    index = json.loads((golden / "index.json").read_text())
+    assert index["format"] == "slimgpt-oracle" and index["version"] == oracle.FORMAT_VERSION
+    for case in index["cases"]:
+        with zipfile.ZipFile(golden / case["file"]) as z:
+            names = set(z.namelist())
+        for name, value in case["arguments"].items():
+            if isinstance(value, dict):
+                assert value["array"] + ".npy" in names
+            else:
+                assert value is None or isinstance(value, (int, float, str, list)), (case["id"], name)
+        for out in case["outputs"]:
+            assert out["key"] + ".npy" in names
+            assert out["compare"] in ("float", "exact", "index_set")
+            if out["compare"] == "float":
+                for profile in case["profiles"]:
+                    tol = out["tolerances"][profile]
+                    assert tol["rtol"] > 0 and tol["atol"] >= 0
+        with np.load(golden / case["file"]) as npz:
+            for k in npz.files:
+                assert npz[k].dtype in (np.float64, np.int64), (case["id"], k, npz[k].dtype)
+
+
+def test_cli_export_is_deterministic(golden, tmp_path):
+    assert oracle.main(["export", str(tmp_path)]) == 0
+    assert (tmp_path / "index.json").read_text() == (golden / "index.json").read_text()
+    for case in json.loads((golden / "index.json").read_text())["cases"]:
+        with np.load(golden / case["file"]) as a, np.load(tmp_path / case["file"]) as b:
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{case['id']}:{k}")
+
+
+def test_tolerances_agree_with_the_test_suite():
+    for kind in ("float64", "float64_solve", "float32"):
+        assert oracle.TOLERANCES[kind] == tolerances.TOLERANCES[kind], kind
+
+
+def test_schedule_cases_match_the_spec(golden):
+    """Spec §4.2 / §10.2.4: the code's DGS schedule, not the paper's 1024 -> 8."""
+    cases = {e["id"]: x for e, _, x in oracle.load_cases(golden)}
+    assert cases["dgs_group_sizes.T688"]["group_sizes"].tolist() == [88] + [64] * 9 + [24]
+    assert cases["dgs_group_sizes.T2752"]["group_sizes"].tolist() == [1024, 304] + [64] * 22 + [16]
+    assert cases["dgs_group_sizes.T5504"]["group_sizes"].tolist() == [1024, 992, 240] + [64] * 50 + [48]
+    assert cases["dgs_group_sizes.T40"]["group_sizes"].tolist() == [40]
+    assert cases["dgs_group_sizes.T0"]["group_sizes"].tolist() == []
+    assert np.mean(cases["ipr_ratios.log_32_p0625_p25"]["ratios"]) == pytest.approx(0.200387, abs=1e-6)
+
+
+def test_gcd_case_separates_grouped_cholesky_from_summed_columns(golden):
+    cases = {e["id"]: x for e, _, x in oracle.load_cases(golden)}
+    with_gcd = set(cases["prune_heads.gcd_matters"]["pruned_heads"].tolist())
+    without = set(cases["prune_heads.gcd_matters_no_gcd"]["pruned_heads"].tolist())
+    assert 3 in without and 3 not in with_gcd
+
+
+# --- check --------------------------------------------------------------------------------------
+
+def test_reference_passes_every_case(golden):
+    result = oracle.check(golden, "slimgpt.reference")
+    assert result.ok, result.table()
+    assert result.passed == len(result.cases), result.table()
+
+
+def test_float32_profile_accepts_float32_rounding(golden):
+    """An implementation whose inputs and outputs are rounded to float32 passes the float32
+    profile (and the selections do not flip: the cases have well-separated saliencies)."""
+    def f32(fn):
+        def g(*args, **kw):
+            args = [a.astype(np.float32).astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+                    else a for a in args]
+            out = fn(*args, **kw)
+            cast = (lambda x: x.astype(np.float32) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x)
+            return tuple(cast(o) for o in out) if isinstance(out, tuple) else cast(out)
+        return g
+    ops = ["hessian", "prune_columns", "head_errors", "prune_heads", "prune_channels", "reconstruction_error"]
+    impl = _module(**{op: f32(getattr(reference, op)) for op in ops})
+    result = oracle.check(golden, impl, profile="float32")
+    assert result.ok, result.table()
+    assert result.count(oracle.SKIPPED) > 0  # the float64-only damping-retry cases
+
+
+def test_skeleton_checks_nothing_and_is_not_ok(golden):
+    def todo(*a, **k):
+        raise NotImplementedError("TODO")
+    result = oracle.check(golden, _module(**{op: todo for op in oracle.SIGNATURES}))
+    assert result.passed == 0 and result.failed == 0 and not result.ok
+    assert result.count(oracle.NOT_IMPLEMENTED) == len(result.cases)
+    assert "no case was checked" in result.table()
+    assert not oracle.check(golden, _module()).ok
+
+
+def test_summed_single_column_head_errors_fail_with_a_useful_message(golden):
+    def summed(W, Hinv, head_dim, *, gcd=True):
+        return reference.head_errors(W, Hinv, head_dim, gcd=False)
+    result = oracle.check(golden, _wrapping_reference(head_errors=summed), operations=["head_errors"])
+    failed = {c.id: c for c in result.cases if c.status == oracle.FAIL}
+    assert "head_errors.basic" in failed and "head_errors.correlated_head" in failed
+    assert "head_errors.no_gcd" not in failed and "head_errors.head_dim_1" not in failed
+    msg = failed["head_errors.correlated_head"].message
+    assert "errors:" in msg and "max abs err" in msg and "allowed" in msg and "worst at (3,)" in msg
+
+
+def test_no_compensation_fails_with_a_useful_message(golden):
+    def no_comp(W, H, columns, *, percdamp=0.0, compensate=True):
+        return reference.prune_columns(W, H, columns, percdamp=percdamp, compensate=False)
+    result = oracle.check(golden, _wrapping_reference(prune_columns=no_comp), operations=["prune_columns"])
+    status = {c.id: c for c in result.cases}
+    assert status["prune_columns.set_unsorted"].status == oracle.FAIL
+    assert "W_new" in status["prune_columns.set_unsorted"].message
+    assert status["prune_columns.no_compensate"].status == oracle.PASS
+    assert status["prune_columns.empty"].status == oracle.PASS
+
+
+def test_wrong_indices_are_named(golden):
+    def wrong(W, H, n_prune, head_dim, **kw):
+        W_new, heads = reference.prune_heads(W, H, n_prune, head_dim, **kw)
+        heads = np.asarray(heads).copy()
+        if len(heads):
+            heads[-1] = (heads[-1] + 1) % (W.shape[1] // head_dim)
+        return W_new, heads
+    result = oracle.check(golden, _wrapping_reference(prune_heads=wrong), operations=["prune_heads"])
+    case = next(c for c in result.cases if c.id == "prune_heads.basic")
+    assert case.status == oracle.FAIL
+    assert "pruned_heads" in case.message and "missing" in case.message and "unexpected" in case.message
+
+
+def test_exceptions_are_failures_and_expected_errors_pass(golden):
+    def boom(*a, **k):
+        raise ValueError("shape mismatch in my code")
+    result = oracle.check(golden, _wrapping_reference(dgs_group_sizes=boom), operations=["dgs_group_sizes"])
+    case = next(c for c in result.cases if c.id == "dgs_group_sizes.T688")
+    assert case.status == oracle.FAIL and "ValueError: shape mismatch in my code" in case.message
+    index = json.loads((golden / "index.json").read_text())
+    raising = {c["id"]: c["raises"] for c in index["cases"] if "raises" in c}
+    assert raising == {"prune_columns.not_positive_definite": "NotPositiveDefiniteError",
+                       "ipr_ratios.first_above_last": "ValueError", "ipr_for_target.unreachable": "ValueError"}
+
+    def returns(W, H, columns, **kw):
+        return np.zeros_like(W)
+    result = oracle.check(golden, _wrapping_reference(prune_columns=returns), operations=["prune_columns"])
+    case = next(c for c in result.cases if c.id == "prune_columns.not_positive_definite")
+    assert case.status == oracle.FAIL and "expected NotPositiveDefiniteError" in case.message
+
+
+def test_impl_from_a_python_file(golden, tmp_path):
+    path = tmp_path / "my_impl.py"
+    path.write_text("from slimgpt.reference import dgs_group_sizes, ipr_ratios\n")
+    result = oracle.check(golden, str(path))
+    assert result.ok
+    assert set(result.by_operation()["ipr_ratios"].keys()) >= {oracle.PASS}
+    assert result.count(oracle.NOT_IMPLEMENTED) > 0
+
+
+def test_cli_exit_codes(golden, tmp_path, capsys):
+    assert oracle.main(["check", str(golden), "--impl", "slimgpt.reference"]) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out
+    empty = tmp_path / "empty_impl.py"
+    empty.write_text("")
+    assert oracle.main(["check", str(golden), "--impl", str(empty)]) == 1
+    assert "no case was checked" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not oracle._has_cpu_core(), reason="no compiled C++ core with the pruning operations")
+def test_cpp_core_passes_the_float32_profile(golden):
+    result = oracle.check(golden, "slimgpt.ops", profile="float32", backend="cpu")
+    assert result.ok, result.table()
