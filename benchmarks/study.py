@@ -9,7 +9,10 @@ run resumes where it stopped (delete the file, or pass --fresh, to start over).
     python benchmarks/study.py                       # ~30-45 min on 2 CPU cores
     python benchmarks/study.py --only slimgpt@0.2    # one configuration
 
-Not part of the default test run. Uses benchmarks/study_harness.py (see its header).
+Not part of the default test run. Everything goes through the project's own code: the
+`smollm2-135m` loader, `slimgpt.textdata` calibration windows, `slimgpt.pipeline.prune_model`
+with the method registry (`slimgpt.methods`, baselines from `slimgpt.baselines_methods`), and
+`slimgpt.evaluate.perplexity`.
 """
 from __future__ import annotations
 
@@ -24,8 +27,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import study_harness as S  # noqa: E402
 import study_report as R  # noqa: E402
+
+from slimgpt import baselines_methods as BM  # noqa: E402
+from slimgpt.evaluate import perplexity  # noqa: E402
+from slimgpt.loaders import load_model  # noqa: E402
+from slimgpt.pipeline import PruneSettings, prune_model  # noqa: E402
+from slimgpt.textdata import calibration_windows, wikitext2_tokens  # noqa: E402
 
 # (key, method, ratio, schedule, spec overrides) in priority order: the headline comparisons first.
 def matrix():
@@ -43,9 +51,9 @@ def matrix():
         ("slimgpt-log-decrease@0.5", "slimgpt", 0.5, "log-decrease", {}),
         ("slimgpt-linear@0.5", "slimgpt", 0.5, "linear", {}),
         ("no-gcd@0.5", "no-gcd", 0.5, "log", {"gcd": False}),
-        ("no-dgs@0.5", "no-dgs", 0.5, "log", {"fixed_group": 128}),
+        ("no-dgs@0.5", "no-dgs", 0.5, "log", {"method_options": {"group_sizes": 128}}),
         ("no-gcd@0.2", "no-gcd", 0.2, "log", {"gcd": False}),
-        ("no-dgs@0.2", "no-dgs", 0.2, "log", {"fixed_group": 128}),
+        ("no-dgs@0.2", "no-dgs", 0.2, "log", {"method_options": {"group_sizes": 128}}),
         ("slimgpt-linear-decrease@0.5", "slimgpt", 0.5, "linear-decrease", {}),
     ]
     return rows
@@ -60,6 +68,7 @@ def main(argv=None):
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--percdamp", type=float, default=0.01)
+    ap.add_argument("--backend", default="reference", help="ops backend for SlimGPT (default: the NumPy reference)")
     ap.add_argument("--chunks128", type=int, default=128, help="128-token chunks scored (spec §8.1 protocol)")
     ap.add_argument("--windows2048", type=int, default=4, help="2048-token windows scored")
     ap.add_argument("--only", nargs="*", help="run only these keys")
@@ -68,8 +77,9 @@ def main(argv=None):
 
     torch.set_grad_enabled(False)
     settings = {"model": "smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32)",
-                "calibration": f"C4 sample docs 1000-1999, {args.nsamples} x {args.seqlen} tokens, seed {args.seed}",
-                "percdamp": args.percdamp,
+                "calibration": f"C4 sample docs 1000-1999 (slimgpt.textdata), {args.nsamples} x {args.seqlen} "
+                               f"tokens, seed {args.seed}",
+                "percdamp": args.percdamp, "backend": args.backend,
                 "ppl128": f"WikiText-2 test, first {args.chunks128} non-overlapping 128-token chunks "
                           f"({args.chunks128 * 128:,} tokens)",
                 "ppl2048": f"WikiText-2 test, first {args.windows2048} non-overlapping 2048-token windows "
@@ -78,17 +88,17 @@ def main(argv=None):
                 "machine": platform.processor() or platform.machine(),
                 "command": "python benchmarks/study.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     data = R.load(args.cache) if not args.fresh else {"settings": {}, "results": {}}
-    if data.get("settings") and {k: data["settings"].get(k) for k in ("calibration", "percdamp", "ppl128", "ppl2048")} \
-            != {k: settings[k] for k in ("calibration", "percdamp", "ppl128", "ppl2048")}:
+    keys = ("calibration", "percdamp", "ppl128", "ppl2048")
+    if data.get("settings") and {k: data["settings"].get(k) for k in keys} != {k: settings[k] for k in keys}:
         sys.exit(f"{args.cache} holds results for other settings; pass --fresh or another --cache")
     data["settings"] = settings
     args.cache.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    base = S.load_smollm2()
-    tok = S.load_tokenizer()
-    ids = S.wikitext_ids(tok)
-    calib = S.c4_calibration(tok, args.nsamples, args.seqlen, args.seed)
+    loaded = load_model("smollm2-135m")
+    base, tok = loaded.model, loaded.tokenizer
+    ids = wikitext2_tokens(tok)
+    calib = calibration_windows(tok, args.nsamples, args.seqlen, args.seed)
     print(f"loaded model, tokenizer, data in {time.time() - t0:.0f} s", flush=True)
 
     for key, method, ratio, schedule, over in matrix():
@@ -99,21 +109,26 @@ def main(argv=None):
             continue
         print(f"[run] {key}", flush=True)
         model = copy.deepcopy(base)
-        prune_s = None
+        prune_s, summary = None, {}
         if method != "dense":
-            spec = S.PruneSpec(method={"no-compensation": "slimgpt", "no-gcd": "slimgpt",
-                                       "no-dgs": "slimgpt"}.get(method, method),
-                               ratio=ratio, schedule=schedule if schedule != "global" else "log",
-                               percdamp=args.percdamp, **over)
-            plan = S.prune(model, calib, spec)
-            prune_s = plan["seconds"]
-            S.shrink(model, plan)
+            reg = {"no-compensation": "slimgpt", "no-gcd": "slimgpt", "no-dgs": "slimgpt"}.get(method, method)
+            s = PruneSettings(ratio=ratio, schedule=schedule if schedule != "global" else "log",
+                              n_samples=args.nsamples, seqlen=args.seqlen, seed=args.seed, method=reg,
+                              percdamp=args.percdamp, backend=args.backend, **over)
+            t1 = time.time()
+            counts = BM.PLANNERS[reg](model, calib, s) if reg in BM.PLANNERS else None
+            res = prune_model(model, calib, s, log=lambda m: None, progress=False, counts=counts)
+            prune_s = time.time() - t1
+            summary = res.summary
         t1 = time.time()
-        p128 = S.perplexity(model, ids, 128, args.chunks128, 16)
-        p2048 = S.perplexity(model, ids, 2048, args.windows2048, 1)
-        res = {"method": method, "ratio": ratio, "schedule": schedule, "params": model.n_params(),
-               "heads_kept": [len(m) for m in model.cfg.kv_map], "ffn_kept": list(model.cfg.ffn_sizes),
-               "ppl128": p128, "ppl2048": p2048, "prune_s": prune_s, "eval_s": time.time() - t1}
+        p128 = perplexity(model, ids, 128, max_tokens=args.chunks128 * 128)["ppl"]
+        p2048 = perplexity(model, ids, 2048, max_tokens=args.windows2048 * 2048)["ppl"]
+        cfg = model.config
+        res = {"method": method, "ratio": ratio, "schedule": schedule, "params": model.num_parameters(),
+               "heads_kept": list(cfg.layer_heads), "kv_kept": list(cfg.layer_kv_heads),
+               "ffn_kept": list(cfg.layer_intermediate), "ppl128": p128, "ppl2048": p2048,
+               "prune_s": prune_s, "eval_s": time.time() - t1,
+               "pruned_fraction_of_prunable": summary.get("pruned_fraction_of_prunable")}
         data["results"][key] = res
         args.cache.write_text(json.dumps(data, indent=1))
         print(f"  params {res['params']:,}  ppl128 {p128:.2f}  ppl2048 {p2048:.2f}  "

@@ -3,8 +3,8 @@
 What this is: the NumPy float64 specification of the layer-wise ratio schedule and of how to
 pick its endpoints for a target mean ratio. What it is not: the rounding of ratios to head and
 channel counts, which callers do with Python's round (half to even) as the published code
-does: round(n_heads · r_i) heads and round(m · r_i) channels (spec §5.1). No C++ twin: the
-schedule is plain arithmetic done once per model.
+does: round(n_heads · r_i) heads and round(m · r_i) channels (spec §5.1). A C++ twin, if
+any, keeps the same names (docs/equations.md); the schedule is arithmetic done once per model.
 """
 from __future__ import annotations
 

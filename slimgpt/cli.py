@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--prompt", required=True)
     ge.add_argument("--max-new-tokens", type=int, default=32)
 
+    from slimgpt.oracle import add_oracle_subcommand  # `slimgpt oracle export|check` (docs/oracle.md)
+    add_oracle_subcommand(sub)
+
     for sp in (pr, ev, ge):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or per-layer log")
@@ -185,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "oracle":
+        return args.func(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cmd == "prune":

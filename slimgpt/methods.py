@@ -108,7 +108,7 @@ def slimgpt_select(kind, W, stats, n_prune, head_dim, *, head_groups=None, layer
     else:
         (W_new, pruned), used = _call_recording_damping(
             ops.prune_channels, W, H, n_prune, percdamp=options.percdamp, compensate=options.compensate,
-            backend=options.backend)
+            group_sizes=options.extra.get("group_sizes"), backend=options.backend)
     err = _recon_error(W, W_new, H)
     return Selection(W_new, sorted(int(p) for p in pruned), info={"error": err, "percdamp": used})
 
@@ -120,3 +120,8 @@ def _recon_error(W, W_new, H) -> float:
 
 
 register_method("slimgpt", slimgpt_select, needs_hessian=True)
+
+# Baselines (magnitude, wanda-sp, flap) register themselves; see slimgpt/baselines_methods.py.
+from slimgpt.baselines_methods import register_all as _register_baselines  # noqa: E402
+
+_register_baselines()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -162,7 +163,9 @@ def apply_rope(x, cos, sin):
 def _linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
     # Built on the meta device and materialised empty: initialisation is the caller's job
     # (loaders assign real weights; tiny configs draw seeded random ones).
-    lin = nn.Linear(n_in, n_out, bias=bias, device="meta")
+    with warnings.catch_warnings():       # "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore", UserWarning)
+        lin = nn.Linear(n_in, n_out, bias=bias, device="meta")
     return lin.to_empty(device="cpu")
 
 

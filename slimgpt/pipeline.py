@@ -41,7 +41,7 @@ import torch
 
 from slimgpt import methods as M
 from slimgpt.model import LlamaForCausalLM
-from slimgpt.shrink import remove_channels, remove_heads, sync_config
+from slimgpt.shrink import remove_channels, remove_heads, sync_config, uniform_biases
 
 GQA_MODES = ("query", "group", "balanced")
 SCHEDULES = ("log", "linear", "uniform", "log-decrease", "linear-decrease")
@@ -377,6 +377,8 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
 
     if s.shrink:
         sync_config(model)
+    else:
+        cfg.o_proj_bias, cfg.mlp_bias = uniform_biases(model)
     seconds = time.perf_counter() - t_start
     params_after = model.num_parameters() if s.shrink else params_before - pruned_so_far
     summary = {

@@ -11,14 +11,22 @@ remaining query head reads it, and the query→KV map is renumbered (model.py ke
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from slimgpt.model import DecoderLayer, LlamaForCausalLM
 
 
+def _meta_linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
+    with warnings.catch_warnings():       # "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore", UserWarning)
+        return nn.Linear(n_in, n_out, bias=bias, device="meta")
+
+
 def _rows(lin: nn.Linear, keep: torch.Tensor) -> nn.Linear:
-    new = nn.Linear(lin.in_features, keep.numel(), bias=lin.bias is not None, device="meta")
+    new = _meta_linear(lin.in_features, keep.numel(), lin.bias is not None)
     new.weight = nn.Parameter(lin.weight.data.index_select(0, keep).clone())
     if lin.bias is not None:
         new.bias = nn.Parameter(lin.bias.data.index_select(0, keep).clone())
@@ -27,7 +35,7 @@ def _rows(lin: nn.Linear, keep: torch.Tensor) -> nn.Linear:
 
 def _cols(lin: nn.Linear, keep: torch.Tensor, weight: torch.Tensor | None = None) -> nn.Linear:
     W = lin.weight.data if weight is None else weight
-    new = nn.Linear(keep.numel(), lin.out_features, bias=lin.bias is not None, device="meta")
+    new = _meta_linear(keep.numel(), lin.out_features, lin.bias is not None)
     new.weight = nn.Parameter(W.index_select(1, keep).clone().to(lin.weight.dtype))
     if lin.bias is not None:
         new.bias = nn.Parameter(lin.bias.data.clone())
@@ -86,9 +94,23 @@ def sync_config(model: LlamaForCausalLM) -> None:
         cfg.layer_kv_heads[i] = layer.self_attn.n_kv
         cfg.layer_kv_map[i] = layer.self_attn.kv_map.tolist()
         cfg.layer_intermediate[i] = layer.mlp.down_proj.in_features
-    cfg.o_proj_bias = model.model.layers[0].self_attn.o_proj.bias is not None if len(model.model.layers) else cfg.o_proj_bias
-    cfg.mlp_bias = model.model.layers[0].mlp.down_proj.bias is not None if len(model.model.layers) else cfg.mlp_bias
+    cfg.o_proj_bias, cfg.mlp_bias = uniform_biases(model)
     cfg.validate()
+
+
+@torch.no_grad()
+def uniform_biases(model: LlamaForCausalLM) -> tuple[bool, bool]:
+    """If any layer's o_proj / down_proj got a bias (bias-compensating methods), give every
+    layer one (zeros), so one config flag describes the model. Returns the two flags."""
+    flags = []
+    for get in (lambda l: l.self_attn.o_proj, lambda l: l.mlp.down_proj):
+        lins = [get(l) for l in model.model.layers]
+        has = any(lin.bias is not None for lin in lins)
+        for lin in lins:
+            if has and lin.bias is None:
+                lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
+        flags.append(has)
+    return flags[0], flags[1]
 
 
 @torch.no_grad()

@@ -304,10 +304,20 @@ def test_raw_core_rejects_float64_and_strided_with_clear_errors():
     with pytest.raises(ValueError, match="NaN"):
         c.prune_columns(np.full_like(W32, np.nan), H32, np.array([0], dtype=np.int64))
     with pytest.raises(ValueError, match="quota"):
-        c.prune_heads(W32.copy(), H32, 2, 4, head_groups=np.array([0, 0, 0, 1], dtype=np.int64))
+        c.prune_heads(W32.copy(), H32, 4, 4, head_groups=np.array([0, 0, 0, 1], dtype=np.int64))
     with pytest.raises(c.NotPositiveDefiniteError):
         c.prune_columns(W32.copy(), -np.eye(16, dtype=np.float32), np.array([0], dtype=np.int64))
     # the raw core updates W in place and returns the indices
     Wc = W32.copy()
     heads = c.prune_heads(Wc, H32, 1, 4)
     assert heads.dtype == np.int64 and np.all(Wc[:, heads[0] * 4:(heads[0] + 1) * 4] == 0)
+
+
+def test_module_imports_without_gpu_and_cuda_backend_is_refused_cleanly():
+    from slimgpt._native import core
+
+    c = core()
+    assert isinstance(c.built_with_cuda, bool) and isinstance(c.has_cuda(), bool)
+    if not c.has_cuda():
+        with pytest.raises(RuntimeError, match="cuda"):
+            ops.prune_heads(np.eye(4), np.eye(4), 1, 2, backend="cuda")

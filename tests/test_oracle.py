@@ -72,6 +72,24 @@ def test_format_is_plain_zip_of_npy_and_json(golden):
                 assert npz[k].dtype in (np.float64, np.int64), (case["id"], k, npz[k].dtype)
 
 
+def test_npy_members_parse_without_numpy(golden):
+    """docs/oracle.md promises: a zip of version-1.0, little-endian, C-order .npy members."""
+    import ast
+    import struct
+    index = json.loads((golden / "index.json").read_text())
+    case = next(c for c in index["cases"] if c["id"] == "prune_heads.basic")
+    with zipfile.ZipFile(golden / case["file"]) as z:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+        raw = z.read("out.pruned_heads.npy")
+    assert raw[:8] == b"\x93NUMPY\x01\x00"
+    (hlen,) = struct.unpack("<H", raw[8:10])
+    header = ast.literal_eval(raw[10:10 + hlen].decode("latin1"))
+    assert header["descr"] == "<i8" and header["fortran_order"] is False
+    values = struct.unpack(f"<{header['shape'][0]}q", raw[10 + hlen:])
+    with np.load(golden / case["file"]) as npz:
+        assert list(values) == npz["out.pruned_heads"].tolist()
+
+
 def test_cli_export_is_deterministic(golden, tmp_path):
     assert oracle.main(["export", str(tmp_path)]) == 0
     assert (tmp_path / "index.json").read_text() == (golden / "index.json").read_text()
@@ -216,3 +234,10 @@ def test_cli_exit_codes(golden, tmp_path, capsys):
 def test_cpp_core_passes_the_float32_profile(golden):
     result = oracle.check(golden, "slimgpt.ops", profile="float32", backend="cpu")
     assert result.ok, result.table()
+
+
+def test_slimgpt_cli_subcommand(golden, capsys):
+    cli = pytest.importorskip("slimgpt.cli")
+    assert cli.main(["oracle", "check", str(golden), "--impl", "slimgpt.reference", "--op", "dgs_group_sizes"]) == 0
+    out = capsys.readouterr().out
+    assert "11 passed, 0 failed" in out

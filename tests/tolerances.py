@@ -22,6 +22,10 @@ TOLERANCES = {
     # torch float32 model forwards compared after algebraically equal rewrites
     # (masked vs shrunk weights, save/load): summation order changes only.
     "logits": (1e-4, 1e-4),
+    # Whole tiny models pruned with the float32 C++ core vs the float64 reference: same pruned
+    # indices (checked exactly), but OBS-compensated weights differ at ~1e-6 relative per layer
+    # and the differences propagate through 3-4 layers of calibration activations.
+    "backend_logits": (2e-3, 2e-3),
 }
 
 

@@ -6,6 +6,8 @@ q/k/v biases, untied embeddings.
 """
 from __future__ import annotations
 
+import functools
+
 from slimgpt.model import LlamaConfig, build_model, random_init_
 
 TINY_CONFIGS = {
@@ -38,8 +40,9 @@ def tiny_model(name: str = "tiny-gqa", seed: int = 0, **overrides):
     return random_init_(model, seed=seed, std=0.1)
 
 
+@functools.lru_cache(maxsize=1)
 def byte_tokenizer():
-    """A 256-token byte-level tokenizer (token id = byte value order of the ByteLevel alphabet)."""
+    """(Cached; treat as read-only.) A 256-token byte-level tokenizer (token id = byte value order of the ByteLevel alphabet)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
