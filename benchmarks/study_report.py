@@ -173,6 +173,30 @@ def write_doc(data: dict, doc: Path, plot_path: Path) -> None:
         "- Parameters are counted on the physically shrunk model, embeddings (tied lm_head) included: "
         "dense 134,515,008, of which 28.3M are the embedding.",
         "",
+        "## Running one configuration yourself",
+        "",
+        "```bash",
+        "slimgpt prune --model smollm2-135m --ratio 0.5 --method wanda-sp --nsamples 32 --seqlen 256 --out pruned-wanda",
+        "slimgpt prune --model smollm2-135m --ratio 0.5 --method flap --out pruned-flap      # global plan + biases",
+        "slimgpt prune --model smollm2-135m --ratio 0.5 --no-gcd --out pruned-nogcd         # SlimGPT ablations:",
+        "slimgpt prune --model smollm2-135m --ratio 0.5 --fixed-group 128 --out pruned-nodgs  #   --no-compensation,",
+        "slimgpt prune --model smollm2-135m --ratio 0.5 --schedule uniform --out pruned-unif   #   --no-gcd, --fixed-group",
+        "```",
+        "",
+        "```python",
+        "from slimgpt.loaders import load_model",
+        "from slimgpt.pipeline import PruneSettings, prune_model",
+        "from slimgpt.textdata import calibration_windows",
+        "from slimgpt.baselines_methods import PLANNERS   # importing it registers magnitude / wanda-sp / flap",
+        "",
+        "m = load_model('smollm2-135m')",
+        "calib = calibration_windows(m.tokenizer, 32, 256, seed=0)",
+        "s = PruneSettings(ratio=0.5, method='flap')      # or compensate=False, gcd=False,",
+        "                                                  # method_options={'group_sizes': 128}, schedule='uniform'",
+        "counts = PLANNERS[s.method](m.model, calib, s) if s.method in PLANNERS else None",
+        "result = prune_model(m.model, calib, s, counts=counts)",
+        "```",
+        "",
         "## Results",
         "",
         table(res),
@@ -197,8 +221,17 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=Path("out/study/results.json"))
     ap.add_argument("--plot", type=Path, default=Path("docs/img/study_ppl.png"))
     ap.add_argument("--doc", type=Path, default=Path("docs/study.md"))
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="other caches (e.g. from a parallel run with --only) to fold into --cache")
     args = ap.parse_args(argv)
     data = load(args.cache)
+    for other in args.merge:
+        o = load(other)
+        for k, v in o["results"].items():
+            data["results"].setdefault(k, v)
+        data["settings"] = data["settings"] or o["settings"]
+    if args.merge:
+        args.cache.write_text(json.dumps(data, indent=1))
     print(table(data["results"]))
     write_doc(data, args.doc, args.plot)
 

@@ -42,7 +42,11 @@ def cmd_prune(a) -> dict:
 
     s = PruneSettings(ratio=a.ratio, schedule=a.schedule, first=a.first, last=a.last, n_samples=a.nsamples,
                       seqlen=a.seqlen, seed=a.seed, gqa=a.gqa, method=a.method, percdamp=a.percdamp,
-                      backend=a.backend, batch_size=a.batch_size, hit_target=not a.no_target)
+                      backend=a.backend, batch_size=a.batch_size, hit_target=not a.no_target,
+                      gcd=not a.no_gcd, compensate=not a.no_compensation,
+                      method_options={"group_sizes": a.fixed_group} if a.fixed_group else {})
+    if a.fixed_group is not None and a.fixed_group < 1:
+        raise ValueError("--fixed-group must be a positive group size")
     if a.first is not None and a.ratio is not None and a.ratio_given:
         raise ValueError("give either --ratio or --first/--last, not both")
     if a.first is not None:
@@ -71,7 +75,10 @@ def cmd_prune(a) -> dict:
         evals.append(("dense", r))
         _eprint(f"dense  PPL {r['ppl']:.3f}  (WikiText-2 test, {r['tokens']} tokens, seqlen {a.eval_seqlen})")
     s.backend = backend
-    result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet)
+    planner = _plugins().get(s.method)
+    counts = planner(model, calib, s) if planner is not None else None
+    result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet,
+                         counts=counts)
     report["prune"] = {k: v for k, v in result.summary.items() if k != "settings"}
     report["settings"] = result.summary["settings"]
     if a.eval_tokens > 0:
@@ -133,11 +140,26 @@ def cmd_generate(a) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 
+def _plugins() -> dict:
+    """Register optional methods (baselines) and return their global planners {method: fn}.
+
+    A planner is called as fn(model, calib, settings) -> [(heads, channels), ...] per layer and
+    its counts override the schedule (e.g. FLAP's global threshold)."""
+    try:
+        import slimgpt.baselines_methods as BM
+    except ImportError:
+        return {}
+    if hasattr(BM, "register_all"):
+        BM.register_all()
+    return dict(getattr(BM, "PLANNERS", {}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slimgpt.loaders import DEFAULT_MODEL, NAMES
     from slimgpt.methods import METHODS
     from slimgpt.pipeline import GQA_MODES, SCHEDULES
 
+    _plugins()
     p = argparse.ArgumentParser(prog="slimgpt", description="SlimGPT structured pruning of LLaMA-style models")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -155,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="algebra backend (default: fastest available)")
     pr.add_argument("--gqa", default="query", choices=GQA_MODES, help="GQA granularity (default query)")
     pr.add_argument("--method", default="slimgpt", choices=sorted(METHODS), help="selection method")
+    pr.add_argument("--no-compensation", action="store_true",
+                    help="ablation: zero the pruned columns without the OBS update (FLAP: no bias)")
+    pr.add_argument("--no-gcd", action="store_true",
+                    help="ablation (-GCD): head errors from the plain diagonal of H^-1, no grouped Cholesky")
+    pr.add_argument("--fixed-group", type=int, default=None, metavar="G",
+                    help="ablation (-DGS): prune FFN channels in fixed groups of G (paper: 128)")
     pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--no-target", action="store_true",

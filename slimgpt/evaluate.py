@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def perplexity(model, tokens: torch.Tensor, seqlen: int = 128, max_tokens: int | None = None,
-               batch_tokens: int = 4096, progress: bool = False) -> dict:
+               batch_tokens: int = 1024, progress: bool = False) -> dict:
     """{'ppl', 'nll', 'seqlen', 'windows', 'tokens' (scored), 'seconds'} on a 1-D token stream."""
     if seqlen < 2:
         raise ValueError("seqlen must be at least 2")
@@ -39,8 +39,10 @@ def perplexity(model, tokens: torch.Tensor, seqlen: int = 128, max_tokens: int |
         it = tqdm(it, desc=f"ppl@{seqlen}", unit="batch", leave=False)
     for s in it:
         ids = windows[s:s + bs]
-        logits = model(ids)[:, :-1].float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+        logits = model(ids)                                   # (B, T, V): the big tensor; batches are
+        V = logits.shape[-1]                                  # kept at ~batch_tokens tokens for memory
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1), reduction="sum")
+        del logits
         nll += float(loss)
         count += ids[:, 1:].numel()
     mean = nll / count

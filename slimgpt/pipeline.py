@@ -439,7 +439,11 @@ def prune(name_or_dir: str, settings: PruneSettings, log=None, progress: bool = 
     from slimgpt.loaders import load_model
     from slimgpt.textdata import calibration_windows
 
+    from slimgpt.baselines_methods import PLANNERS  # global planners of baselines (FLAP)
+
     settings.validate()
     loaded = load_model(name_or_dir)
     calib = calibration_windows(loaded.tokenizer, settings.n_samples, settings.seqlen, settings.seed)
-    return loaded, prune_model(loaded.model, calib, settings, log=log, progress=progress)
+    planner = PLANNERS.get(settings.method)
+    counts = planner(loaded.model, calib, settings) if planner is not None else None
+    return loaded, prune_model(loaded.model, calib, settings, log=log, progress=progress, counts=counts)

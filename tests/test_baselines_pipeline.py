@@ -81,3 +81,41 @@ def test_magnitude_kv_rows_count_only_when_they_leave():
     assert BM._kv_in_struct(layer, 3 * d)          # a whole GQA group takes its k/v rows
     mha = tiny_model("tiny-llama", seed=1).model.layers[0]
     assert BM._kv_in_struct(mha, mha.self_attn.head_dim)
+
+
+@pytest.mark.parametrize("extra", [["--method", "flap"], ["--method", "wanda-sp"], ["--method", "magnitude"],
+                                   ["--no-compensation", "--no-gcd", "--fixed-group", "16"]])
+def test_cli_methods_and_ablation_flags(tmp_path, capsys, extra):
+    import json
+
+    from slimgpt.cli import main
+
+    out = tmp_path / "p"
+    rc = main(["prune", "--model", "tiny-gqa", "--ratio", "0.3", "--nsamples", "4", "--seqlen", "16",
+               "--backend", "reference", "--eval-tokens", "0", "--out", str(out), "--json", "--quiet", *extra])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    st = rep["settings"]
+    assert st["method"] == (extra[1] if extra[0] == "--method" else "slimgpt")
+    if extra[0] != "--method":
+        assert st["compensate"] is False and st["gcd"] is False and st["method_options"] == {"group_sizes": 16}
+    assert rep["prune"]["params_after"] < rep["prune"]["params_before"]
+
+
+def test_cli_rejects_bad_fixed_group(tmp_path, capsys):
+    from slimgpt.cli import main
+
+    rc = main(["prune", "--model", "tiny-gqa", "--fixed-group", "0", "--nsamples", "4", "--out",
+               str(tmp_path / "o"), "--quiet", "--eval-tokens", "0"])
+    assert rc == 2
+
+
+def test_python_api_prune_applies_the_flap_plan():
+    loaded, res = P.prune("tiny-gqa", P.PruneSettings(ratio=0.3, method="flap", n_samples=4, seqlen=16),
+                          progress=False, log=lambda m: None)
+    sched = [round(9 * r) for r in res.summary["ratios"]]
+    kept = res.summary["heads_kept"]
+    assert res.summary["settings"]["method"] == "flap"
+    assert [9 - k for k in kept] != sched or res.summary["channels_kept"] != [
+        128 - round(128 * r) for r in res.summary["ratios"]]          # FLAP's own per-layer split
+    assert loaded.model.config.o_proj_bias and loaded.model.config.mlp_bias

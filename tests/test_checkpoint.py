@@ -20,7 +20,7 @@ IDS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
 def pruned(name="tiny-gqa", ratio=0.5, **kw):
     m = tiny_model(name)
     res = prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0),
-                      PruneSettings(ratio=ratio, backend="reference", **kw), progress=False, log=lambda s: None)
+                      PruneSettings(ratio=ratio, backend=None, **kw), progress=False, log=lambda s: None)
     return m, res
 
 
@@ -106,7 +106,7 @@ def test_pruning_a_folder_model_leaves_its_files_untouched(tmp_path):
     before = _tree_digest(src)
     loaded = load_model(src)
     prune_model(loaded.model, calibration_windows(loaded.tokenizer, 8, 32, 0),
-                PruneSettings(ratio=0.5, backend="reference"), progress=False, log=lambda s: None)
+                PruneSettings(ratio=0.5), progress=False, log=lambda s: None)
     save_pretrained(loaded.model, tmp_path / "dst", loaded.tokenizer)
     with pytest.raises(OutputExistsError):
         save_pretrained(loaded.model, src, None, force=True) if False else \

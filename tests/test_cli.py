@@ -51,3 +51,17 @@ def test_prune_refuses_non_empty_out(tmp_path, capsys):
     (tmp_path / "x").write_text("1")
     rc = main(["prune", "--model", "tiny-gqa", "--out", str(tmp_path), "--quiet"])
     assert rc == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_generate_json(capsys):
+    assert main(["generate", "tiny-gqa", "--prompt", "Hello", "--max-new-tokens", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt"] == "Hello" and isinstance(out["completion"], str)
+
+
+def test_estimate_is_printed_before_work(tmp_path, capsys):
+    rc = main(["prune", "--model", "tiny-llama", "--ratio", "0.1", "--nsamples", "4", "--seqlen", "16",
+               "--backend", "reference", "--eval-tokens", "0", "--out", str(tmp_path / "e"), "--quiet"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert err.index("estimate: memory") < err.index("saved")

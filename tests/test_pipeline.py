@@ -21,7 +21,7 @@ def calib(n=8, T=32, seed=0):
 
 
 def run(name, seed=0, **kw):
-    kw.setdefault("backend", "reference")
+    kw.setdefault("backend", None)          # fastest available (C++ core when built)
     m = tiny_model(name, seed=seed)
     return m, prune_model(m, calib(), PruneSettings(**kw), **QUIET)
 

@@ -67,7 +67,7 @@ mix = np.eye(d_in) + 0.4 * rng.standard_normal((d_in, d_in)) / np.sqrt(d_in)
 X = (rng.standard_normal((n, d_in)) * scales) @ mix
 W = rng.standard_normal((d_out, d_in)) / np.sqrt(d_in)
 H = ref.hessian(X)
-group_sizes = [8, 32, 128] if fast else [16, 32, 64, 128, 256, 512]
+group_sizes = [8, 32, 128] if fast else [32, 64, 128, 256, 512]
 print(f"\ndown_proj-like layer {d_out} x {d_in}, prune T = {T} channels; DGS: {compact(ref.dgs_group_sizes(T))}")
 
 # %%

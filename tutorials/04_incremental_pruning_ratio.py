@@ -16,7 +16,8 @@
 #
 # **Expected output**: the schedules for a 20% target on 30 layers (log: 0.0625 → ~0.25, mean
 # 0.2000), then per pruned ratio the layer-0 counts, the perplexity on a few WikiText-2 windows
-# and the per-layer FFN-output error, growing with depth; `wrote .../04_ipr_schedules.png` and
+# and the per-layer relative FFN-output error, growing with depth (on SmolLM2 by orders of
+# magnitude; PPL 55.0 dense → ~72 after pruning only layer 0 by 25%); `wrote .../04_ipr_schedules.png` and
 # `.../04_error_vs_depth.png` (the Figure 2 analogue).
 #
 # **Paper**: SlimGPT §3.3, Eq. (6), Figure 2 (LLaMA-7B: PPL 12.63 dense → 12.64 / 13.98 / 21.49
@@ -73,18 +74,18 @@ print(f"wrote {out / '04_ipr_schedules.png'}")
 # We prune heads and channels of layer 0 only (the pipeline's `counts` override: one
 # (heads, channels) pair per layer, zero elsewhere), with the usual calibration data, then run
 # dense and pruned models on the same evaluation windows and compare every layer's FFN output
-# (down_proj's output) — the quantity Figure 2 plots.
+# (down_proj's output) — the quantity Figure 2 plots (here relative to the dense output's energy).
 
 # %%
 loaded = load_model(model_name)
 dense, tok = loaded.model.eval(), loaded.tokenizer
 cfg = dense.config
-n_samples, seqlen = (8, 64) if fast else (32, 256)
+n_samples, seqlen = (8, 64) if fast else (16, 128)
 calib = calibration_windows(tok, n_samples, seqlen, seed=0)
 stream = wikitext2_tokens(tok)
-eval_seqlen, eval_windows = (64, 4) if fast else (128, 16)
+eval_seqlen, eval_windows = (64, 4) if fast else (128, 8)
 eval_ids = stream[: eval_seqlen * eval_windows].view(eval_windows, eval_seqlen)
-ppl_tokens = eval_seqlen * (8 if fast else 64)
+ppl_tokens = eval_seqlen * (8 if fast else 32)
 L = cfg.num_hidden_layers
 n_heads, m = cfg.layer_heads[0], cfg.layer_intermediate[0]
 print(f"\n{model_name}: {L} layers, {n_heads} heads, FFN {m}; calibration {n_samples} x {seqlen} C4 tokens")
@@ -115,11 +116,13 @@ for r in (0.25, 0.5, 0.75):
                                                 seqlen=seqlen, percdamp=0.01),
                     log=lambda msg: None, progress=False, counts=counts)
     outs = ffn_outputs(model, eval_ids)
-    err = np.array([float(((o - d) ** 2).mean()) for o, d in zip(outs, ref_outs)])
+    # relative squared error of each layer's FFN output: ||Δ||² / ||dense||² (layers of a trained
+    # model differ a lot in output scale, so the absolute error would mostly show the scale)
+    err = np.array([float(((o - d) ** 2).sum() / (d ** 2).sum()) for o, d in zip(outs, ref_outs)])
     ppl = perplexity(model, stream, seqlen=eval_seqlen, max_tokens=ppl_tokens)["ppl"]
     curves[r] = err
     print(f"layer 0 pruned by {r:.0%}: {counts[0][0]} heads, {counts[0][1]} channels removed "
-          f"({t.seconds:.1f} s); PPL {ppl:.3f}; FFN-output MSE layer 0 {err[0]:.3e}, last layer {err[-1]:.3e} "
+          f"({t.seconds:.1f} s); PPL {ppl:.3f}; FFN-output rel. error layer 0 {err[0]:.3e}, last {err[-1]:.3e} "
           f"(x{err[-1] / max(err[0], 1e-30):.1f})")
 
 # %% [markdown]
@@ -132,7 +135,8 @@ for r in (0.25, 0.5, 0.75):
 fig, ax = plt.subplots(figsize=(6, 3.8))
 for r, err in curves.items():
     ax.semilogy(range(L), err, "o-", ms=3, label=f"layer 0 pruned by {r:.0%}")
-ax.set(xlabel="layer", ylabel="FFN output mean squared error", title=f"{model_name}: error vs depth (Fig. 2)")
+ax.set(xlabel="layer", ylabel="FFN output error ||Δ||² / ||dense||²", title=f"{model_name}: error vs depth (Fig. 2)")
+ax.xaxis.get_major_locator().set_params(integer=True)
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(out / "04_error_vs_depth.png", dpi=100)

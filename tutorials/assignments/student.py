@@ -18,7 +18,7 @@ NeurIPS 2024, arXiv 2412.18110. Equation numbers follow the paper; the project's
 """
 from __future__ import annotations
 
-import numpy as np
+import numpy as np  # noqa: F401 - you will need it
 
 
 class DampingWarning(UserWarning):
