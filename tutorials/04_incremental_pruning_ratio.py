@@ -12,7 +12,7 @@
 # - how to pick r₀ and r_{n−1} for a target mean ratio (closed form of the mean, spec §5.4).
 #
 # **Run**: `python tutorials/04_incremental_pruning_ratio.py [--fast] [--out DIR]`
-# (SmolLM2-135M: ~3-5 min on 2 cores; `--fast` uses the tiny random model `tiny-llama`, ~10 s).
+# (SmolLM2-135M: ~3-8 min on 2 cores; `--fast` uses the tiny random model `tiny-llama`, ~10 s).
 #
 # **Expected output**: the schedules for a 20% target on 30 layers (log: 0.0625 → ~0.25, mean
 # 0.2000), then per pruned ratio the layer-0 counts, the perplexity on a few WikiText-2 windows
