@@ -4,6 +4,13 @@
 - `slimgpt.ops`: the same operations with a `backend=` switch (reference, cpu, cuda).
 - the torch pipeline, model, loaders, evaluation and CLI (`slimgpt --help`).
 """
+import os as _os
+
+# NumPy's OpenBLAS (the reference backend) reads this when NumPy is first imported: one thread,
+# because idle OpenBLAS workers spin and starve torch's threads in the pipeline. A user's own
+# setting wins; slimgpt/_native.py does the same for the C++ core's OpenBLAS.
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 __version__ = "0.1.0"
 
 from slimgpt._native import has_cuda  # noqa: E402,F401
