@@ -13,15 +13,8 @@ from slimgpt import reference
 
 import tolerances
 
-pytestmark = pytest.mark.skipif(not hasattr(reference, "prune_heads"),
-                                reason="slimgpt.reference is not written yet")
 
 
-@pytest.fixture(scope="module")
-def golden(tmp_path_factory):
-    d = tmp_path_factory.mktemp("oracle")
-    oracle.export(d)
-    return d
 
 
 def _module(**functions):
