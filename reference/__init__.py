@@ -14,11 +14,20 @@ Files, in paper order:
     heads.py     Eq. (5), Algorithm 1, heads         head_errors, prune_heads (+ oracles)
     channels.py  Dynamic Group Size, FFN channels    dgs_group_sizes, prune_channels
     ipr.py       Eq. (6), Incremental Pruning Ratio  ipr_ratios, ipr_for_target
+    downdate.py  one inverse + block downdates       downdate.prune_columns, .prune_heads,
+                 (the fast path's algorithm)          .prune_channels, .remove_set
+
+The functions in heads.py and channels.py re-invert H every iteration, as the published code
+does; downdate.py is the algorithm the C++/CUDA core runs instead (the same results in exact
+arithmetic, spec §3.4), written out so the fast path has a readable float64 twin.
+
+"spec §N" anywhere in the repository is a section of docs/spec.md.
 
 Shapes: W (d_out, d_in) in torch layout, pruning removes input columns; X (n, d_in) with n
 tokens; H, Hinv (d_in, d_in); d_in = n_heads · head_dim for attention. docs/reference.md
 derives every function; docs/equations.md maps equations to code and tests.
 """
+from . import downdate
 from .channels import dgs_group_sizes, prune_channels
 from .damping import DampingWarning, NotPositiveDefiniteError
 from .heads import (grouped_cholesky_diag, grouped_cholesky_diag_naive, head_cost_exact,
@@ -28,6 +37,7 @@ from .ipr import ipr_for_target, ipr_ratios
 from .obs import prune_columns, prune_columns_cholesky, prune_columns_naive, remove_from_hessian
 
 __all__ = [
+    "downdate",
     "hessian", "accumulate_hessian", "reconstruction_error",
     "DampingWarning", "NotPositiveDefiniteError",
     "prune_columns", "prune_columns_naive", "prune_columns_cholesky", "remove_from_hessian",

@@ -12,10 +12,25 @@ import numbers
 
 import numpy as np
 
+# The largest number of input columns (d_in) or structures any implementation accepts: the
+# C++ and CUDA cores call 32-bit-integer BLAS/LAPACK.
+MAX_COLUMNS = 2 ** 31 - 1
+
+
+def real_array(name: str, A) -> np.ndarray:
+    """`A` as a NumPy array of a real number dtype (float, signed or unsigned int); ValueError
+    for booleans, complex numbers, strings, dates and objects, which would be cast silently."""
+    if type(A).__module__.startswith("torch"):
+        A = A.detach().cpu().numpy()
+    A = np.asarray(A)
+    if A.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must be a real floating-point or integer array, got dtype {A.dtype}")
+    return A
+
 
 def as_matrix(name: str, A, *, finite: bool = True) -> np.ndarray:
-    """A float64 copy of the 2-D array `A`; ValueError if it is not 2-D or not finite."""
-    A = np.array(A, dtype=np.float64, copy=True)
+    """A float64 copy of the 2-D array `A`; ValueError if it is not 2-D, not real or not finite."""
+    A = np.array(real_array(name, A), dtype=np.float64, copy=True)
     if A.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got an array of shape {A.shape}")
     if finite and not np.all(np.isfinite(A)):
@@ -25,7 +40,7 @@ def as_matrix(name: str, A, *, finite: bool = True) -> np.ndarray:
 
 def as_tokens(name: str, X) -> np.ndarray:
     """Calibration inputs as a float64 (n_tokens, d_in) matrix; (batch, seq, d_in) is flattened."""
-    X = np.array(X, dtype=np.float64, copy=True)
+    X = np.array(real_array(name, X), dtype=np.float64, copy=True)
     if X.ndim == 3:
         X = X.reshape(-1, X.shape[-1])
     if X.ndim != 2:
@@ -39,18 +54,31 @@ def weight_and_hessian(W, H, *, H_name: str = "H") -> tuple[np.ndarray, np.ndarr
     """Check W (d_out, d_in) and a symmetric-shaped H (d_in, d_in); return float64 copies."""
     W = as_matrix("W", W)
     H = as_matrix(H_name, H)
+    check_shapes(W, H, H_name)
+    return W, H
+
+
+def check_shapes(W, H, H_name: str = "H") -> None:
+    """W is (d_out, d_in) and H is (d_in, d_in); W and H may be NumPy arrays or torch tensors
+    (the fast paths check shapes without copying to float64)."""
+    for name, A in (("W", W), (H_name, H)):
+        if not hasattr(A, "shape"):
+            raise ValueError(f"{name} must be a NumPy array or a torch tensor, got {type(A).__name__}")
+        if len(A.shape) != 2:
+            raise ValueError(f"{name} must be a 2-D matrix, got an array of shape {tuple(A.shape)}")
     if H.shape[0] != H.shape[1]:
-        raise ValueError(f"{H_name} must be square, got shape {H.shape}")
+        raise ValueError(f"{H_name} must be square, got shape {tuple(H.shape)}")
     if H.shape[0] != W.shape[1]:
         raise ValueError(f"{H_name} is {H.shape[0]} x {H.shape[1]} but W has {W.shape[1]} input "
                          f"columns (W is d_out x d_in in torch layout)")
-    return W, H
 
 
 def count(name: str, n, lo: int, hi: int) -> int:
     """An integer in [lo, hi]; ValueError otherwise (bools and non-integral floats rejected)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        if isinstance(n, numbers.Real) and float(n).is_integer():
+    if isinstance(n, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer, got the boolean {n!r}")
+    if not isinstance(n, numbers.Integral):
+        if isinstance(n, numbers.Real) and np.isfinite(n) and float(n).is_integer():
             n = int(n)
         else:
             raise ValueError(f"{name} must be an integer, got {n!r}")
@@ -68,9 +96,11 @@ def columns(cols, d_in: int) -> np.ndarray:
     if c.ndim != 1:
         raise ValueError(f"columns must be a 1-D list of indices, got shape {c.shape}")
     integral = np.issubdtype(c.dtype, np.integer) or (
-        np.issubdtype(c.dtype, np.floating) and np.all(c == np.round(c)))
+        np.issubdtype(c.dtype, np.floating) and np.all(np.isfinite(c)) and np.all(c == np.round(c)))
     if c.dtype == bool or not integral:
         raise ValueError(f"columns must be integer indices, got dtype {c.dtype}")
+    if c.min() < 0 or c.max() >= d_in:
+        raise ValueError(f"column indices must be in [0, {d_in}), got min {c.min()} max {c.max()}")
     c = c.astype(np.int64)
     if c.min() < 0 or c.max() >= d_in:
         raise ValueError(f"column indices must be in [0, {d_in}), got min {c.min()} max {c.max()}")
@@ -81,6 +111,8 @@ def columns(cols, d_in: int) -> np.ndarray:
 
 def percdamp(p) -> float:
     """A finite damping fraction >= 0."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise ValueError(f"percdamp must be a number >= 0, got {p!r}")
     p = float(p)
     if not np.isfinite(p) or p < 0:
         raise ValueError(f"percdamp must be a finite number >= 0, got {p}")
@@ -97,6 +129,8 @@ def head_dim(d: int, d_in: int) -> int:
 
 def ratio(name: str, r) -> float:
     """A pruning ratio in [0, 1)."""
+    if isinstance(r, (bool, np.bool_)) or not isinstance(r, numbers.Real):
+        raise ValueError(f"{name} must be a number in [0, 1), got {r!r}")
     r = float(r)
     if not 0.0 <= r < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {r}")

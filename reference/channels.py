@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from . import _checks
-from .damping import cholesky_inverse, solve_with_damping
+from .damping import cholesky_inverse, objective, solve_with_damping
 from .obs import prune_columns_cholesky, remove_from_hessian
 
 # The published schedule's constants (spec §4.2).
@@ -44,18 +44,20 @@ def dgs_group_sizes(n_prune: int) -> list[int]:
     -------
     group_sizes : list of int, summing to T (empty for T = 0).
     """
-    T = _checks.count("n_prune", n_prune, 0, np.iinfo(np.int64).max)
+    T = _checks.count("n_prune", n_prune, 0, _checks.MAX_COLUMNS)
     sizes, b, remaining = [], (T - DGS_OFFSET) // 2, T
-    while remaining > 0:
-        g = min(remaining, max(b, DGS_MIN), DGS_MAX)
+    while remaining > 0 and b > DGS_MIN:
+        g = min(remaining, b, DGS_MAX)
         sizes.append(g)
         remaining -= g
         b = (b - DGS_OFFSET) // 2
-    return sizes
+    # from here on b <= DGS_MIN: groups of DGS_MIN, the last one smaller (the loop's tail, in one step)
+    full, rest = divmod(remaining, DGS_MIN)
+    return sizes + [DGS_MIN] * full + ([rest] if rest else [])
 
 
 def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
-                   compensate=True) -> tuple[np.ndarray, np.ndarray]:
+                   compensate=True, return_loss=False):
     """Batched Greedy Pruning of FFN channels in groups (DGS), as published.
 
     Paper: Batched Greedy Pruning, "Dynamic Group Size", Eqs. (3)-(4) per group; spec §4.2.
@@ -86,20 +88,24 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
         to n_prune.
     compensate : bool
         False: selection as usual, but W is only zeroed at pruned channels (and dead inputs).
+    return_loss : bool
+        Also return the loss, as in prune_heads.
 
     Returns
     -------
     W_new : float64 array (d_out, d_in)
     pruned_channels : int64 array (n_prune,), sorted ascending.
+    loss : float, only with return_loss
     """
     W, H = _checks.weight_and_hessian(W, H)
     n_prune = _checks.count("n_prune", n_prune, 0, W.shape[1])
     percdamp = _checks.percdamp(percdamp)
     sizes = _group_sizes(group_sizes, n_prune)
     if n_prune == 0:
-        return W, np.zeros(0, dtype=np.int64)
+        return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
 
     def greedy(W, H):
+        W0, H0, loss = W.copy(), H.copy(), 0.0
         pruned = np.zeros(W.shape[1], dtype=bool)
         for g in sizes:
             G = cholesky_inverse(H)
@@ -110,14 +116,19 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
             if compensate:
                 alive = ~pruned
                 alive[S] = False
-                W, _ = prune_columns_cholesky(W, G, S, survivors=np.flatnonzero(alive))
+                W, losses = prune_columns_cholesky(W, G, S, survivors=np.flatnonzero(alive))
+                loss += 0.5 * float(np.sum(losses))
             else:
                 W[:, S] = 0.0
             H = remove_from_hessian(H, S)
             pruned[S] = True
-        return W, np.flatnonzero(pruned).astype(np.int64)
+        channels = np.flatnonzero(pruned).astype(np.int64)
+        if not compensate:
+            loss = objective(W0, W, H0, channels)
+        return W, channels, loss
 
-    return solve_with_damping(W, H, percdamp, greedy)
+    W_new, channels, loss = solve_with_damping(W, H, percdamp, greedy)
+    return (W_new, channels, loss) if return_loss else (W_new, channels)
 
 
 def _group_sizes(group_sizes, n_prune: int) -> list[int]:

@@ -117,18 +117,57 @@ def cholesky_inverse(H: np.ndarray) -> np.ndarray:
     return Linv.T @ Linv
 
 
+def retry_with_damping(attempt: Callable[[float], T], percdamp: float, *, what: str = "") -> T:
+    """Run `attempt(p)` for p = percdamp and then each larger RETRY_PERCDAMP until one does not
+    raise NotPositiveDefiniteError.
+
+    Paper: not in the paper; spec §2.4 damping, plus our retry so that an H that is not
+    positive definite (float32 accumulation, too few tokens) never yields NaN silently.
+    Every implementation (this reference, its block-downdate twin, slimgpt.ops around the C++
+    and CUDA cores) goes through this one function, so all of them damp alike.
+
+    A retry warns with DampingWarning(percdamp=p); when every p fails,
+    NotPositiveDefiniteError is raised, naming the ladder and `what` (e.g. mean(diag H)).
+
+    Parameters
+    ----------
+    attempt : callable p -> result
+        One whole pruning run at damping fraction p; raises NotPositiveDefiniteError on failure.
+    percdamp : float
+        The requested damping fraction.
+    what : str
+        Extra context for the final error message.
+
+    Returns
+    -------
+    Whatever `attempt` returns for the first damping that works.
+    """
+    ladder = [percdamp] + [p for p in RETRY_PERCDAMP if p > percdamp]
+    for p in ladder:
+        try:
+            result = attempt(p)
+        except NotPositiveDefiniteError as failure:
+            last = failure
+            continue
+        if p != percdamp:
+            warnings.warn(DampingWarning(
+                f"H is not positive definite with percdamp={percdamp:g}; used percdamp={p:g} "
+                f"(adds {p:g} x mean(diag H) to the diagonal)", p, percdamp), stacklevel=4)
+        return result
+    raise NotPositiveDefiniteError(
+        f"H is not positive definite even with percdamp={ladder[-1]:g} x mean(diag H) "
+        f"(tried {', '.join(f'{p:g}' for p in ladder)}{'; ' + what if what else ''}). "
+        f"Check the calibration inputs. Last failure: {last}")
+
+
 def solve_with_damping(W: np.ndarray, H: np.ndarray, percdamp: float,
                        solve: Callable[[np.ndarray, np.ndarray], T]) -> T:
     """Run `solve(W, H_prepared)` and, if a Cholesky fails, rerun it with more damping.
 
-    Paper: not in the paper; spec §2.4 damping, plus our retry so that an H that is not
-    positive definite (float32 accumulation, too few tokens) never yields NaN silently.
+    Paper: not in the paper; spec §2.4.
 
         for p in [percdamp, then each RETRY_PERCDAMP > percdamp]:
             W', H' = prepare_hessian(W, H, p);  return solve(W', H') unless it fails
-
-    A retry warns with DampingWarning(percdamp=p); when every p fails,
-    NotPositiveDefiniteError is raised.
 
     Parameters
     ----------
@@ -144,19 +183,15 @@ def solve_with_damping(W: np.ndarray, H: np.ndarray, percdamp: float,
     -------
     Whatever `solve` returns for the first damping that works.
     """
-    ladder = [percdamp] + [p for p in RETRY_PERCDAMP if p > percdamp]
-    for p in ladder:
-        try:
-            result = solve(*prepare_hessian(W, H, p))
-        except NotPositiveDefiniteError as failure:
-            last = failure
-            continue
-        if p != percdamp:
-            warnings.warn(DampingWarning(
-                f"H is not positive definite with percdamp={percdamp:g}; used percdamp={p:g} "
-                f"(adds {p:g} x mean(diag H) to the diagonal)", p, percdamp), stacklevel=3)
-        return result
-    raise NotPositiveDefiniteError(
-        f"H is not positive definite even with percdamp={ladder[-1]:g} x mean(diag H) "
-        f"(tried {', '.join(f'{p:g}' for p in ladder)}; mean(diag H) = "
-        f"{np.mean(np.diag(H)):.3g}). Check the calibration inputs. Last failure: {last}")
+    return retry_with_damping(lambda p: solve(*prepare_hessian(W, H, p)), percdamp,
+                              what=f"mean(diag H) = {np.mean(np.diag(H)):.3g}")
+
+
+def objective(W0: np.ndarray, W_new: np.ndarray, H: np.ndarray, columns: np.ndarray) -> float:
+    """½ tr(ΔW H ΔWᵀ) when only `columns` of W changed (ΔW = W0 − W_new is zero elsewhere).
+
+    Paper: Eq. (1) written through H (spec §1.2), restricted to the changed columns; the
+    loss of pruning without compensation, where no OBS errors e_i are formed.
+    """
+    D = W0[:, columns] - W_new[:, columns]
+    return 0.5 * float(np.sum((D @ H[np.ix_(columns, columns)]) * D))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .damping import NotPositiveDefiniteError, cholesky, cholesky_inverse, solve_with_damping
+from .damping import NotPositiveDefiniteError, cholesky, cholesky_inverse, objective, solve_with_damping
 from .obs import prune_columns_cholesky, remove_from_hessian
 
 
@@ -137,7 +137,7 @@ def head_cost_exact(W, Hinv, head_dim: int) -> np.ndarray:
 
 
 def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, compensate=True,
-                head_groups=None) -> tuple[np.ndarray, np.ndarray]:
+                head_groups=None, return_loss=False):
     """Batched Greedy Pruning of attention heads, as published: one head per iteration.
 
     Paper: Batched Greedy Pruning, Algorithm 1 (step 1: grouped Cholesky, head errors,
@@ -174,11 +174,16 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
         (query head h in group h // (n_heads / groups), Hugging Face's repeat_kv). Every group
         loses exactly n_prune / n_groups heads; a head is eligible only while its group is
         under that quota.
+    return_loss : bool
+        Also return the loss: ½ Σ ||e_i||² over every removed column (the Eq. (1) objective
+        of W_new in the metric of the prepared H, spec §2.3), or the objective of the zeroed
+        columns when compensate=False.
 
     Returns
     -------
     W_new : float64 array (d_out, d_in)
     pruned_heads : int64 array (n_prune,), sorted ascending.
+    loss : float, only with return_loss
     """
     W, H = _checks.weight_and_hessian(W, H)
     d = _checks.head_dim(head_dim, W.shape[1])
@@ -187,9 +192,10 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
     percdamp = _checks.percdamp(percdamp)
     groups, quota = _head_groups(head_groups, n_heads, n_prune)
     if n_prune == 0:
-        return W, np.zeros(0, dtype=np.int64)
+        return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
 
     def greedy(W, H):
+        W0, H0, loss = W.copy(), H.copy(), 0.0
         pruned = np.zeros(n_heads, dtype=bool)
         for _ in range(n_prune):
             G = cholesky_inverse(H)
@@ -202,14 +208,19 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
             if compensate:
                 alive = np.repeat(~pruned, d)
                 alive[C] = False
-                W, _ = prune_columns_cholesky(W, G, C, survivors=np.flatnonzero(alive))
+                W, losses = prune_columns_cholesky(W, G, C, survivors=np.flatnonzero(alive))
+                loss += 0.5 * float(np.sum(losses))
             else:
                 W[:, C] = 0.0
             H = remove_from_hessian(H, C)
             pruned[j] = True
-        return W, np.flatnonzero(pruned).astype(np.int64)
+        heads = np.flatnonzero(pruned).astype(np.int64)
+        if not compensate:
+            loss = objective(W0, W, H0, np.repeat(pruned, d).nonzero()[0])
+        return W, heads, loss
 
-    return solve_with_damping(W, H, percdamp, greedy)
+    W_new, heads, loss = solve_with_damping(W, H, percdamp, greedy)
+    return (W_new, heads, loss) if return_loss else (W_new, heads)
 
 
 def _head_groups(head_groups, n_heads: int, n_prune: int) -> tuple[np.ndarray, int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .damping import cholesky, cholesky_inverse, prepare_hessian, solve_with_damping
+from .damping import cholesky, cholesky_inverse, objective, prepare_hessian, solve_with_damping
 
 
 def prune_columns_cholesky(W, Hinv, columns, *, survivors=None) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +100,7 @@ def remove_from_hessian(H, columns) -> np.ndarray:
     return H
 
 
-def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True) -> np.ndarray:
+def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False):
     """Remove the given input columns of W with optimal OBS compensation of the others.
 
     Paper: Eqs. (3)-(4) in the Cholesky form (Algorithm 1 step 2); spec §2.2-2.4.
@@ -115,7 +115,7 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True) -> np.ndarray
     ----------
     W : array (d_out, d_in)
     H : array (d_in, d_in)
-        Hessian 2 XᵀX / n (any positive scale gives the same result).
+        Hessian 2 XᵀX / n (any positive scale gives the same W_new).
     columns : int array (s,)
         Distinct columns to remove, any order; empty is a no-op.
     percdamp : float
@@ -123,22 +123,34 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True) -> np.ndarray
     compensate : bool
         False: only zero the columns (the published --no_compensate); survivors are
         untouched except dead inputs, which are always zeroed (spec §2.4).
+    return_loss : bool
+        Also return the loss (see Returns).
 
     Returns
     -------
     W_new : float64 array (d_out, d_in)
+    loss : float, only with return_loss
+        The Eq. (1) objective ½ tr(ΔW H ΔWᵀ) of the result in the metric of the prepared
+        (dead-handled, damped) H: ½ Σ ||e_i||² when compensating (spec §2.3), the objective of
+        the zeroed columns otherwise.
     """
     W, H = _checks.weight_and_hessian(W, H)
     S = _checks.columns(columns, W.shape[1])
     percdamp = _checks.percdamp(percdamp)
     if S.size == 0:
-        return W
+        return (W, 0.0) if return_loss else W
     if not compensate:
-        W, _ = prepare_hessian(W, H, percdamp)
+        W0, Hp = prepare_hessian(W, H, percdamp)
+        W = W0.copy()
         W[:, S] = 0.0
-        return W
-    return solve_with_damping(W, H, percdamp,
-                              lambda W, H: prune_columns_cholesky(W, cholesky_inverse(H), S)[0])
+        return (W, objective(W0, W, Hp, S)) if return_loss else W
+
+    def solve(W, H):
+        W_new, losses = prune_columns_cholesky(W, cholesky_inverse(H), S)
+        return W_new, 0.5 * float(np.sum(losses))
+
+    W_new, loss = solve_with_damping(W, H, percdamp, solve)
+    return (W_new, loss) if return_loss else W_new
 
 
 def prune_columns_naive(W, H, columns, *, percdamp=0.0) -> np.ndarray:
