@@ -5,6 +5,12 @@
 - the torch pipeline, model, loaders, evaluation and CLI (`slimgpt --help`).
 """
 import os as _os
+import pkgutil as _pkgutil
+
+# Run from a source checkout (`python -m pytest`, `python -c ...` in the repository root), this
+# folder shadows the installed package, which holds the compiled core `_core`: also search the
+# other `slimgpt` folders on sys.path (the installed one) for submodules.
+__path__ = _pkgutil.extend_path(__path__, __name__)
 
 # NumPy's OpenBLAS (the reference backend) reads this when NumPy is first imported: one thread,
 # because idle OpenBLAS workers spin and starve torch's threads in the pipeline. A user's own

@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "oracle":
-        return args.func(args)
+        from slimgpt.oracle.cli import run
+        return run(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cmd == "prune":

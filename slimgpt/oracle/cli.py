@@ -1,0 +1,67 @@
+"""`slimgpt oracle export|check` (also `python -m slimgpt.oracle ...`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from slimgpt.oracle.check import ImplementationError, check
+from slimgpt.oracle.files import PROFILES, OracleFormatError, export
+
+DESCRIPTION = "Golden cases for the SlimGPT operations: export them from the reference, check any implementation."
+
+
+def add_oracle_subcommand(subparsers) -> argparse.ArgumentParser:
+    """Add `oracle export|check` to a CLI's subparsers; the parser's `func(args)` returns the exit code."""
+    p = subparsers.add_parser("oracle", help="export golden cases / check an implementation against them",
+                              description=DESCRIPTION)
+    _add_commands(p)
+    return p
+
+
+def _add_commands(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="oracle_command", required=True)
+    pe = sub.add_parser("export", help="write the golden cases (npz + index.json) to DIR")
+    pe.add_argument("dir")
+    pe.set_defaults(func=_cmd_export)
+    pc = sub.add_parser("check", help="run an implementation over the cases in DIR")
+    pc.add_argument("dir")
+    pc.add_argument("--impl", required=True, help="module name (e.g. slimgpt.ops) or path to a .py file")
+    pc.add_argument("--profile", choices=PROFILES, default="float64",
+                    help="float64 (default) or float32 for single-precision implementations")
+    pc.add_argument("--backend", default=None, help="pass backend=... to every call (slimgpt.ops)")
+    pc.add_argument("--op", action="append", dest="operations", help="check only this operation (repeatable)")
+    pc.add_argument("-v", "--verbose", action="store_true", help="also list not-implemented and skipped cases")
+    pc.set_defaults(func=_cmd_check)
+
+
+def _cmd_export(args) -> int:
+    index = export(args.dir)
+    n_err = sum("raises" in c for c in index["cases"])
+    print(f"wrote {len(index['cases'])} cases ({n_err} expecting an error) to {args.dir}/index.json")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    result = check(args.dir, args.impl, profile=args.profile, operations=args.operations, backend=args.backend)
+    print(result.table(verbose=args.verbose))
+    return 0 if result.ok else 1
+
+
+def run(args) -> int:
+    """Run a parsed `oracle` command; expected failures are one line on stderr and exit 2."""
+    try:
+        return args.func(args)
+    except (OracleFormatError, ImplementationError, OSError) as e:
+        print(f"slimgpt oracle {args.oracle_command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    """`slimgpt oracle` with argv = ["export", DIR] or ["check", DIR, "--impl", MODULE, ...]."""
+    parser = argparse.ArgumentParser(prog="slimgpt oracle", description=DESCRIPTION)
+    _add_commands(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
