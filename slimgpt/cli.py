@@ -75,10 +75,7 @@ def cmd_prune(a) -> dict:
         evals.append(("dense", r))
         _eprint(f"dense  PPL {r['ppl']:.3f}  (WikiText-2 test, {r['tokens']} tokens, seqlen {a.eval_seqlen})")
     s.backend = backend
-    planner = _plugins().get(s.method)
-    counts = planner(model, calib, s) if planner is not None else None
-    result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet,
-                         counts=counts)
+    result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet)
     report["prune"] = {k: v for k, v in result.summary.items() if k != "settings"}
     report["settings"] = result.summary["settings"]
     if a.eval_tokens > 0:
@@ -140,26 +137,11 @@ def cmd_generate(a) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 
-def _plugins() -> dict:
-    """Register optional methods (baselines) and return their global planners {method: fn}.
-
-    A planner is called as fn(model, calib, settings) -> [(heads, channels), ...] per layer and
-    its counts override the schedule (e.g. FLAP's global threshold)."""
-    try:
-        import slimgpt.baselines_methods as BM
-    except ImportError:
-        return {}
-    if hasattr(BM, "register_all"):
-        BM.register_all()
-    return dict(getattr(BM, "PLANNERS", {}))
-
-
 def build_parser() -> argparse.ArgumentParser:
     from slimgpt.loaders import DEFAULT_MODEL, NAMES
     from slimgpt.methods import METHODS
     from slimgpt.pipeline import GQA_MODES, SCHEDULES
 
-    _plugins()
     p = argparse.ArgumentParser(prog="slimgpt", description="SlimGPT structured pruning of LLaMA-style models")
     sub = p.add_subparsers(dest="cmd", required=True)
 

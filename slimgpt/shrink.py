@@ -46,6 +46,42 @@ def _block_index(blocks: list[int], d: int) -> torch.Tensor:
     return (torch.tensor(blocks, dtype=torch.long)[:, None] * d + torch.arange(d)).reshape(-1)
 
 
+def freed_kv_heads(attn, pruned_heads) -> list[int]:
+    """The KV heads that no remaining query head reads once `pruned_heads` are gone."""
+    pruned = set(int(h) for h in pruned_heads)
+    kept = {int(k) for h, k in enumerate(attn.kv_map.tolist()) if h not in pruned}
+    return [k for k in range(attn.n_kv) if k not in kept]
+
+
+@torch.no_grad()
+def add_bias(linear: nn.Linear, delta: torch.Tensor) -> None:
+    """linear.bias += delta, creating a zero bias first (bias-compensating methods, e.g. FLAP)."""
+    if linear.bias is None:
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                                               device=linear.weight.device))
+    linear.bias.data += delta.to(device=linear.bias.device, dtype=linear.bias.dtype)
+
+
+@torch.no_grad()
+def apply_heads(layer: DecoderLayer, pruned_heads, o_weight: torch.Tensor, *, physical: bool = True) -> list[int]:
+    """Put the compensated o_proj weight in place and remove `pruned_heads`: physically
+    (remove_heads) or, with physical=False, by leaving their o_proj columns zero (the masked
+    model, spec §6.4). Returns the KV heads that went with them."""
+    if physical:
+        return remove_heads(layer, pruned_heads, o_weight)
+    layer.self_attn.o_proj.weight.data.copy_(o_weight)
+    return freed_kv_heads(layer.self_attn, pruned_heads)
+
+
+@torch.no_grad()
+def apply_channels(layer: DecoderLayer, pruned_channels, down_weight: torch.Tensor, *, physical: bool = True) -> None:
+    """As apply_heads, for FFN channels and down_proj."""
+    if physical:
+        remove_channels(layer, pruned_channels, down_weight)
+    else:
+        layer.mlp.down_proj.weight.data.copy_(down_weight)
+
+
 @torch.no_grad()
 def remove_heads(layer: DecoderLayer, pruned_heads, o_weight: torch.Tensor | None = None) -> list[int]:
     """Remove query heads `pruned_heads` (indices in the layer's current numbering).
@@ -60,8 +96,8 @@ def remove_heads(layer: DecoderLayer, pruned_heads, o_weight: torch.Tensor | Non
         raise ValueError(f"head indices must lie in [0, {H}), got {pruned}")
     keep_q = [h for h in range(H) if h not in pruned]
     old_map = attn.kv_map.tolist()
-    keep_kv = sorted(set(old_map[h] for h in keep_q))
-    gone_kv = [k for k in range(attn.n_kv) if k not in keep_kv]
+    gone_kv = freed_kv_heads(attn, pruned)
+    keep_kv = [k for k in range(attn.n_kv) if k not in gone_kv]
     renum = {k: j for j, k in enumerate(keep_kv)}
     attn.q_proj = _rows(attn.q_proj, _block_index(keep_q, d))
     attn.k_proj = _rows(attn.k_proj, _block_index(keep_kv, d))
