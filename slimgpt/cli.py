@@ -1,11 +1,14 @@
-"""The `slimgpt` command: prune, eval, generate.
+"""The `slimgpt` command: prune, eval, generate, oracle.
 
     slimgpt prune --model smollm2-135m --ratio 0.2 --out pruned-smollm2
     slimgpt eval pruned-smollm2 --seqlen 128 --max-tokens 16384 --json
-    slimgpt generate pruned-smollm2 --prompt "The capital of France is"
+    slimgpt generate pruned-smollm2 "The capital of France is"
+    slimgpt oracle export golden/
 
 Progress bars and the per-layer log go to stderr; the result (or, with --json, one JSON object)
-goes to stdout. Bad input exits with status 2 and a one-line message, and writes nothing.
+goes to stdout. Every expected failure (bad values, bad files, I/O errors, a model that
+produces NaN) is one line on stderr and exit status 2, and nothing half-written is left
+behind; --debug shows the traceback instead. Every output path goes through slimgpt.paths.
 """
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ import sys
 import time
 
 import torch
+
+
+class UsageError(ValueError):
+    """A bad command-line value (one clear message)."""
 
 
 def _eprint(*a):
@@ -30,6 +37,15 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
 
 
+def _check_context(model, seqlen: int, flag: str, allow_long: bool) -> None:
+    """Sequences longer than the model's context are refused unless --allow-long-context (RoPE
+    models run past it, but with positions the model never saw)."""
+    ctx = model.config.max_position_embeddings
+    if seqlen > ctx and not allow_long:
+        raise UsageError(f"{flag} {seqlen} is longer than the model's context ({ctx} tokens); pass "
+                         f"--allow-long-context to run beyond it")
+
+
 # ----------------------------------------------------------------------------------------------
 
 def cmd_prune(a) -> dict:
@@ -40,41 +56,41 @@ def cmd_prune(a) -> dict:
     from slimgpt.pipeline import PruneSettings, estimate, prune_model
     from slimgpt.textdata import calibration_windows
 
-    s = PruneSettings(ratio=a.ratio, schedule=a.schedule, first=a.first, last=a.last, n_samples=a.nsamples,
-                      seqlen=a.seqlen, seed=a.seed, gqa=a.gqa, method=a.method, percdamp=a.percdamp,
-                      backend=a.backend, batch_size=a.batch_size, hit_target=not a.no_target,
-                      gcd=not a.no_gcd, compensate=not a.no_compensation,
-                      method_options={"group_sizes": a.fixed_group} if a.fixed_group else {})
     if a.fixed_group is not None and a.fixed_group < 1:
-        raise ValueError("--fixed-group must be a positive group size")
-    if a.first is not None and a.ratio is not None and a.ratio_given:
-        raise ValueError("give either --ratio or --first/--last, not both")
-    if a.first is not None:
-        s.ratio = None
+        raise UsageError("--fixed-group must be a positive group size")
+    if a.first is None and a.last is not None:
+        raise UsageError("--last needs --first")
+    if a.first is not None and a.ratio is not None:
+        raise UsageError("give either --ratio or --first/--last, not both")
+    s = PruneSettings(ratio=0.2 if a.ratio is None and a.first is None else a.ratio, schedule=a.schedule,
+                      first=a.first, last=a.last, n_samples=a.nsamples, seqlen=a.seqlen, seed=a.seed, gqa=a.gqa,
+                      method=a.method, percdamp=a.percdamp, backend=a.backend, batch_size=a.batch_size,
+                      hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
+                      method_options={"group_sizes": a.fixed_group} if a.fixed_group else {})
     s.validate()
-    out = check_output_dir(a.out, a.force, inputs=(a.model,))
-    backend = resolve_backend(a.backend)
+    inputs = (a.model,)
+    out = check_output_dir(a.out, a.force, inputs=inputs)
+    report_path = _report_path(a, inputs + (str(out),))
+    s.backend = resolve_backend(a.backend)
     t0 = time.perf_counter()
     _eprint(f"loading {a.model} ...")
     loaded = load_model(a.model)
     model, tok = loaded.model, loaded.tokenizer
     if tok is None:
-        raise ValueError(f"{a.model}: no tokenizer.json, cannot build calibration data")
+        raise UsageError(f"{a.model}: no tokenizer.json, cannot build calibration data")
+    _check_context(model, s.seqlen, "--seqlen", a.allow_long_context)
+    _check_context(model, a.eval_seqlen, "--eval-seqlen", a.allow_long_context)
     calib = calibration_windows(tok, s.n_samples, s.seqlen, s.seed)
-    t_load = time.perf_counter() - t0
     est = estimate(model.config, s.n_samples, s.seqlen, s.batch_size, s.cache_mb)
     _eprint(f"estimate: memory ~{_fmt_bytes(est['memory_bytes'])} (model {_fmt_bytes(est['model_bytes'])}, "
             f"activations {_fmt_bytes(est['activation_bytes'] + est['cache_bytes'])}, H {_fmt_bytes(est['hessian_bytes'])}); "
             f"pruning ~{est['seconds_at_60gflops']:.0f} s of forward/Hessian work at 60 GFLOP/s + selection")
-    report = {"command": "prune", "model": loaded.source, "out": out, "backend": backend,
-              "load_seconds": t_load, "estimate": est}
-    evals = []
+    report = {"format": REPORT_FORMAT, "command": "prune", "model": loaded.source, "out": str(out),
+              "backend": s.backend, "load_seconds": time.perf_counter() - t0, "estimate": est}
     if a.eval_tokens > 0:
         r = wikitext2_perplexity(model, tok, a.eval_seqlen, a.eval_tokens, progress=not a.quiet)
         report["dense"] = dict(r, params=model.num_parameters())
-        evals.append(("dense", r))
         _eprint(f"dense  PPL {r['ppl']:.3f}  (WikiText-2 test, {r['tokens']} tokens, seqlen {a.eval_seqlen})")
-    s.backend = backend
     result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet)
     report["prune"] = {k: v for k, v in result.summary.items() if k != "settings"}
     report["settings"] = result.summary["settings"]
@@ -82,14 +98,14 @@ def cmd_prune(a) -> dict:
         r = wikitext2_perplexity(model, tok, a.eval_seqlen, a.eval_tokens, progress=not a.quiet)
         report["pruned"] = dict(r, params=model.num_parameters())
         _eprint(f"pruned PPL {r['ppl']:.3f}  (same tokens)")
-    manifest = {"source_model": loaded.source, "method": s.method, "backend": backend,
+    manifest = {"source_model": loaded.source, "method": s.method, "backend": s.backend,
                 "settings": result.summary["settings"], "ratios": result.summary["ratios"],
                 "calibration": {"dataset": "c4 sample docs 1000-1999 (slimgpt/data/c4)",
                                 "n_samples": s.n_samples, "seqlen": s.seqlen, "seed": s.seed},
                 "params_before": result.summary["params_before"], "params_after": result.summary["params_after"],
                 "prune_seconds": result.summary["seconds"], "layers": result.layers,
                 "eval": {k: report[k] for k in ("dense", "pruned") if k in report}}
-    save_pretrained(model, out, tok, manifest, force=a.force)
+    save_pretrained(model, out, tok, manifest, force=a.force, inputs=inputs)
     report["seconds_total"] = time.perf_counter() - t0
     report["peak_rss_mb"] = _peak_rss_mb()
     sm = result.summary
@@ -97,21 +113,41 @@ def cmd_prune(a) -> dict:
             f"({100 * sm['pruned_fraction_of_prunable']:.2f}% of prunable decoder parameters, "
             f"{100 * sm['pruned_fraction_of_total']:.2f}% of all); prune {sm['seconds']:.1f} s, "
             f"total {report['seconds_total']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB")
-    if a.report:
-        with open(a.report, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, default=str)
+    if report_path is not None:
+        from slimgpt import paths
+        paths.write_file(report_path, (json.dumps(report, indent=1, default=str) + "\n").encode())
     return report
+
+
+REPORT_FORMAT = "slimgpt-report"
+
+
+def _report_path(a, inputs):
+    """The --report destination, checked before any work (an existing file only with --force,
+    and only a report slimgpt wrote)."""
+    if a.report is None:
+        return None
+    from slimgpt import paths
+
+    def is_report(p):
+        d = paths.read_json(p)
+        return isinstance(d, dict) and d.get("format") == REPORT_FORMAT
+
+    return paths.check_output(a.report, inputs=inputs, force=a.force, folder=False, is_ours=is_report)
 
 
 def cmd_eval(a) -> dict:
     from slimgpt.evaluate import wikitext2_perplexity
     from slimgpt.loaders import load_model
 
+    if a.seqlen < 2:
+        raise UsageError("--seqlen must be at least 2")
+    if a.max_tokens is not None and a.max_tokens < a.seqlen:
+        raise UsageError(f"--max-tokens {a.max_tokens} is less than one window of --seqlen {a.seqlen}")
     loaded = load_model(a.model)
     if loaded.tokenizer is None:
-        raise ValueError(f"{a.model}: no tokenizer.json, cannot tokenize WikiText-2")
-    if a.seqlen < 2:
-        raise ValueError("--seqlen must be at least 2")
+        raise UsageError(f"{a.model}: no tokenizer.json, cannot tokenize WikiText-2")
+    _check_context(loaded.model, a.seqlen, "--seqlen", a.allow_long_context)
     r = wikitext2_perplexity(loaded.model, loaded.tokenizer, a.seqlen, a.max_tokens, progress=not a.quiet)
     out = {"model": loaded.source, "dataset": "wikitext2-test", "ppl": r["ppl"], "seqlen": r["seqlen"],
            "tokens": r["tokens"], "windows": r["windows"], "params": loaded.model.num_parameters(),
@@ -126,20 +162,40 @@ def cmd_generate(a) -> dict:
     from slimgpt.generate import generate
     from slimgpt.loaders import load_model
 
+    prompt = a.prompt_flag if a.prompt_flag is not None else a.prompt
+    if prompt is None:
+        raise UsageError("give a prompt: slimgpt generate MODEL \"PROMPT\" (or --prompt)")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("the prompt is not valid UTF-8 text") from None
+    if a.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
     loaded = load_model(a.model)
     if loaded.tokenizer is None:
-        raise ValueError(f"{a.model}: no tokenizer.json")
-    text = generate(loaded.model, loaded.tokenizer, a.prompt, a.max_new_tokens)
+        raise UsageError(f"{a.model}: no tokenizer.json")
+    text = generate(loaded.model, loaded.tokenizer, prompt, a.max_new_tokens)
     if not a.json:
-        print(a.prompt + text)
-    return {"model": loaded.source, "prompt": a.prompt, "completion": text}
+        print(prompt + text)
+    return {"model": loaded.source, "prompt": prompt, "completion": text}
 
 
 # ----------------------------------------------------------------------------------------------
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slimgpt.loaders import DEFAULT_MODEL, NAMES
     from slimgpt.methods import METHODS
+    from slimgpt.oracle import add_oracle_subcommand
     from slimgpt.pipeline import GQA_MODES, SCHEDULES
 
     p = argparse.ArgumentParser(prog="slimgpt", description="SlimGPT structured pruning of LLaMA-style models")
@@ -152,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--schedule", default="log", choices=SCHEDULES, help="per-layer ratio schedule (IPR; default log)")
     pr.add_argument("--first", type=float, default=None, help="explicit first-layer ratio (instead of --ratio)")
     pr.add_argument("--last", type=float, default=None, help="explicit last-layer ratio (with --first)")
-    pr.add_argument("--nsamples", type=int, default=64, help="calibration windows (default 64)")
-    pr.add_argument("--seqlen", type=int, default=256, help="calibration window length (default 256)")
+    pr.add_argument("--nsamples", type=_positive_int, default=64, help="calibration windows (default 64)")
+    pr.add_argument("--seqlen", type=_positive_int, default=256, help="calibration window length (default 256)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--backend", default=None, choices=("reference", "cpu", "cuda"),
                     help="algebra backend (default: fastest available)")
@@ -166,33 +222,39 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fixed-group", type=int, default=None, metavar="G",
                     help="ablation (-DGS): prune FFN channels in fixed groups of G (paper: 128)")
     pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--batch-size", type=_positive_int, default=8)
     pr.add_argument("--no-target", action="store_true",
                     help="use round(m·r_i) channels as published, without re-apportioning to hit the target")
     pr.add_argument("--eval-tokens", type=int, default=4096,
                     help="WikiText-2 tokens for the quick dense/pruned PPL (0: skip; default 4096)")
-    pr.add_argument("--eval-seqlen", type=int, default=128)
+    pr.add_argument("--eval-seqlen", type=_positive_int, default=128)
     pr.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    pr.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    pr.add_argument("--force", action="store_true", help="replace an earlier slimgpt output at --out / --report")
     pr.add_argument("--report", default=None, help="also write the JSON report to this file")
 
     ev = sub.add_parser("eval", help="WikiText-2 test perplexity")
     ev.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     ev.add_argument("--seqlen", type=int, default=128, help="window length (128: paper protocol; 2048: full context)")
-    ev.add_argument("--max-tokens", type=int, default=None, help="score only the first windows covering this many tokens")
+    ev.add_argument("--max-tokens", type=_positive_int, default=None,
+                    help="score only the first windows covering this many tokens")
 
     ge = sub.add_parser("generate", help="greedy continuation of a prompt")
     ge.add_argument("model", nargs="?", default=DEFAULT_MODEL)
-    ge.add_argument("--prompt", required=True)
+    ge.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompt)")
+    ge.add_argument("--prompt", dest="prompt_flag", default=None, help="the prompt")
     ge.add_argument("--max-new-tokens", type=int, default=32)
 
-    from slimgpt.oracle import add_oracle_subcommand  # `slimgpt oracle export|check` (docs/oracle.md)
     add_oracle_subcommand(sub)
 
     for sp in (pr, ev, ge):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or per-layer log")
-        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        sp.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    for sp in (pr, ev):
+        sp.add_argument("--allow-long-context", action="store_true",
+                        help="allow sequences longer than the model's context (RoPE extrapolates)")
+    for sp in (pr, ev, ge):
+        sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -200,25 +262,39 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "oracle":
         from slimgpt.oracle.cli import run
-        return run(args)
+        return _guarded(args, lambda: run(args))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.cmd == "prune":
-        args.ratio_given = args.ratio is not None
-        if args.ratio is None and args.first is None:
-            args.ratio = 0.2
     torch.set_grad_enabled(False)
-    try:
-        out = {"prune": cmd_prune, "eval": cmd_eval, "generate": cmd_generate}[args.cmd](args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as e:
-        _eprint(f"slimgpt {args.cmd}: error: {e}")
-        return 2
-    except KeyboardInterrupt:
-        _eprint("interrupted; nothing was saved")
-        return 130
+    out = _guarded(args, lambda: {"prune": cmd_prune, "eval": cmd_eval, "generate": cmd_generate}[args.cmd](args))
+    if isinstance(out, int):
+        return out
     if args.json:
         print(json.dumps(out, default=str))
     return 0
+
+
+def _guarded(args, work):
+    """Run a command; turn every failure into one line on stderr and an exit status."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        _eprint(f"slimgpt {args.cmd}: interrupted; nothing was saved")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
+        if getattr(args, "debug", False):
+            raise
+        expected = isinstance(e, (ValueError, OSError, RuntimeError, FloatingPointError, MemoryError,
+                                  UnicodeError, EOFError))
+        what = str(e) or type(e).__name__
+        if isinstance(e, MemoryError):
+            what = "out of memory" + (f" ({what})" if str(e) else "")
+        elif isinstance(e, OSError) and e.filename and str(e.filename) not in what:
+            what = f"{e.filename}: {e.strerror or what}"
+        if not expected:
+            what = f"internal error: {type(e).__name__}: {what} (rerun with --debug for the traceback)"
+        _eprint(f"slimgpt {args.cmd}: error: {what}")
+        return 2 if expected else 1
 
 
 if __name__ == "__main__":

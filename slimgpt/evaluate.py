@@ -18,6 +18,32 @@ import torch
 import torch.nn.functional as F
 
 
+class NonFiniteError(ValueError):
+    """The model produced NaN or Inf; the message names where the forward first went non-finite."""
+
+
+@torch.no_grad()
+def where_nonfinite(model, ids: torch.Tensor) -> str:
+    """The first place a forward of `ids` becomes non-finite: the token embedding, a decoder
+    layer, or the final norm and lm_head."""
+    x = model.embed(ids)
+    if not torch.isfinite(x).all():
+        return "the token embedding"
+    cos, sin = model.rope(ids.shape[1], x.device, x.dtype)
+    for i, layer in enumerate(model.model.layers):
+        x = layer(x, cos, sin)
+        if not torch.isfinite(x).all():
+            return f"decoder layer {i}"
+    return "the final norm / lm_head"
+
+
+def check_finite(logits: torch.Tensor, model, ids: torch.Tensor) -> None:
+    """Raise NonFiniteError naming the first non-finite layer when `logits` are not all finite."""
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError(f"the model produces non-finite logits (first at {where_nonfinite(model, ids)}); "
+                             f"its weights or config are broken")
+
+
 @torch.no_grad()
 def perplexity(model, tokens: torch.Tensor, seqlen: int = 128, max_tokens: int | None = None,
                batch_tokens: int = 1024, progress: bool = False) -> dict:
@@ -40,7 +66,8 @@ def perplexity(model, tokens: torch.Tensor, seqlen: int = 128, max_tokens: int |
     for s in it:
         ids = windows[s:s + bs]
         logits = model(ids)                                   # (B, T, V): the big tensor; batches are
-        V = logits.shape[-1]                                  # kept at ~batch_tokens tokens for memory
+        check_finite(logits, model, ids)                      # kept at ~batch_tokens tokens for memory
+        V = logits.shape[-1]
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1), reduction="sum")
         del logits
         nll += float(loss)

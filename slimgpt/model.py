@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -35,6 +36,44 @@ from torch import nn
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
+
+# Sane maxima for the integer fields: far above any released LLaMA-family model (LLaMA-3.1-405B:
+# D 16,384, 126 layers, 128 heads, M 53,248; vocabularies <= 262,144), low enough that a hostile
+# config (num_hidden_layers 1e9) is refused before anything is allocated from it.
+CONFIG_LIMITS = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "intermediate_size": 1 << 20,
+    "head_dim": 1024,
+    "max_position_embeddings": 1 << 26,
+}
+
+
+def _show(v) -> str:
+    """A short description of a bad value for an error message."""
+    if isinstance(v, (list, tuple)):
+        return f"a list of {len(v)}" if len(v) > 8 else repr(list(v))
+    if isinstance(v, dict):
+        return "an object"
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _check_int(name: str, v, lo: int, hi: int | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not (lo <= v and (hi is None or v <= hi)):
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {rng}, got {_show(v)}")
+    return int(v)
+
+
+def _layer_int(name: str, i: int, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name}[{i}] entries must be integers, got {_show(v)}")
+    return int(v)
+
 
 @dataclass
 class LlamaConfig:
@@ -63,19 +102,28 @@ class LlamaConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        self._check_scalars()             # before anything divides by, or allocates from, them
         L = self.num_hidden_layers
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
-                raise ValueError("hidden_size must be divisible by num_attention_heads, or set head_dim")
+                raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                                 f"({self.num_attention_heads}), or set head_dim")
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+        for name in ("layer_heads", "layer_kv_heads", "layer_intermediate", "layer_kv_map"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (list, tuple)) or len(v) != L):
+                raise ValueError(f"{name} must be a list of {L} entries (one per layer), got {_show(v)}")
         if self.layer_heads is None:
             self.layer_heads = [self.num_attention_heads] * L
         if self.layer_kv_heads is None:
             self.layer_kv_heads = [self.num_key_value_heads] * L
         if self.layer_intermediate is None:
             self.layer_intermediate = [self.intermediate_size] * L
+        for name in ("layer_heads", "layer_kv_heads", "layer_intermediate"):
+            setattr(self, name, [_layer_int(name, i, x) for i, x in enumerate(getattr(self, name))])
         if self.layer_kv_map is None:
             # Hugging Face's repeat_kv convention: query head h uses KV head h // n_rep.
             self.layer_kv_map = []
@@ -83,19 +131,53 @@ class LlamaConfig:
                 if k == 0 or h % k:
                     raise ValueError("layer_kv_map is required when heads are not a multiple of KV heads")
                 self.layer_kv_map.append([j // (h // k) for j in range(h)])
-        self.layer_heads = [int(x) for x in self.layer_heads]
-        self.layer_kv_heads = [int(x) for x in self.layer_kv_heads]
-        self.layer_intermediate = [int(x) for x in self.layer_intermediate]
-        self.layer_kv_map = [[int(x) for x in m] for m in self.layer_kv_map]
+        maps = []
+        for i, m in enumerate(self.layer_kv_map):
+            if not isinstance(m, (list, tuple)):
+                raise ValueError(f"layer_kv_map[{i}] must be a list of KV head indices, got {_show(m)}")
+            maps.append([_layer_int("layer_kv_map", i, x) for x in m])
+        self.layer_kv_map = maps
         self.validate()
 
+    def _check_scalars(self):
+        """Types and ranges of the dense fields (each error names its field)."""
+        for name, lo in (("vocab_size", 1), ("hidden_size", 1), ("num_hidden_layers", 0),
+                         ("num_attention_heads", 1), ("num_key_value_heads", 1), ("intermediate_size", 1),
+                         ("max_position_embeddings", 1)):
+            setattr(self, name, _check_int(name, getattr(self, name), lo, CONFIG_LIMITS[name]))
+        if self.head_dim is not None:
+            self.head_dim = _check_int("head_dim", self.head_dim, 2, CONFIG_LIMITS["head_dim"])
+            if self.head_dim % 2:
+                raise ValueError(f"head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
+        if self.num_key_value_heads > self.num_attention_heads:
+            raise ValueError(f"num_key_value_heads ({self.num_key_value_heads}) must not exceed "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        for name in ("rope_theta", "rms_norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {_show(v)}")
+            setattr(self, name, float(v))
+        for name in ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {_show(getattr(self, name))}")
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _check_int(name, getattr(self, name), 0, None))
+        if not isinstance(self.architecture, str):
+            raise ValueError(f"architecture must be a string, got {_show(self.architecture)}")
+
     def validate(self):
+        self._check_scalars()
         L = self.num_hidden_layers
         for name in ("layer_heads", "layer_kv_heads", "layer_kv_map", "layer_intermediate"):
             if len(getattr(self, name)) != L:
                 raise ValueError(f"{name} must have {L} entries, got {len(getattr(self, name))}")
         for i in range(L):
             h, k, kv_map = self.layer_heads[i], self.layer_kv_heads[i], self.layer_kv_map[i]
+            if not 0 <= h <= CONFIG_LIMITS["num_attention_heads"]:
+                raise ValueError(f"layer {i}: layer_heads {h} out of range")
+            if not 0 <= k <= max(h, 0):
+                raise ValueError(f"layer {i}: layer_kv_heads {k} must lie in [0, {h}] (the layer's query heads)")
             if len(kv_map) != h:
                 raise ValueError(f"layer {i}: kv_map has {len(kv_map)} entries for {h} query heads")
             if any(not 0 <= j < k for j in kv_map):
@@ -106,6 +188,8 @@ class LlamaConfig:
                 raise ValueError(f"layer {i}: a layer without query heads keeps no KV heads")
             if self.layer_intermediate[i] < 0:
                 raise ValueError(f"layer {i}: negative FFN width")
+            if self.layer_intermediate[i] > CONFIG_LIMITS["intermediate_size"]:
+                raise ValueError(f"layer {i}: FFN width {self.layer_intermediate[i]} out of range")
 
     @property
     def is_uniform(self) -> bool:

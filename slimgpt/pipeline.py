@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from slimgpt import gqa, methods, schedule
+from slimgpt.evaluate import NonFiniteError
 from slimgpt.methods import MethodOptions
 from slimgpt.model import LlamaForCausalLM
 from slimgpt.ops import resolve_backend
@@ -45,6 +46,7 @@ class PruneSettings:
     schedule: str = "log"               # IPR strategy (spec §5.2)
     first: float | None = None          # explicit first/last ratios instead of a target
     last: float | None = None
+    ratios: list | None = None          # explicit per-layer ratios (instead of a schedule)
     n_samples: int = 64
     seqlen: int = 256
     seed: int = 0
@@ -67,8 +69,10 @@ class PruneSettings:
             v = getattr(self, name)
             if v is not None and not (0.0 <= v < 1.0):
                 raise PruneError(f"--{name} must be in [0, 1), got {v}")
-        if self.ratio is None and self.first is None:
-            raise PruneError("give a target --ratio or explicit --first/--last ratios")
+        if self.ratio is None and self.first is None and self.ratios is None:
+            raise PruneError("give a target --ratio, explicit --first/--last ratios or per-layer ratios")
+        if self.ratios is not None and not all(0.0 <= r < 1.0 for r in self.ratios):
+            raise PruneError(f"per-layer ratios must lie in [0, 1), got {self.ratios}")
         if self.schedule not in SCHEDULES:
             raise PruneError(f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.gqa not in GQA_MODES:
@@ -113,17 +117,23 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
     method = methods.METHODS[s.method]
     cfg, dev = model.config, next(model.parameters()).device
     L = cfg.num_hidden_layers
-    ratios = schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
+    if s.ratios is not None and len(s.ratios) != L:
+        raise PruneError(f"{len(s.ratios)} per-layer ratios for a model of {L} layers")
+    ratios = [float(r) for r in s.ratios] if s.ratios is not None else \
+        schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
     plan = method.plan(model, calib, s) or [_scheduled(cfg, i, r, s) for i, r in enumerate(ratios)]
     prunable = sum(schedule.prunable_params(cfg, i) for i in range(L))
-    target = round(s.ratio * prunable) if s.first is None else round(
-        sum(r * schedule.prunable_params(cfg, i) for i, r in enumerate(ratios)))
+    explicit = s.ratios is not None or s.first is not None
+    target = round(sum(r * schedule.prunable_params(cfg, i) for i, r in enumerate(ratios))) if explicit \
+        else round(s.ratio * prunable)
     options = MethodOptions(percdamp=s.percdamp, backend=resolve_backend(s.backend), gcd=s.gcd,
                             compensate=s.compensate, extra=dict(s.method_options))
     run = _Run(s, method, options, *model.rope(calib.shape[1], dev, torch.float32), Budget(cfg, ratios, plan, target))
     params_before = model.num_parameters()
 
     X = torch.cat([model.embed(b.to(dev)).float() for b in calib.split(s.batch_size)])   # one layer boundary
+    if not torch.isfinite(X).all():
+        raise NonFiniteError("the token embedding of the calibration windows is not finite")
     layers = range(L)
     if progress:
         from tqdm import tqdm
@@ -172,7 +182,7 @@ def prune_layer(layer, i: int, X: torch.Tensor, ratio: float, plan: LayerPlan, r
     cache = X.shape[0] * X.shape[1] * (attn.o_proj.in_features + mlp.down_proj.in_features) * 4 <= s.cache_mb * 2 ** 20
 
     # 1. attention: statistics of o_proj's input, then heads
-    stats, A = _collect(attn.o_proj.in_features, X,
+    stats, A = _collect(f"layer {i} o_proj", attn.o_proj.in_features, X,
                         lambda x, b: attn.heads(layer.input_layernorm(x), run.cos, run.sin), run, cache)
     t_fwd = time.perf_counter() - t0
     blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, s.gqa, i)
@@ -189,7 +199,7 @@ def prune_layer(layer, i: int, X: torch.Tensor, ratio: float, plan: LayerPlan, r
         x.copy_(h)
         return mlp.act(layer.post_attention_layernorm(h))
 
-    stats, F = _collect(mlp.down_proj.in_features, X, ffn_input, run, cache)
+    stats, F = _collect(f"layer {i} down_proj", mlp.down_proj.in_features, X, ffn_input, run, cache)
     del A
     t_fwd += time.perf_counter() - t1
     width = mlp.down_proj.in_features
@@ -205,7 +215,7 @@ def prune_layer(layer, i: int, X: torch.Tensor, ratio: float, plan: LayerPlan, r
         f = _cached(F, b, x.shape[0], keep_ch) if cache else mlp.act(layer.post_attention_layernorm(x))
         x += mlp.down_proj(f)
     if not torch.isfinite(X).all():
-        raise FloatingPointError(f"layer {i}: non-finite activations after pruning")
+        raise NonFiniteError(f"layer {i}: non-finite activations after pruning")
     t_fwd += time.perf_counter() - t2
     rec.update(seconds_forward=t_fwd, seconds_select=t_sel, seconds=time.perf_counter() - t0, cached=cache,
                channels_planned=round(rec["channels_before"] * ratio))
@@ -259,14 +269,18 @@ def _batches(X: torch.Tensor, bs: int):
         yield b, X[b:b + bs]
 
 
-def _collect(n_features: int, X: torch.Tensor, inputs, run: _Run, cache: bool):
+def _collect(where: str, n_features: int, X: torch.Tensor, inputs, run: _Run, cache: bool):
     """ActivationStats of inputs(x_batch) over all batches of X, and the inputs themselves
-    (N × T × n_features) when `cache`. `inputs(x, start)` may also write into the batch view."""
+    (N × T × n_features) when `cache`. `inputs(x, start)` may also write into the batch view.
+    Non-finite inputs stop the run, naming `where` (e.g. "layer 3 o_proj")."""
     stats = ActivationStats(n_features, hessian=run.method.needs_hessian, backend=run.options.backend,
                             device=X.device)
     kept = torch.empty(X.shape[0], X.shape[1], n_features, device=X.device) if cache else None
     for b, x in _batches(X, run.settings.batch_size):
         a = inputs(x, b)
+        if not torch.isfinite(a).all():
+            raise NonFiniteError(f"{where}: the calibration activations are not finite (the model's weights "
+                                 f"or config are broken)")
         stats.add(a)
         if cache:
             kept[b:b + x.shape[0]] = a

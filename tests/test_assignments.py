@@ -1,11 +1,20 @@
-"""The assignment grader (tutorials/assignments/grade.py) on the reference, the skeleton and
-deliberately wrong implementations."""
+"""The assignment grader (tutorials/assignments/grade.py): an honest implementation scores 100, the
+skeleton 0, wrong implementations fail with useful messages, and a submission cannot game it by
+re-exporting slimgpt, by reading the expected outputs, by hanging or by crashing the grader.
+
+The honest implementation is the reference's own source (reference/*.py) pasted into one module,
+built programmatically below: the grader cannot tell it from a student's work, and it must give
+it exactly 100/100. Every "wrong" submission is that module with a few definitions appended."""
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -13,28 +22,104 @@ import pytest
 from slimgpt import oracle
 
 ROOT = Path(__file__).resolve().parents[1]
-GRADER = ROOT / "tutorials" / "assignments" / "grade.py"
-SKELETON = ROOT / "tutorials" / "assignments" / "student.py"
-
-
-
-
+ASSIGNMENTS = ROOT / "tutorials" / "assignments"
+GRADER = ASSIGNMENTS / "grade.py"
+SKELETON = ASSIGNMENTS / "student.py"
+NOT_ALLOWED = "imports slimgpt, which is not allowed in a submission"
 
 # One BLAS thread: the cases are small matrices, and threaded OpenBLAS on a busy 2-core machine
 # spends more time spinning than computing.
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
 
+# The reference files, in dependency order, that make up a complete submission.
+REFERENCE_FILES = ["_checks.py", "damping.py", "hessian.py", "obs.py", "heads.py", "channels.py", "ipr.py"]
 
-def _grade(student, golden, *extra):
-    proc = subprocess.run([sys.executable, str(GRADER), str(student), "--cases", str(golden), *extra],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+
+def _reference_dir() -> Path:
+    from slimgpt import reference
+    return Path(reference.__file__).parent
+
+
+def honest_source() -> str:
+    """The reference's source as one standalone module: relative imports removed (the names they
+    bring are defined earlier in the same module), `from . import _checks` replaced by the module
+    itself (the _checks helpers are top-level functions here), one `from __future__` at the top."""
+    parts = ["from __future__ import annotations\n\nimport sys\n"]
+    for name in REFERENCE_FILES:
+        src = (_reference_dir() / name).read_text()
+        lines = src.splitlines()
+        for node in ast.parse(src).body:
+            if isinstance(node, ast.ImportFrom) and (node.level or node.module == "__future__"):
+                for i in range(node.lineno - 1, node.end_lineno):
+                    lines[i] = ""
+                if node.level and any(a.name == "_checks" for a in node.names):
+                    lines[node.lineno - 1] = "_checks = sys.modules[__name__]"
+        parts.append(f"# ---- reference/{name}\n" + "\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _submission(tmp_path, name, extra="", *, base=True) -> Path:
+    """A submission file: the honest module (base=True) followed by `extra`, or `extra` alone."""
+    path = tmp_path / name
+    path.write_text((honest_source() if base else "") + "\n" + textwrap.dedent(extra))
+    return path
+
+
+def _grade(student, golden, *extra, timeout=300):
+    args = [sys.executable, str(GRADER), str(student)] + (["--cases", str(golden)] if golden else []) + list(extra)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV)
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_reference_scores_100(golden):
-    rc, out = _grade("slimgpt.reference", golden)
+# ------------------------------------------------------------------------------------------------
+# The honest implementation and the skeleton
+
+
+def test_the_honest_source_has_no_slimgpt_import():
+    src = honest_source()
+    tree = ast.parse(src)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and not (node.module or "").startswith("slimgpt"), ast.unparse(node)
+        if isinstance(node, ast.Import):
+            assert not any(a.name.startswith("slimgpt") for a in node.names), ast.unparse(node)
+    # the top-level names of the pasted files do not collide (each file's would shadow another's)
+    seen = {}
+    for name in REFERENCE_FILES:
+        for node in ast.parse((_reference_dir() / name).read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                assert node.name not in seen, f"{node.name} in {name} and {seen[node.name]}"
+                seen[node.name] = name
+
+
+def test_honest_implementation_scores_exactly_100(golden, tmp_path):
+    rc, out = _grade(_submission(tmp_path, "honest.py"), golden)
     assert rc == 0, out
     assert "score: 100.0 / 100" in out
+    assert out.count("ok Task") == 6 and "FAIL" not in out and "Traceback" not in out
+
+
+def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
+    """The block form (slimgpt.reference.downdate.remove_set: factor G[S, S] alone, with SciPy)
+    is an honest Cholesky form too."""
+    path = _submission(tmp_path, "block.py", """
+        import scipy.linalg as _sl
+
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            W = np.array(W, dtype=np.float64)
+            G = np.asarray(Hinv, dtype=np.float64)
+            S = np.asarray(columns, dtype=np.int64)
+            K = np.setdiff1d(np.arange(W.shape[1]), S) if survivors is None else np.asarray(survivors, dtype=np.int64)
+            L = _sl.cholesky(G[np.ix_(S, S)], lower=True)              # G_SS = L L^T
+            Ut = _sl.solve_triangular(L, G[np.ix_(S, K)], lower=True)  # rows of U over K
+            E = _sl.solve_triangular(L, W[:, S].T, lower=True).T        # scaled errors e_i
+            W[:, K] -= E @ Ut
+            W[:, S] = 0.0
+            return W, np.sum(E ** 2, axis=0)
+    """)
+    rc, out = _grade(path, golden, "--task", "2")
+    assert rc == 0, out
+    assert "ok Task 2" in out and "score: 100.0 / 100" in out
 
 
 def test_skeleton_scores_0_and_says_not_implemented(golden):
@@ -45,7 +130,6 @@ def test_skeleton_scores_0_and_says_not_implemented(golden):
 
 
 def test_skeleton_has_every_reference_operation_with_a_paper_citation():
-    import importlib.util
     spec = importlib.util.spec_from_file_location("student_skeleton", SKELETON)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -55,26 +139,32 @@ def test_skeleton_has_every_reference_operation_with_a_paper_citation():
         with pytest.raises(NotImplementedError):
             oracle.call(fn, op, {name: None for name in oracle.SIGNATURES[op]})
     assert issubclass(mod.NotPositiveDefiniteError, Exception)
+    w = mod.DampingWarning("retried", percdamp=0.01, requested=0.0)
+    assert isinstance(w, UserWarning) and w.percdamp == 0.01 and w.requested == 0.0
 
 
-def _write(tmp_path, name, body):
-    path = tmp_path / name
-    path.write_text("from slimgpt.reference import *\nfrom slimgpt import reference as _r\n"
-                    + textwrap.dedent(body))
-    return path
+def test_skeleton_and_readme_cite_docs_spec_and_no_absolute_path():
+    spec_md = (ROOT / "docs" / "spec.md").read_text()
+    for path in (SKELETON, ASSIGNMENTS / "README.md"):
+        text = path.read_text()
+        assert "docs/spec.md" in text, path
+        assert not re.search(r"(?<![\w.~])/(work|home|root|tmp|usr|opt|mnt)/", text), path
+        assert "slimgpt-spec.md" not in text, path
+        for section in set(re.findall(r"§(\d+(?:\.\d+)?)", text)):
+            assert re.search(rf"^#+ {re.escape(section)}[ .]", spec_md, re.M), f"{path.name}: no spec §{section}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Wrong implementations: failures with useful messages
 
 
 def test_summed_single_column_errors_fail_task_3_with_a_hint(golden, tmp_path):
-    wrong = _write(tmp_path, "summed.py", """
+    wrong = _submission(tmp_path, "summed.py", """
         def head_errors(W, Hinv, head_dim, *, gcd=True):
-            import numpy as np
             single = np.sum(np.asarray(W) ** 2, axis=0) / np.diag(Hinv)   # Eq. (4) per column
             return single.reshape(-1, head_dim).sum(axis=1)
-
-        def prune_heads(W, H, n_prune, head_dim, *, gcd=True, **kw):
-            return _r.prune_heads(W, H, n_prune, head_dim, gcd=False, **kw)
     """)
-    rc, out = _grade(wrong, golden)
+    rc, out = _grade(wrong, golden, "--task", "2", "--task", "3", "--task", "4")
     assert rc == 1
     assert "XX Task 3" in out and "XX Task 4" in out and "ok Task 2" in out
     assert "FAIL head_errors.correlated_head" in out and "grouped" in out
@@ -82,9 +172,11 @@ def test_summed_single_column_errors_fail_task_3_with_a_hint(golden, tmp_path):
 
 
 def test_no_compensation_fails_task_2(golden, tmp_path):
-    wrong = _write(tmp_path, "nocomp.py", """
+    wrong = _submission(tmp_path, "nocomp.py", """
+        _honest_prune_columns = prune_columns
+
         def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
-            return _r.prune_columns(W, H, columns, percdamp=percdamp, compensate=False)
+            return _honest_prune_columns(W, H, columns, percdamp=percdamp, compensate=False)
     """)
     rc, out = _grade(wrong, golden, "--task", "2")
     assert rc == 1
@@ -93,9 +185,253 @@ def test_no_compensation_fails_task_2(golden, tmp_path):
     assert "Task 3" not in out
 
 
+def test_naive_form_does_not_earn_the_cholesky_points(golden, tmp_path):
+    """prune_columns through the student's own prune_columns_naive: the same numbers, but no
+    Cholesky of the reordered H^-1, so Task 2's Cholesky cases fail with the spec §2.3 hint."""
+    wrong = _submission(tmp_path, "naive.py", """
+        def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
+            if not compensate:
+                W0, _ = prepare_hessian(np.asarray(W, dtype=np.float64), np.asarray(H, dtype=np.float64), percdamp)
+                W0[:, np.asarray(columns, dtype=np.int64)] = 0.0
+                return W0
+            return prune_columns_naive(W, H, columns, percdamp=percdamp)
+
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            # Eqs. (3)-(4) one column at a time on the given inverse: right numbers, wrong method
+            W = np.array(W, dtype=np.float64)
+            G = np.array(Hinv, dtype=np.float64)
+            S = np.asarray(columns, dtype=np.int64)
+            keep = np.ones(W.shape[1], dtype=bool)
+            if survivors is not None:
+                keep[:] = False
+                keep[np.asarray(survivors, dtype=np.int64)] = True
+            keep[S] = True
+            G = G[np.ix_(keep, keep)]
+            idx = np.flatnonzero(keep)
+            Wk, losses = W[:, idx], []
+            for q in S:
+                j = int(np.flatnonzero(idx == q)[0])
+                losses.append(float(np.sum(Wk[:, j] ** 2) / G[j, j]))
+                Wk = Wk - np.outer(Wk[:, j] / G[j, j], G[j, :])
+                G = G - np.outer(G[:, j], G[j, :]) / G[j, j]
+            W[:, idx] = Wk
+            W[:, S] = 0.0
+            return W, np.array(losses)
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "-v")
+    assert rc == 1
+    assert "XX Task 2" in out
+    for case in ("prune_columns.single", "prune_columns.set_unsorted", "prune_columns.damping_retry",
+                 "prune_columns_cholesky.single", "prune_columns_cholesky.ordered_set"):
+        assert f"FAIL {case}\n" in out, case
+    assert "did not use the Cholesky form" in out and "max abs err" not in out  # the numbers are right
+    assert "hint: the Cholesky form of docs/spec.md §2.3 is required" in out
+    # the naive oracle itself and the cases that need no factorisation still pass
+    assert "FAIL prune_columns_naive" not in out and "FAIL prune_columns.empty" not in out
+    assert "FAIL prune_columns.no_compensate" not in out and "FAIL reconstruction_error" not in out
+
+
+@pytest.mark.parametrize("kind, extra, expected", [
+    pytest.param("never warns", """
+        import types as _types
+        warnings = _types.SimpleNamespace(warn=lambda *args, **kwargs: None)
+     """, "expected a DampingWarning with percdamp=0.01", id="never_warns"),
+    pytest.param("wrong percdamp", """
+        _honest_init = DampingWarning.__init__
+
+        def _init(self, message, percdamp, requested):
+            _honest_init(self, message, 0.1, requested)
+
+        DampingWarning.__init__ = _init
+     """, "DampingWarning warned with percdamp = 0.1; expected percdamp=0.01", id="wrong_percdamp"),
+])
+def test_damping_warning_is_graded(golden, tmp_path, kind, extra, expected):
+    rc, out = _grade(_submission(tmp_path, "warn.py", extra), golden, "--task", "2", "--task", "4", "-v")
+    assert rc == 1, out
+    failed = sorted(re.findall(r"FAIL (\S+)", out))
+    assert failed == ["prune_columns.damping_retry", "prune_columns_naive.damping_retry",
+                      "prune_heads.damping_retry"], out
+    assert expected in out and "spec §2.4" in out
+
+
+def test_a_damping_warning_without_a_retry_fails(golden, tmp_path):
+    wrong = _submission(tmp_path, "spurious.py", """
+        _honest_prune_columns = prune_columns
+
+        def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
+            warnings.warn(DampingWarning("just in case", percdamp, percdamp))
+            return _honest_prune_columns(W, H, columns, percdamp=percdamp, compensate=compensate)
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "-v")
+    assert rc == 1
+    assert "FAIL prune_columns.single" in out and "warn only when a retry was needed" in out
+    assert "FAIL prune_columns_naive" not in out
+
+
+# ------------------------------------------------------------------------------------------------
+# Gaming the grader
+
+
+def _reexports():
+    from slimgpt import reference
+    ref_init = Path(reference.__file__)
+    wrappers = "\n".join(f"def {op}(*args, **kwargs):\n    return r.{op}(*args, **kwargs)\n"
+                         for op in oracle.SIGNATURES)
+    cases = {
+        "star import": "from slimgpt.reference import *\n",
+        "module alias with wrappers": "import slimgpt.reference as r\n" + wrappers,
+        "importlib at import": ("import importlib\nr = importlib.import_module('slimgpt.reference')\n"
+                                + wrappers),
+        "importlib in each call": "".join(
+            f"def {op}(*args, **kwargs):\n    import importlib\n"
+            f"    return importlib.import_module('slimgpt.reference').{op}(*args, **kwargs)\n"
+            for op in oracle.SIGNATURES),
+        "by file path": (
+            "import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('ref', {str(ref_init)!r},\n"
+            f"    submodule_search_locations=[{str(ref_init.parent)!r}])\n"
+            "r = importlib.util.module_from_spec(spec)\nsys.modules['ref'] = r\nspec.loader.exec_module(r)\n"
+            + wrappers),
+        "path hacking": (
+            "import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'Slimgpt' not in type(f).__name__]\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from slimgpt.reference import *\n"),
+    }
+    core = importlib.util.find_spec("slimgpt._core")
+    if core is not None and core.origin:
+        cases["the compiled core by file path"] = (
+            "import importlib.util\n"
+            f"spec = importlib.util.spec_from_file_location('_core', {core.origin!r})\n"
+            "core = importlib.util.module_from_spec(spec)\n")
+    return cases
+
+
+@pytest.mark.parametrize("how", [pytest.param(how, id=how.replace(" ", "_")) for how in _reexports()])
+def test_reexporting_slimgpt_scores_0(golden, tmp_path, how):
+    path = _submission(tmp_path, "reexport.py", _reexports()[how], base=False)
+    rc, out = _grade(path, golden)
+    assert rc == 1, out
+    assert "score: 0.0 / 100" in out
+    assert NOT_ALLOWED in out and "Traceback" not in out
+
+
+def test_submission_cannot_read_the_expected_outputs(golden, tmp_path):
+    """Everything the worker can read holds inputs only; the real case directory is refused."""
+    spy = _submission(tmp_path, "spy.py", f"""
+        import glob, json, os
+        import numpy as np
+
+        GOLDEN = {str(golden)!r}
+
+        def hessian(X):
+            keys, json_secrets, golden = set(), [], []
+            here = os.getcwd()
+            for f in glob.glob(os.path.join(here, "**", "*"), recursive=True):
+                if f.endswith(".npz"):
+                    with np.load(f) as z:
+                        keys.update(k.split(".")[0] for k in z.files)
+                elif f.endswith(".json"):
+                    text = open(f).read()
+                    json_secrets += [w for w in ("out.", "tolerances", "rtol", "warns", "raises") if w in text]
+            for f in [GOLDEN, os.path.join(GOLDEN, "index.json"),
+                      os.path.join(GOLDEN, "cases", "hessian.basic.npz"), os.path.dirname(here)]:
+                try:
+                    (os.listdir if os.path.isdir(f) else lambda p: open(p, "rb").read(1))(f)
+                    golden.append("read " + f)
+                except PermissionError:
+                    golden.append("refused")
+            raise RuntimeError(f"keys={{sorted(keys)}} json={{sorted(set(json_secrets))}} golden={{golden}}")
+    """, base=False)
+    rc, out = _grade(spy, golden, "--task", "1")
+    assert rc == 1
+    assert "keys=['in'] json=[] golden=['refused', 'refused', 'refused', 'refused']" in out, out
+
+
+def test_submission_cannot_overwrite_the_expected_outputs(golden, tmp_path):
+    vandal = _submission(tmp_path, "vandal.py", f"""
+        import os
+        import shutil
+        GOLDEN = {str(golden)!r}
+        attempts = [lambda: open(os.path.join(GOLDEN, "index.json"), "a").write(" "),
+                    lambda: os.rename(os.path.join(os.getcwd(), "cases", "index.json"), os.path.join(GOLDEN, "x.json")),
+                    lambda: shutil.copyfile(os.path.join(os.getcwd(), "cases", "index.json"),
+                                            os.path.join(GOLDEN, "index.json")),
+                    lambda: os.symlink(os.path.join(os.getcwd(), "cases"), os.path.join(GOLDEN, "cases2"))]
+        for attempt in attempts:
+            try:
+                attempt()
+            except PermissionError:
+                pass
+    """)
+    before = (Path(golden) / "index.json").read_bytes()
+    rc, out = _grade(vandal, golden, "--task", "6")
+    assert (Path(golden) / "index.json").read_bytes() == before
+    assert sorted(p.name for p in Path(golden).iterdir()) == ["cases", "index.json"]
+    assert rc == 0 and "ok Task 6" in out
+
+
+def test_hanging_function_is_stopped_and_reported(golden, tmp_path):
+    hang = _submission(tmp_path, "hang.py", """
+        def head_errors(W, Hinv, head_dim, *, gcd=True):
+            while True:
+                pass
+    """)
+    t0 = time.monotonic()
+    rc, out = _grade(hang, golden, "--task", "3", "--task", "6", "--timeout", "2", timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert rc == 1
+    assert "FAIL head_errors.basic" in out and "timed out after 2 s" in out
+    assert "not run: head_errors timed out on an earlier case" in out
+    assert "ok Task 6" in out and "Traceback" not in out  # a fresh worker ran the other tasks
+
+
+@pytest.mark.parametrize("body, expected", [
+    pytest.param("import os\nos._exit(0)\n", "the worker process ended while importing the submission (exit code 0)",
+                 id="os_exit"),
+    pytest.param("import sys\nsys.exit(3)\n", "cannot load the submission: SystemExit: 3", id="sys_exit"),
+    pytest.param("while True:\n    pass\n", "importing the submission took longer than the time limit (2 s)",
+                 id="endless_loop"),
+])
+def test_exit_or_hang_at_import_is_reported(golden, tmp_path, body, expected):
+    rc, out = _grade(_submission(tmp_path, "bye.py", body, base=False), golden, "--timeout", "2", timeout=120)
+    assert rc == 1
+    assert expected in out and "score: 0.0 / 100" in out and "Traceback" not in out
+
+
+def test_crash_in_a_function_fails_its_cases_only(golden, tmp_path):
+    crash = _submission(tmp_path, "crash.py", """
+        def hessian(X):
+            import faulthandler
+            faulthandler._sigsegv()          # a segmentation fault in the worker
+    """)
+    rc, out = _grade(crash, golden, "--task", "1", "--task", "6", "-v")
+    assert rc == 1
+    assert "FAIL hessian.basic" in out and "died (killed by SIGSEGV)" in out
+    assert "ok Task 6" in out and "Traceback" not in out
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
 def test_grader_exports_its_own_cases(tmp_path):
-    """Without --cases the grader exports to a temporary directory."""
-    proc = subprocess.run([sys.executable, str(GRADER), "slimgpt.reference", "--task", "6"],
-                          capture_output=True, text=True, timeout=300, env=ENV)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ok Task 6" in proc.stdout
+    """Without --cases the grader builds the cases itself (and the expected outputs only after
+    the submission has run)."""
+    rc, out = _grade(_submission(tmp_path, "honest.py"), None, "--task", "6")
+    assert rc == 0, out
+    assert "ok Task 6" in out and "score: 100.0 / 100" in out
+
+
+@pytest.mark.parametrize("args, expected", [
+    pytest.param(["no_such_file.py"], "no_such_file.py: no such file", id="missing_file"),
+    pytest.param([str(SKELETON), "--cases", "."], "not a usable oracle export", id="not_an_export"),
+    pytest.param([str(SKELETON), "--cases", "no_such_dir"], "no_such_dir: no such directory", id="missing_dir"),
+    pytest.param([str(SKELETON), "--task", "9"], "no task [9]", id="unknown_task"),
+])
+def test_bad_command_line_input_is_one_line(tmp_path, args, expected):
+    proc = subprocess.run([sys.executable, str(GRADER), *args], capture_output=True, text=True, timeout=120,
+                          env=ENV, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""

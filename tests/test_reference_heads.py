@@ -6,32 +6,15 @@ import itertools
 
 import numpy as np
 import pytest
-from tolerances import assert_close
 
 from slimgpt import reference as R
+from slimgpt import testing
+from slimgpt.testing import assert_close, columns_of, least_squares
 
 
-def problem(seed, d_out=12, n_heads=8, head_dim=4, n_per_input=8, dead=(), spread=(0.3, 3.0)):
-    """W whose heads have well-separated scales (no near-ties), X correlated, H = 2XᵀX/n."""
-    rng = np.random.default_rng(seed)
-    d_in = n_heads * head_dim
-    X = rng.standard_normal((n_per_input * d_in, d_in)) @ (
-        np.eye(d_in) + 0.3 * rng.standard_normal((d_in, d_in)) / np.sqrt(d_in))
-    X[:, list(dead)] = 0.0
-    scales = np.geomspace(*spread, n_heads)[rng.permutation(n_heads)]
-    W = rng.standard_normal((d_out, d_in)) * np.repeat(scales, head_dim)
-    return W, X, 2.0 * X.T @ X / len(X)
-
-
-def columns_of(heads, d):
-    return np.concatenate([np.arange(j * d, (j + 1) * d) for j in heads]) if len(heads) else np.zeros(0, int)
-
-
-def least_squares(W, H, S):
-    K = np.setdiff1d(np.arange(W.shape[1]), S)
-    out = np.zeros_like(W)
-    out[:, K] = np.linalg.solve(H[np.ix_(K, K)], (W @ H[:, K]).T).T
-    return out
+def problem(seed, n_heads=8, head_dim=4, **kw):
+    """testing.problem with heads of well-separated scales (no near-ties)."""
+    return testing.problem(seed, d_in=n_heads * head_dim, block=head_dim, **kw)
 
 
 def greedy_heads_oracle(W, H, n_prune, d, *, percdamp=0.0, gcd=True, compensate=True, quota=None):
@@ -199,16 +182,19 @@ def test_indefinite_H_warns_and_stays_finite():
 # -- how good is greedy? ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(4))
-def test_brute_force_optimum_bounds_greedy(seed, record_property):
-    """8 nearly equal heads of 2, prune 4: the best of all 70 subsets is <= greedy. Greedy is
-    not always optimal (seed 1: greedy / optimum = 1.012); the ratio is recorded."""
+def test_greedy_is_near_the_brute_force_optimum(seed, record_property):
+    """8 nearly equal heads of 2, prune 4: over all 70 subsets (each with its least-squares
+    compensation), greedy is within 5% of the optimum and better than 9 in 10 subsets. Greedy is
+    not always optimal (the ratio is recorded); a selection that ignored the errors would land
+    near the median of the subsets instead."""
     W, _, H = problem(100 + seed, n_heads=8, head_dim=2, spread=(0.9, 1.1))
     W_new, heads = R.prune_heads(W, H, 4, 2)
     greedy = R.reconstruction_error(W, W_new, H)
-    best = min(R.reconstruction_error(W, least_squares(W, H, columns_of(s, 2)), H)
-               for s in itertools.combinations(range(8), 4))
-    assert best <= greedy * (1 + 1e-9)
-    record_property("greedy_over_optimum", greedy / best)
+    errors = np.array([R.reconstruction_error(W, least_squares(W, H, columns_of(s, 2)), H)
+                       for s in itertools.combinations(range(8), 4)])
+    record_property("greedy_over_optimum", greedy / errors.min())
+    assert greedy <= 1.05 * errors.min()
+    assert np.mean(errors < greedy * (1 - 1e-9)) < 0.1
 
 
 @pytest.mark.parametrize("seed", range(4))

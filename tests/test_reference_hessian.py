@@ -1,9 +1,9 @@
 """slimgpt.reference: the Hessian (Eq. 1) and the reconstruction error, against explicit sums."""
 import numpy as np
 import pytest
-from tolerances import assert_close
 
 from slimgpt import reference as R
+from slimgpt.testing import assert_close
 
 
 def calibration(seed, n, d_in):

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from tolerances import assert_close
 
 from slimgpt import reference as R
+from slimgpt.testing import assert_close
 
 # spec §5.5, FFN channels pruned per layer for r = ipr_ratios(32, 0.0625, 0.25), m = 11008
 FFN_PRUNED_20 = [688, 1101, 1342, 1514, 1646, 1755, 1847, 1926, 1997, 2059, 2116, 2168, 2216, 2260,

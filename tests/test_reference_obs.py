@@ -6,31 +6,9 @@ import warnings
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from tolerances import assert_close
 
 from slimgpt import reference as R
-
-
-def problem(seed, d_out=12, d_in=32, n_per_input=8, dead=()):
-    """W (d_out, d_in), X (n, d_in) with correlated inputs, n = n_per_input·d_in, H = 2XᵀX/n."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n_per_input * d_in, d_in)) @ (
-        np.eye(d_in) + 0.3 * rng.standard_normal((d_in, d_in)) / np.sqrt(d_in))
-    X[:, list(dead)] = 0.0
-    W = rng.standard_normal((d_out, d_in)) * rng.uniform(0.3, 3.0, d_in)
-    return W, X, 2.0 * X.T @ X / len(X)
-
-
-def least_squares(W, H, S):
-    """The optimum of Eq. (1) with columns S removed: W H[:,K] (H_KK)⁻¹, W[:,S] = 0."""
-    K = np.setdiff1d(np.arange(W.shape[1]), S)
-    out = np.zeros_like(W)
-    out[:, K] = np.linalg.solve(H[np.ix_(K, K)], (W @ H[:, K]).T).T
-    return out
-
-
-def damped(H, percdamp):
-    return H + percdamp * np.mean(np.diag(H)) * np.eye(len(H))
+from slimgpt.testing import assert_close, damped, least_squares, problem
 
 
 CASES = {

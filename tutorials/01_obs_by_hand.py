@@ -16,7 +16,8 @@
 # computations and stops the script on a mismatch), the chosen column and head, and
 # `wrote .../01_obs_by_hand.png` (W before/after, per-column and per-head costs).
 #
-# **Paper**: SlimGPT (arXiv 2412.18110) §3.1 Eqs. (1)-(4), §3.2 Eq. (5); spec §2.1-2.3.
+# **Paper**: SlimGPT (arXiv 2412.18110v1) Eqs. (1)-(4) and (5); spec §2.1-2.3, §3.2
+# (spec = docs/spec.md).
 
 # %%
 import numpy as np

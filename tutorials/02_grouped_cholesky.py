@@ -19,7 +19,7 @@
 # −GCD/GCD reconstruction-error ratio of greedy pruning), and `wrote .../02_grouped_cholesky.png`
 # (estimated vs exact head cost for both estimators, and the near-duplicate example).
 #
-# **Paper**: SlimGPT §3.2, Eq. (5), Lemma (i) (permute-then-invert = invert-then-permute),
+# **Paper**: SlimGPT Eq. (5), Lemma (i) (permute-then-invert = invert-then-permute),
 # Lemma (ii) (leading block of a Cholesky factor); Appendix D.1; Table 5 (−GCD); spec §3.2.
 
 # %%

@@ -18,7 +18,7 @@
 # reconstruction error relative to the smallest group; error grows and time falls with the
 # group size, and DGS sits near the small-group error. `wrote .../03_dynamic_group_size.png`.
 #
-# **Paper**: SlimGPT §3.2 "Dynamic Group Size", Table 5 (−DGS = fixed 128); Eqs. (3)-(4) per
+# **Paper**: SlimGPT, Batched Greedy Pruning, "Dynamic Group Size"; Table 5 (−DGS = fixed 128); Eqs. (3)-(4) per
 # group; spec §4.
 
 # %%

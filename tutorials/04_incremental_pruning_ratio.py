@@ -20,7 +20,7 @@
 # magnitude; PPL 55.0 dense → ~72 after pruning only layer 0 by 25%); `wrote .../04_ipr_schedules.png` and
 # `.../04_error_vs_depth.png` (the Figure 2 analogue).
 #
-# **Paper**: SlimGPT §3.3, Eq. (6), Figure 2 (LLaMA-7B: PPL 12.63 dense → 12.64 / 13.98 / 21.49
+# **Paper**: SlimGPT Eq. (6) (Incremental Pruning Ratio), Figure 2 (LLaMA-7B: PPL 12.63 dense → 12.64 / 13.98 / 21.49
 # after pruning layer 0 by 25/50/75%), Table 6; spec §5, §6.3.
 
 # %%
@@ -110,11 +110,11 @@ print(f"dense perplexity on {ppl_tokens} WikiText-2 tokens (seqlen {eval_seqlen}
 curves = {}
 for r in (0.25, 0.5, 0.75):
     model = copy.deepcopy(dense)
-    counts = [(round(n_heads * r), round(m * r))] + [(0, 0)] * (L - 1)
+    counts = [(round(n_heads * r), round(m * r))]     # layer 0 only; the others keep everything
     with Timer() as t:
-        prune_model(model, calib, PruneSettings(ratio=None, first=0.0, last=0.0, n_samples=n_samples,
+        prune_model(model, calib, PruneSettings(ratios=[r] + [0.0] * (L - 1), hit_target=False, n_samples=n_samples,
                                                 seqlen=seqlen, percdamp=0.01),
-                    log=lambda msg: None, progress=False, counts=counts)
+                    log=lambda msg: None, progress=False)
     outs = ffn_outputs(model, eval_ids)
     # relative squared error of each layer's FFN output: ||Δ||² / ||dense||² (layers of a trained
     # model differ a lot in output scale, so the absolute error would mostly show the scale)

@@ -22,7 +22,7 @@
 # (~1e-3);
 # `wrote .../05_end_to_end_backends.png` (per-layer kept heads and channels, time per backend).
 #
-# **Paper**: SlimGPT §3 (Algorithm 1, DGS, Eq. 5-6), §4 (LLaMA experiments); spec §6, §8.1.
+# **Paper**: SlimGPT Algorithm 1, DGS, Eqs. (5)-(6), the LLaMA experiments; spec §6, §8.1.
 
 # %%
 import argparse
@@ -33,7 +33,7 @@ import torch
 
 from slimgpt.evaluate import perplexity
 from slimgpt.loaders import load_model
-from slimgpt.ops import _has_cpu_op
+from slimgpt._native import core
 from slimgpt.pipeline import PruneSettings, prune_model
 from slimgpt.textdata import calibration_windows, wikitext2_tokens
 from _tutorial import setup
@@ -57,7 +57,7 @@ print(f"{model_name}: {dense.num_parameters():,} parameters, PPL {ppl_dense:.3f}
 parser = argparse.ArgumentParser()
 parser.add_argument("--backends", default="reference,cpu", help="comma-separated, from reference,cpu,cuda")
 backends = parser.parse_known_args()[0].backends.split(",")
-if "cpu" in backends and not _has_cpu_op():
+if "cpu" in backends and core() is None:
     backends.remove("cpu")
     print("the C++ core (slimgpt._core) is not built: skipping the cpu backend (pip install . builds it)")
 

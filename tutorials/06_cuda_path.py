@@ -17,8 +17,8 @@
 # per size: seconds for reference / cpu / cuda, max relative difference of W_new against the
 # reference (≤ 1e-4), and whether the selections agree; `wrote .../06_cuda_path.png`.
 #
-# **Paper**: SlimGPT §3.2 (Algorithm 1, DGS, Eqs. (3)-(5)), §4 "pruning runtime" (Table 3: LLaMA-7B 20% in
-# ~11 min on one A100); spec §7.4.
+# **Paper**: SlimGPT Algorithm 1, DGS, Eqs. (3)-(5); Table 3 (pruning runtime: LLaMA-7B 20% in
+# ~11 min on one A100); spec §3.4, §7.4.
 
 # %%
 import sys
@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from slimgpt import ops, oracle  # noqa: E402
-from slimgpt.ops import _has_cpu_op  # noqa: E402
+from slimgpt._native import core  # noqa: E402
 
 # %% [markdown]
 # ## 1. The oracle on the CUDA backend
@@ -70,7 +70,7 @@ for name, kind, d_out, d_in, head_dim in sizes:
     W = (rng.standard_normal((d_out, d_in)) * np.repeat(rng.uniform(0.5, 2, d_in // head_dim), head_dim)).astype(np.float32)
     H = (2.0 * X.T @ X / X.shape[0]).astype(np.float32)
     n = (d_in // head_dim) // 4
-    backends = ["cpu", "cuda"] if _has_cpu_op() else ["cuda"]
+    backends = ["cpu", "cuda"] if core() is not None else ["cuda"]
     if d_in <= 1536:
         backends = ["reference"] + backends
     res = {}

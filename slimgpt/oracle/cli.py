@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from slimgpt.oracle.check import ImplementationError, check
-from slimgpt.oracle.files import PROFILES, OracleFormatError, export
+from slimgpt import paths
+from slimgpt.oracle.check import check
+from slimgpt.oracle.files import FORMAT, PROFILES, export
 
 DESCRIPTION = "Golden cases for the SlimGPT operations: export them from the reference, check any implementation."
 
@@ -22,6 +24,7 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="oracle_command", required=True)
     pe = sub.add_parser("export", help="write the golden cases (npz + index.json) to DIR")
     pe.add_argument("dir")
+    pe.add_argument("--force", action="store_true", help="replace an earlier export at DIR")
     pe.set_defaults(func=_cmd_export)
     pc = sub.add_parser("check", help="run an implementation over the cases in DIR")
     pc.add_argument("dir")
@@ -32,10 +35,14 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     pc.add_argument("--op", action="append", dest="operations", help="check only this operation (repeatable)")
     pc.add_argument("-v", "--verbose", action="store_true", help="also list not-implemented and skipped cases")
     pc.set_defaults(func=_cmd_check)
+    for sp in (pe, pc):
+        sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def _cmd_export(args) -> int:
-    index = export(args.dir)
+    out = paths.check_output(args.dir, force=args.force, is_ours=_is_export)
+    with paths.atomic_folder(out) as tmp:
+        index = export(tmp)
     n_err = sum("raises" in c for c in index["cases"])
     print(f"wrote {len(index['cases'])} cases ({n_err} expecting an error) to {args.dir}/index.json")
     return 0
@@ -47,11 +54,20 @@ def _cmd_check(args) -> int:
     return 0 if result.ok else 1
 
 
+def _is_export(folder: Path) -> bool:
+    """An earlier export: index.json of the oracle's format and only its cases/ beside it."""
+    index = paths.read_json(folder / "index.json")
+    return (isinstance(index, dict) and index.get("format") == FORMAT
+            and {p.name for p in folder.iterdir()} <= {"index.json", "cases"})
+
+
 def run(args) -> int:
     """Run a parsed `oracle` command; expected failures are one line on stderr and exit 2."""
     try:
         return args.func(args)
-    except (OracleFormatError, ImplementationError, OSError) as e:
+    except (ValueError, OSError) as e:
+        if args.debug:
+            raise
         print(f"slimgpt oracle {args.oracle_command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -5,32 +5,55 @@ Grade it with:   python tutorials/assignments/grade.py tutorials/assignments/stu
 order (README.md): hessian -> prune_columns -> head_errors -> prune_heads -> DGS / prune_channels
 -> IPR. Each task's later functions may call the earlier ones.
 
-Conventions (the same as slimgpt.reference, which the grader's golden cases come from):
+Conventions (the same as the project's reference implementation, which the golden cases come from):
 
-- NumPy only, float64 everywhere. Return new arrays; do not modify the inputs.
+- NumPy only (SciPy is allowed too), float64 everywhere. Return new arrays; do not modify the inputs.
 - W is (d_out, d_in), the PyTorch Linear layout; pruning removes INPUT columns of W.
 - X is (n, d_in): n calibration tokens. H = 2 X^T X / n is (d_in, d_in). G = H^-1.
 - Indices are 0-based integers.
 
+The rules of the grader (README.md, "How the grader runs your code"):
+
+- This one file is your submission. It runs in a separate Python process that can import the
+  standard library, NumPy and SciPy, but not slimgpt (nor read the repository's files): a
+  submission that imports or loads slimgpt scores 0.
+- Task 2's Cholesky cases check the method, not only the numbers: prune_columns and
+  prune_columns_cholesky must factor the reordered H^-1 (or its leading block G[S, S]) with
+  np.linalg.cholesky, scipy.linalg.cholesky or scipy.linalg.cho_factor (docs/spec.md §2.3).
+- The damping retry is graded: warn DampingWarning(message, percdamp, requested) with the
+  damping actually used, and only when a retry happened (docs/spec.md §2.4).
+
 Paper: Ling et al., "SlimGPT: Layer-wise Structured Pruning for Large Language Models",
-NeurIPS 2024, arXiv 2412.18110. Equation numbers follow the paper; the project's restatement is
-/work/shared/notes/slimgpt-spec.md (sections 2-5).
+NeurIPS 2024, arXiv 2412.18110. Equation numbers follow the paper; the project restates the
+method in docs/spec.md ("spec §N" below means its section N; §1-5 cover these tasks).
 """
 from __future__ import annotations
+
+import warnings  # noqa: F401 - for DampingWarning
 
 import numpy as np  # noqa: F401 - you will need it
 
 
 class DampingWarning(UserWarning):
-    """Warned when H is not positive definite at the requested damping and you retry with more."""
+    """Warned when H is not positive definite at the requested damping and you retry with more.
+
+    Spec §2.4. Raise it as  warnings.warn(DampingWarning(message, percdamp=p_used, requested=p_asked)):
+    the grader checks the class name and the `percdamp` attribute (the damping actually used).
+    """
+
+    def __init__(self, message: str, percdamp: float, requested: float):
+        super().__init__(message)
+        self.percdamp = percdamp
+        self.requested = requested
 
 
 class NotPositiveDefiniteError(ValueError):
-    """Raised when no damping on the retry ladder makes H positive definite (e.g. H = -I)."""
+    """Raised when no damping on the retry ladder makes H positive definite (e.g. H = -I). Spec §2.4."""
 
 
-# Retry ladder for an H that is not positive definite at the requested percdamp: try each larger
-# value in turn (warn DampingWarning), raise NotPositiveDefiniteError when all fail.
+# Retry ladder for an H that is not positive definite at the requested percdamp (spec §2.4): redo
+# the whole run with each larger value in turn; warn DampingWarning for the first that works;
+# raise NotPositiveDefiniteError when all fail.
 RETRY_PERCDAMP = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -70,7 +93,7 @@ def accumulate_hessian(H, n_seen, X):
 # ------------------------------------------------------------------------------------------------
 # Task 2: Optimal Brain Surgeon for columns (Eqs. 3-4) and the Cholesky trick
 
-def prune_columns_naive(W, H, columns, *, percdamp=0.0, compensate=True):
+def prune_columns_naive(W, H, columns, *, percdamp=0.0):
     """Remove the input `columns` of W one by one with the textbook OBS formulas.
 
     Paper: Eq. (4) (column OBS) and Eq. (3) (inverse downdate); spec §2.1, §2.4.
@@ -80,7 +103,8 @@ def prune_columns_naive(W, H, columns, *, percdamp=0.0, compensate=True):
     For each q in `columns`, in order:
         W <- W - (W[:, q] / G[q, q]) outer G[q, :]            (Eq. 4: column q becomes 0)
         G <- G - G[:, q] outer G[q, :] / G[q, q]               (Eq. 3)
-    With compensate=False, only zero the columns.
+    Damping is chosen as in prune_columns: if the (damped) H is not positive definite (its
+    Cholesky fails), redo it with the next RETRY_PERCDAMP and warn DampingWarning (spec §2.4).
 
     Returns
     -------
@@ -89,15 +113,39 @@ def prune_columns_naive(W, H, columns, *, percdamp=0.0, compensate=True):
     raise NotImplementedError
 
 
+def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+    """The Cholesky form of sequential column OBS, on a given G = H^-1 (no damping here).
+
+    Paper: §3, Fig. 1 steps 3-5 (Eqs. 3-4 through one Cholesky factor, as in GPTQ); spec §2.3.
+    S = `columns` in the given order, K = `survivors` (None: every column not in S). Permute so
+    that S comes first, then K; take the upper Cholesky factor U of the permuted G
+    (G[order, order] = U^T U; only its first |S| rows are needed, and by Lemma (ii) their
+    leading |S| x |S| block is the factor of G[S, S] alone); then for i = 0..|S|-1:
+        e_i = W[:, s_i] / U[i, i];  W[:, s_i..] -= e_i outer U[i, i..]       (local update in S)
+    and finally W[:, K] -= E @ U[:|S|, K]                                   (global update)
+    with E = [e_0 ... e_{|S|-1}]. Columns in neither S nor K are left untouched.
+    Use np.linalg.cholesky, scipy.linalg.cholesky or scipy.linalg.cho_factor for the factor:
+    the grader checks that G[S, S] was factored.
+
+    Returns
+    -------
+    (W_new, losses) : ((d_out, d_in) float64 with W_new[:, S] == 0,
+                       (|S|,) float64, losses[i] = ||e_i||^2 in the order of S (Eq. 4 costs))
+    """
+    raise NotImplementedError
+
+
 def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
     """The same result as prune_columns_naive, with the Cholesky trick (GPTQ / SlimGPT Fig. 1).
 
-    Paper: §3 (Fig. 1 steps 3-5); spec §2.3. Permute so that `columns` come first, take the upper
-    Cholesky factor U of the permuted G (G_perm = U^T U), then for i = 0..|S|-1:
-        e_i = W[:, s_i] / U[i, i];  W[:, s_i..] -= e_i outer U[i, i..]        (local update)
-    and finally W[:, K] -= E @ U[:|S|, K] for the surviving columns K        (global update).
-    If the Cholesky factorisation fails, redo everything with the next larger damping of
-    RETRY_PERCDAMP (warn DampingWarning); raise NotPositiveDefiniteError when all fail.
+    Paper: §3 (Fig. 1 steps 3-5), Eqs. (3)-(4); spec §2.2-2.4. Prepare H (dead inputs, damping;
+    spec §2.4), G = H^-1, then prune_columns_cholesky(W, G, columns). The grader checks that a
+    Cholesky factorisation of G[S, S] (S first, in the given order) happened: calling
+    prune_columns_naive here fails Task 2's Cholesky cases.
+    If a Cholesky factorisation fails, redo everything with the next larger damping of
+    RETRY_PERCDAMP and warn DampingWarning (its .percdamp = the damping used); raise
+    NotPositiveDefiniteError when all fail. With compensate=False, only zero the columns (and
+    the dead inputs); no factorisation is needed then.
 
     Returns
     -------
