@@ -168,8 +168,12 @@ def make_audit_hook(classify, workdir):
     blocked_prefixes = ("ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "os.fork",
                         "os.system", "os.kill", "os.killpg", "signal.pthread_kill", "os.startfile",
                         "pty.", "winreg.", "_winapi.", "sys.remote_exec")
+    path_events = frozenset({"open", "os.listdir", "os.scandir", "os.chdir", "os.rename", "os.link", "os.symlink",
+                             "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.chown",
+                             "os.utime", "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod", "os.getxattr",
+                             "os.listxattr", "os.removexattr", "os.setxattr", "os.fwalk"})
 
-    def audit(event, args, _classify=classify, _workdir=(workdir,), _blocked=blocked_prefixes,
+    def audit(event, args, _classify=classify, _workdir=(workdir,), _blocked=blocked_prefixes, _paths=path_events,
               _realpath=os.path.realpath, _fspath=os.fspath, _fsdecode=os.fsdecode, _isdir=os.path.isdir,
               _under=_under, _Error=SubmissionRuleError, _ImportError=SubmissionImportError, _str=str,
               _bytes=bytes, _isinstance=isinstance, _PathLike=os.PathLike, _getattr=getattr, _main=__name__):
@@ -184,7 +188,7 @@ def make_audit_hook(classify, workdir):
             if _isinstance(name, _str) and (name == "slimgpt" or name.startswith("slimgpt.")):
                 raise _ImportError(f"{NOT_ALLOWED} (import of {name!r})")
             targets = args[1:2]
-        elif event == "open" or event.startswith(("os.", "shutil.", "glob.", "pathlib.")):
+        elif event in _paths or event.startswith(("shutil.", "glob.", "pathlib.")):
             targets = args
         else:
             return

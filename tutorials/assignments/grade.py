@@ -172,17 +172,21 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT)
         if digest is not None and _digest(cases_dir, entries) != digest:
             worker = {"load_error": f"the files in {cases_dir} changed while the submission ran; not graded",
                       "done": {}, "problems": {}}
-        if cases_dir is None:
-            expected_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="expected-"))  # made after the worker ended
-            oracle.export(expected_dir, cases=cases)
+        if worker["load_error"]:
+            results = [GradedCase(case_id, op, oracle.FAIL, "not run: the submission could not be graded")
+                       for case_id, op, *_ in items]
         else:
-            expected_dir = cases_dir
-        try:
-            loaded = {entry["id"]: (entry, args, expected) for entry, args, expected in oracle.load_cases(expected_dir)
-                      if entry["operation"] in ops}
-        except oracle.OracleFormatError as e:
-            raise GradingError(str(e)) from None
-        results = [_judge(*loaded[case_id], worker, key, work) for key, (case_id, *_rest) in zip(keys, items)]
+            if cases_dir is None:
+                expected_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="expected-"))  # made after the worker ended
+                oracle.export(expected_dir, cases=cases)
+            else:
+                expected_dir = cases_dir
+            try:
+                loaded = {entry["id"]: (entry, args, expected) for entry, args, expected
+                          in oracle.load_cases(expected_dir) if entry["operation"] in ops}
+            except oracle.OracleFormatError as e:
+                raise GradingError(str(e)) from None
+            results = [_judge_safely(*loaded[case_id], worker, key, work) for key, (case_id, *_) in zip(keys, items)]
     result = GradeResult(str(student), "float64", results, worker["load_error"] or "")
     scores = []
     for number, title, task_ops, points in TASKS:
@@ -310,6 +314,7 @@ def _run_worker(work: Path, submission: Path, keys: list[str], timeout: float, g
             "progress": str(progress), "todo": todo, "site_dirs": guard["site_dirs"],
             "guard": {k: guard[k] for k in ("package", "repository", "cases", "allowed")}}))
         events, outcome, current = _watch(work, config, progress, timeout)
+        current = current if current in index else None
         loaded = any(e.get("event") == "loaded" for e in events)
         for e in events:
             if e.get("event") == "done" and e.get("key") in index:
@@ -365,7 +370,7 @@ def _watch(work: Path, config: Path, progress: Path, timeout: float):
                 e = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(e, dict):
+            if not isinstance(e, dict) or not isinstance(e.get("key", ""), str):
                 continue
             state["events"].append(e)
             kind = e.get("event")
@@ -441,12 +446,18 @@ def _describe_exit(rc: int, log: Path) -> str:
 # Judging one case
 
 
+def _judge_safely(entry: dict, args: dict, expected: dict, worker: dict, key: str, work: Path) -> GradedCase:
+    """_judge, with a report the worker garbled (the submission can write to its files) as a failure."""
+    try:
+        return _judge(entry, args, expected, worker, key, work)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        return GradedCase(entry["id"], entry["operation"], oracle.FAIL,
+                          f"the worker's report for this case is malformed ({type(e).__name__}: {e})")
+
+
 def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work: Path) -> GradedCase:
     op = entry["operation"]
     res = GradedCase(entry["id"], op, oracle.PASS)
-    if worker["load_error"]:
-        res.status, res.message = oracle.FAIL, "not run: the submission could not be loaded"
-        return res
     if key in worker["problems"]:
         res.status, res.message = oracle.FAIL, worker["problems"][key]
         return res
@@ -548,7 +559,7 @@ def _warning_check(entry: dict, args: dict, rec: dict) -> str:
         if not damping:
             return (f"expected a DampingWarning with percdamp={want:g}: H is not positive definite at the "
                     f"requested percdamp={requested:g}, so the retry ladder (spec §2.4) must warn; none was warned")
-        got = [w.get("percdamp") for w in damping]
+        got = [w.get("percdamp") if isinstance(w.get("percdamp"), float) else None for w in damping]
         if want is not None and not any(isinstance(g, float) and math.isclose(g, want, rel_tol=1e-9, abs_tol=1e-15)
                                         for g in got):
             shown = ", ".join("no percdamp attribute" if g is None else f"{g:g}" for g in got)
@@ -556,7 +567,7 @@ def _warning_check(entry: dict, args: dict, rec: dict) -> str:
                     f"damping on RETRY_PERCDAMP that works, as the attribute .percdamp)")
         return ""
     if damping:
-        got = ", ".join("?" if w.get("percdamp") is None else f"{w['percdamp']:g}" for w in damping)
+        got = ", ".join(f"{w['percdamp']:g}" if isinstance(w.get("percdamp"), float) else "?" for w in damping)
         return (f"warned DampingWarning (percdamp={got}) but H is positive definite at the requested "
                 f"percdamp={requested:g}: warn only when a retry was needed (spec §2.4)")
     return ""
