@@ -8,6 +8,12 @@ is downloaded. Conventions follow GPTQ / SparseGPT / SlimGPT (spec §6.1, §8.1)
   so calibration and evaluation stay disjoint), each as `text + "\n\n"`, concatenated into one
   token stream, from which `n` random windows of `seqlen` tokens are drawn with distinct starts
   uniform in [0, len - seqlen - 1] (Python `random`, seeded). Windows may cross documents.
+
+Calibration that a model cannot run on is a `CalibrationError` (one line), not an IndexError or a
+ZeroDivisionError later: counts must be integers (n_samples >= 1, seqlen >= 2), the tokenizer must
+produce tokens, and given the model (`calibration_windows(..., model=...)` or
+`check_calibration(ids, model)`) every id must be below its vocab_size and the windows no longer
+than its max_position_embeddings unless `allow_long_context=True`.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import functools
 import gzip
 import hashlib
 import json
+import numbers
 import os
 import random
 
@@ -65,14 +72,21 @@ def encode(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer.encode(text, add_special_tokens=False).ids, dtype=torch.long)
 
 
-_STREAMS: dict = {}
+_STREAMS: dict = {}          # (key, id(tokenizer)) -> (tokenizer, tokens); most recent last
+_MAX_STREAMS = 8
 
 
 def _stream(key, tokenizer, build):
+    # The entry holds the tokenizer itself: while it is cached its id cannot be reused by another
+    # tokenizer, which would otherwise be handed this one's tokens (ids beyond its vocabulary).
     k = (key, id(tokenizer))
-    if k not in _STREAMS:
-        _STREAMS[k] = build()
-    return _STREAMS[k]
+    hit = _STREAMS.pop(k, None)
+    if hit is None or hit[0] is not tokenizer:
+        hit = (tokenizer, build())
+    _STREAMS[k] = hit
+    while len(_STREAMS) > _MAX_STREAMS:
+        del _STREAMS[next(iter(_STREAMS))]
+    return hit[1]
 
 
 def wikitext2_tokens(tokenizer) -> torch.Tensor:
@@ -89,15 +103,80 @@ def c4_calibration_tokens(tokenizer) -> torch.Tensor:
     return _stream("c4", tokenizer, build)
 
 
-def calibration_windows(tokenizer, n_samples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """(n_samples, seqlen) int64 calibration windows from the C4 stream (see module docstring)."""
-    if n_samples < 1 or seqlen < 2:
-        raise CalibrationError(f"need n_samples >= 1 and seqlen >= 2, got {n_samples} x {seqlen}")
+def _count(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise CalibrationError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _model_config(model):
+    """(config, label) of a model, a LlamaConfig or a loaders.Loaded; (None, None) for None."""
+    if model is None:
+        return None, None
+    if hasattr(model, "source") and hasattr(model, "model"):          # loaders.Loaded
+        return model.model.config, f"model {model.source}"
+    cfg = getattr(model, "config", model)
+    label = getattr(cfg, "architecture", None)
+    return cfg, (f"the {label} model" if label else "the model")
+
+
+def check_calibration(ids: torch.Tensor, model=None, *, allow_long_context: bool = False,
+                      tokenizer=None) -> torch.Tensor:
+    """Refuse calibration token ids a model cannot run on, with one `CalibrationError` line.
+
+    `ids` must be a non-empty (n_samples, seqlen) integer tensor, seqlen >= 2. With `model` (a
+    model, its LlamaConfig or a loaders.Loaded): every id must be < vocab_size (a larger id means
+    the tokenizer and the model do not belong together), and seqlen must not exceed
+    max_position_embeddings unless `allow_long_context` (RoPE models then run positions they
+    were not trained on). Returns `ids`."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.is_complex():
+        raise CalibrationError(f"calibration data must be a 2-D integer tensor (n_samples, seqlen), got "
+                               f"{type(ids).__name__} {tuple(ids.shape) if isinstance(ids, torch.Tensor) else ''}")
+    n, T = ids.shape
+    if n < 1 or T < 2:
+        raise CalibrationError(f"calibration data is empty or too short: {n} windows of {T} tokens "
+                               "(need at least 1 window of 2 tokens)")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0:
+        raise CalibrationError(f"calibration data holds a negative token id ({lo})")
+    cfg, label = _model_config(model)
+    if cfg is None:
+        return ids
+    if hi >= cfg.vocab_size:
+        tok = ""
+        if tokenizer is not None and hasattr(tokenizer, "get_vocab_size"):
+            tok = f" ({tokenizer.get_vocab_size(with_added_tokens=True)} tokens)"
+        raise CalibrationError(f"the tokenizer{tok} produced token id {hi}, but {label} has vocab_size "
+                               f"{cfg.vocab_size}: tokenizer and model do not belong together")
+    if T > cfg.max_position_embeddings and not allow_long_context:
+        raise CalibrationError(f"calibration windows of {T} tokens are longer than the context of {label} "
+                               f"(max_position_embeddings {cfg.max_position_embeddings}); use a shorter seqlen "
+                               "or allow_long_context=True (RoPE extrapolation)")
+    return ids
+
+
+def calibration_windows(tokenizer, n_samples: int, seqlen: int, seed: int = 0, *, model=None,
+                        allow_long_context: bool = False) -> torch.Tensor:
+    """(n_samples, seqlen) int64 calibration windows from the C4 stream (see module docstring).
+
+    With `model` (a model, its LlamaConfig or a loaders.Loaded) the windows are checked against
+    it (`check_calibration`): ids below its vocab_size, and seqlen within its
+    max_position_embeddings unless `allow_long_context`."""
+    n_samples, seqlen = _count("n_samples", n_samples, 1), _count("seqlen", seqlen, 2)
+    seed = _count("seed", seed, -(2 ** 63))
+    if tokenizer is None or not hasattr(tokenizer, "encode_batch"):
+        raise CalibrationError(f"calibration needs a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+    cfg, _ = _model_config(model)
+    if cfg is not None and seqlen > cfg.max_position_embeddings and not allow_long_context:
+        check_calibration(torch.zeros(1, seqlen, dtype=torch.long), model)   # refuse before tokenizing
     stream = c4_calibration_tokens(tokenizer)
+    if len(stream) == 0:
+        raise CalibrationError("the tokenizer produced no tokens from the C4 calibration text (empty vocabulary?)")
     n_starts = len(stream) - seqlen - 1
     if n_starts < n_samples:
         raise CalibrationError(
             f"calibration of {n_samples} x {seqlen} tokens is longer than the C4 calibration data "
             f"({len(stream)} tokens allow at most {max(n_starts, 0)} distinct windows of {seqlen})")
     starts = random.Random(seed).sample(range(n_starts + 1), n_samples)
-    return torch.stack([stream[s:s + seqlen] for s in starts])
+    windows = torch.stack([stream[s:s + seqlen] for s in starts])
+    return check_calibration(windows, model, allow_long_context=allow_long_context, tokenizer=tokenizer)

@@ -88,16 +88,21 @@ def test_failed_safetensors_write_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_refuses_non_empty_out_unless_force(tmp_path):
+def test_refuses_non_empty_out_and_replaces_only_its_own(tmp_path):
     m, _ = pruned()
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(OutputExistsError):
-        save_pretrained(m, out, None)
+    for force in (False, True):                      # a folder slimgpt did not write: never replaced
+        with pytest.raises(OutputExistsError):
+            save_pretrained(m, out, None, force=force)
     assert (out / "precious.txt").read_text() == "keep me"
-    save_pretrained(m, out, None, force=True)
-    assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()
+    ours = tmp_path / "ours"
+    save_pretrained(m, ours, None)
+    with pytest.raises(OutputExistsError):
+        save_pretrained(m, ours, None)
+    save_pretrained(m, ours, byte_tokenizer(), force=True)   # an earlier checkpoint: replaced
+    assert (ours / "tokenizer.json").exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 

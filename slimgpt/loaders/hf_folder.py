@@ -6,8 +6,13 @@ slimgpt's own pruned checkpoints (the same layout plus per-layer shapes in confi
 "slimgpt_layers"). The tokenizer is read from tokenizer.json when present.
 
 Not supported (a clear error rather than a silently wrong model): rope scaling (LLaMA-3.1 style),
-other architectures. Mistral's sliding window is ignored, which is exact for sequences shorter than
-the window (4096+).
+activations other than SiLU, other architectures. Mistral's sliding window is ignored, which is
+exact for sequences shorter than the window (4096+).
+
+Every field, file name and tensor is validated (slimgpt/loaders/validate.py): a bad folder raises
+one `CheckpointError` line naming the file and the field or tensor. The order keeps it cheap:
+config.json → tokenizer.json → the safetensors headers (names, shapes, dtypes) checked against
+the config → only then the weights, each checked for NaN/Inf as it is read.
 """
 from __future__ import annotations
 
@@ -16,60 +21,75 @@ import os
 
 import torch
 
+from slimgpt.loaders.validate import (CONFIG_LIMITS, CheckpointError, Fields, check_finite,
+                                      check_tokenizer_fits, check_weight_shapes, kind_of, make_config,
+                                      one_line, relative_file)
 from slimgpt.model import LlamaConfig, build_model
 
 SUPPORTED = ("llama", "mistral", "qwen2", "slimgpt-llama")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+__all__ = ["CheckpointError", "read_config", "hf_config_dict", "read_safetensors", "load_hf_folder",
+           "SUPPORTED"]
 
 
-class CheckpointError(ValueError):
-    """A model folder that cannot be loaded (missing, corrupt, truncated or inconsistent)."""
+def _read_json(path: str, what: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable {what} ({one_line(e)})") from None
 
 
 def read_config(folder: str) -> LlamaConfig:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{folder}: no config.json (not a model folder)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            c = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable config ({e})") from e
-    mt = c.get("model_type")
-    if mt not in SUPPORTED:
+    f = Fields(_read_json(path, "config"), path, "a JSON object of model settings")
+    mt = f.raw("model_type", None)
+    if not isinstance(mt, str) or mt not in SUPPORTED:
         raise CheckpointError(f"{path}: model_type {mt!r} is not supported (supported: {', '.join(SUPPORTED)})")
-    for scaling in (c.get("rope_scaling") or {}, c.get("rope_parameters") or {}):
+    rope_parameters = f.sub("rope_parameters")
+    for key in ("rope_scaling", "rope_parameters"):
+        scaling = f.mapping(key)
         if scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-            raise CheckpointError(f"{path}: rope scaling {scaling!r} is not supported")
-    theta = c.get("rope_theta", (c.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-    try:
-        n_head = int(c["num_attention_heads"])
-        layers = c.get("slimgpt_layers") or {}
-        cfg = LlamaConfig(
-            vocab_size=int(c["vocab_size"]),
-            hidden_size=int(c["hidden_size"]),
-            num_hidden_layers=int(c["num_hidden_layers"]),
-            num_attention_heads=n_head,
-            num_key_value_heads=int(c.get("num_key_value_heads") or n_head),
-            intermediate_size=int(c["intermediate_size"]),
-            head_dim=c.get("head_dim"),
-            rope_theta=float(theta),
-            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-            attention_bias=bool(c.get("attention_bias", mt == "qwen2")),
-            o_proj_bias=bool(c.get("o_proj_bias", False)),
-            mlp_bias=bool(c.get("mlp_bias", False)),
-            max_position_embeddings=int(c.get("max_position_embeddings", 2048)),
-            bos_token_id=c.get("bos_token_id"),
-            eos_token_id=c.get("eos_token_id") if not isinstance(c.get("eos_token_id"), list) else c["eos_token_id"][0],
-            layer_heads=layers.get("heads"),
-            layer_kv_heads=layers.get("kv_heads"),
-            layer_kv_map=layers.get("kv_map"),
-            layer_intermediate=layers.get("intermediate"),
-            architecture=c.get("slimgpt_architecture", mt),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: inconsistent config ({e})") from e
-    return cfg
+            raise CheckpointError(f"{path}: {key} {scaling!r} is not supported (no rope scaling)")
+    if f.raw("quantization_config", None) is not None:
+        raise CheckpointError(f"{path}: quantization_config is set; quantized checkpoints (GPTQ, AWQ, bitsandbytes) "
+                              "are not supported (use the float16/bfloat16/float32 weights)")
+    act = f.string("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (LLaMA-family models use silu)")
+    theta = f.real("rope_theta", None)
+    if theta is None:
+        theta = rope_parameters.real("rope_theta", 10000.0)
+    n_layers = f.integer("num_hidden_layers")
+    n_head = f.integer("num_attention_heads")
+    layers = f.sub("slimgpt_layers")
+    return make_config(
+        path,
+        vocab_size=f.integer("vocab_size"),
+        hidden_size=f.integer("hidden_size"),
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_head,
+        num_key_value_heads=f.integer("num_key_value_heads", n_head),
+        intermediate_size=f.integer("intermediate_size"),
+        head_dim=f.integer("head_dim", None, lo=2),
+        rope_theta=theta,
+        rms_norm_eps=f.real("rms_norm_eps", 1e-6),
+        tie_word_embeddings=f.boolean("tie_word_embeddings", False),
+        attention_bias=f.boolean("attention_bias", mt == "qwen2"),
+        o_proj_bias=f.boolean("o_proj_bias", False),
+        mlp_bias=f.boolean("mlp_bias", False),
+        max_position_embeddings=f.integer("max_position_embeddings", 2048),
+        bos_token_id=f.token_id("bos_token_id"),
+        eos_token_id=f.token_id("eos_token_id"),
+        layer_heads=layers.int_list("heads", n_layers, 0, CONFIG_LIMITS["num_attention_heads"]),
+        layer_kv_heads=layers.int_list("kv_heads", n_layers, 0, CONFIG_LIMITS["num_key_value_heads"]),
+        layer_kv_map=layers.int_lists("kv_map", n_layers, CONFIG_LIMITS["num_key_value_heads"]),
+        layer_intermediate=layers.int_list("intermediate", n_layers, 0, CONFIG_LIMITS["intermediate_size"]),
+        architecture=f.string("slimgpt_architecture", mt),
+    )
 
 
 def hf_config_dict(cfg: LlamaConfig) -> dict:
@@ -94,49 +114,115 @@ def hf_config_dict(cfg: LlamaConfig) -> dict:
     return d
 
 
-def read_safetensors(folder: str) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def weight_files(folder: str) -> tuple[list[str], dict | None]:
+    """The safetensors files of a folder and, when sharded, the index's {tensor: file path}."""
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
+        f = Fields(_read_json(index, "shard index"), index, "a JSON object with a weight_map")
+        wm = f.raw("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise CheckpointError(f"{index}: weight_map must be a non-empty object "
+                                  f"{{tensor name: file name}}, got {kind_of(wm) if wm else 'an empty one'}")
+        where = {name: relative_file(folder, fn, index, f"weight_map[{name!r}]") for name, fn in wm.items()}
+        files = sorted(set(where.values()))
+        for path in files:
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{path}: shard listed in the index is missing")
+        return files, where
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return [os.path.join(folder, "model.safetensors")], None
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def read_headers(files: list[str], index: dict | None = None) -> tuple[dict, dict]:
+    """({tensor: shape}, {tensor: file}) from the safetensors headers only (nothing is read or
+    allocated). Refuses corrupt or truncated files, non-float tensors, duplicates across shards and
+    index entries that their file does not hold."""
+    from safetensors import safe_open
+
+    shapes, where = {}, {}
+    for path in files:
         try:
-            with open(index, encoding="utf-8") as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: unreadable shard index ({e})") from e
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+            with safe_open(path, framework="pt") as st:
+                for k in st.keys():
+                    if k.endswith("rotary_emb.inv_freq"):     # old HF checkpoints store it; recomputed
+                        continue
+                    sl = st.get_slice(k)
+                    dtype = sl.get_dtype()
+                    if dtype not in FLOAT_DTYPES:
+                        raise CheckpointError(f"{path}: {k} has dtype {dtype}; model weights must be "
+                                              f"floating point ({', '.join(FLOAT_DTYPES)})")
+                    if k in where:
+                        raise CheckpointError(f"{path}: {k} is also in {os.path.basename(where[k])} "
+                                              "(a tensor must be in one shard)")
+                    shapes[k], where[k] = tuple(sl.get_shape()), path
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({one_line(e)})") from None
+    if index is not None:
+        for k, path in index.items():
+            if not k.endswith("rotary_emb.inv_freq") and where.get(k) != path:
+                raise CheckpointError(f"{path}: the shard index lists {k} in this file, but it "
+                                      + ("is not there" if k not in where else f"is in {os.path.basename(where[k])}"))
+    return shapes, where
+
+
+def read_safetensors(folder: str, cfg: LlamaConfig | None = None) -> dict:
+    """{name: float32 tensor} of a folder's weights, every tensor checked for NaN/Inf. With `cfg`,
+    names and shapes are checked against it from the headers before any weight is read."""
+    from safetensors import safe_open
+
+    files, index = weight_files(folder)
+    shapes, where = read_headers(files, index)
+    if cfg is not None:
+        if not cfg.tie_word_embeddings and "lm_head.weight" not in shapes:
+            raise CheckpointError(f"{folder}: config.json has tie_word_embeddings false but the weights "
+                                  "have no lm_head.weight")
+        check_weight_shapes(cfg, shapes, folder, where)
     sd = {}
-    for fn in files:
-        path = os.path.join(folder, fn)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{path}: shard listed in the index is missing")
+    for path in files:
         try:
-            part = load_file(path)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
-        sd.update(part)
+            with safe_open(path, framework="pt") as st:
+                for k in st.keys():
+                    if k in shapes and where[k] == path:
+                        t = st.get_tensor(k)
+                        sd[k] = t if t.dtype == torch.float32 else t.float()
+                        check_finite(k, sd[k], path)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({one_line(e)})") from None
     return sd
 
 
 def load_hf_folder(folder: str):
     """(model, tokenizer or None, config) from a Hugging Face-style folder, weights in float32."""
     cfg = read_config(folder)
-    sd = {k: v.float() for k, v in read_safetensors(folder).items()}
-    # HF stores rotary buffers in some old checkpoints; they are recomputed here.
-    sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
-    if not cfg.tie_word_embeddings and "lm_head.weight" not in sd:
-        raise CheckpointError(f"{folder}: untied config but no lm_head.weight")
+    tok = read_tokenizer(folder, cfg)
+    sd = read_safetensors(folder, cfg)
+    if cfg.tie_word_embeddings and "lm_head.weight" in sd:
+        if not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
+            raise CheckpointError(f"{folder}: config.json says tie_word_embeddings true, but the weights hold an "
+                                  "lm_head.weight that differs from model.embed_tokens.weight")
+        del sd["lm_head.weight"]
     try:
         model = build_model(cfg, sd)
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{folder}: weights do not match config.json ({e})") from e
-    tok = None
-    tj = os.path.join(folder, "tokenizer.json")
-    if os.path.isfile(tj):
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(tj)
+        raise CheckpointError(f"{folder}: weights do not match config.json ({one_line(e)})") from None
     return model, tok, cfg
+
+
+def read_tokenizer(folder: str, cfg: LlamaConfig):
+    """The folder's tokenizer.json as a `tokenizers.Tokenizer` (None when absent), checked to fit
+    the model's vocabulary."""
+    tj = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(tj):
+        return None
+    from tokenizers import Tokenizer
+    try:
+        tok = Tokenizer.from_file(tj)
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+        raise CheckpointError(f"{tj}: unreadable tokenizer ({one_line(e)})") from None
+    check_tokenizer_fits(tok, cfg, tj)
+    return tok
