@@ -623,6 +623,7 @@ static int score_heads(const Handles& h, double* err, const float* W, const floa
                                              (int)n_heads));
         CK_CUDA(cudaMemcpyAsync(info.data(), infos.p, sizeof(int) * (size_t)n_heads, cudaMemcpyDeviceToHost,
                                 stream));
+        CK_CUDA(cudaStreamSynchronize(stream));  // P, infos are freed at scope exit
     }
     head_err_kernel<<<blocks_for(n_heads), THREADS, 0, stream>>>(derr.p, colsq.p, B.p, G, gcd, g_scale, d, n_heads,
                                                                  N);

@@ -132,6 +132,8 @@ CASES = {
     "channels-no-compensate": ("channels", dict(d_in=96, spread=(0.1, 10.0), dead=(7,)),
                                dict(n_prune=40, group_sizes=16, percdamp=0.01, compensate=False)),
     "channels-dead": ("channels", dict(d_in=64, dead=(3, 50)), dict(n_prune=20, group_sizes=5)),
+    "channels-no-compensate-wide": ("channels", dict(d_in=320, d_out=6, spread=(0.01, 100.0)),  # > 256 pruned:
+                                    dict(n_prune=300, group_sizes=[150, 150], compensate=False)),  # blocked loss
     "channels-none": ("channels", dict(d_in=30), dict(n_prune=0)),
 }
 
@@ -224,6 +226,17 @@ def test_accumulate_hessian_equals_one_shot(device):
         C.accumulate_hessian(H, f32(chunk, device), n)
         n += len(chunk)
     assert_close(host(H), hessian_of(host(X)), "float32")
+
+
+def test_hessian_over_several_blocks_of_rows():
+    """More token rows than one scaled float32 block (HESSIAN_BLOCK_FLOATS = 2^22 floats): the
+    blocks are summed in float64."""
+    X = f32(calibration(np.random.default_rng(21), 2 * (2 ** 22 // 3) + 7, 3) * 1e15)
+    H = np.zeros((3, 3))
+    C.hessian(H, X)
+    assert_close(H, hessian_of(host(X)), "float32")
+    C.accumulate_hessian(H, X[:1000], len(X))
+    assert_close(H, hessian_of(np.concatenate([host(X), host(X[:1000])])), "float32")
 
 
 def test_accumulate_hessian_refuses_negative_or_overflowing_n_seen():
