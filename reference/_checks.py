@@ -99,11 +99,9 @@ def columns(cols, d_in: int) -> np.ndarray:
         np.issubdtype(c.dtype, np.floating) and np.all(np.isfinite(c)) and np.all(c == np.round(c)))
     if c.dtype == bool or not integral:
         raise ValueError(f"columns must be integer indices, got dtype {c.dtype}")
-    if c.min() < 0 or c.max() >= d_in:
+    if c.min() < 0 or c.max() >= d_in:      # before the cast: huge floats or uint64 must not wrap
         raise ValueError(f"column indices must be in [0, {d_in}), got min {c.min()} max {c.max()}")
     c = c.astype(np.int64)
-    if c.min() < 0 or c.max() >= d_in:
-        raise ValueError(f"column indices must be in [0, {d_in}), got min {c.min()} max {c.max()}")
     if np.unique(c).size != c.size:
         raise ValueError("column indices must not repeat")
     return c

@@ -78,9 +78,9 @@ def cmd_prune(a) -> dict:
     model, tok = loaded.model, loaded.tokenizer
     if tok is None:
         raise UsageError(f"{a.model}: no tokenizer.json, cannot build calibration data")
-    _check_context(model, s.seqlen, "--seqlen", a.allow_long_context)
     _check_context(model, a.eval_seqlen, "--eval-seqlen", a.allow_long_context)
-    calib = calibration_windows(tok, s.n_samples, s.seqlen, s.seed)
+    calib = calibration_windows(tok, s.n_samples, s.seqlen, s.seed, model=model,
+                                allow_long_context=a.allow_long_context)
     est = estimate(model.config, s.n_samples, s.seqlen, s.batch_size, s.cache_mb)
     _eprint(f"estimate: memory ~{_fmt_bytes(est['memory_bytes'])} (model {_fmt_bytes(est['model_bytes'])}, "
             f"activations {_fmt_bytes(est['activation_bytes'] + est['cache_bytes'])}, H {_fmt_bytes(est['hessian_bytes'])}); "
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     from slimgpt.loaders import DEFAULT_MODEL, NAMES
     from slimgpt.methods import METHODS
     from slimgpt.oracle import add_oracle_subcommand
+    from slimgpt.export.cli import add_export_subcommand
     from slimgpt.pipeline import GQA_MODES, SCHEDULES
 
     p = argparse.ArgumentParser(prog="slimgpt", description="SlimGPT structured pruning of LLaMA-style models")
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--max-new-tokens", type=int, default=32)
 
     add_oracle_subcommand(sub)
+    add_export_subcommand(sub)
 
     for sp in (pr, ev, ge):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -263,6 +265,9 @@ def main(argv=None) -> int:
     if args.cmd == "oracle":
         from slimgpt.oracle.cli import run
         return _guarded(args, lambda: run(args))
+    if args.cmd == "export":
+        from slimgpt.export.cli import run as run_export
+        return _guarded(args, lambda: run_export(args))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

@@ -35,9 +35,10 @@ from slimgpt.ops import resolve_backend
 from slimgpt.schedule import Budget, LayerPlan, PruneError
 from slimgpt.shrink import add_bias, apply_channels, apply_heads, sync_config, uniform_biases
 from slimgpt.stats import ActivationStats
+from slimgpt.textdata import check_calibration
 
 GQA_MODES = gqa.GQA_MODES
-SCHEDULES = schedule.SCHEDULES
+SCHEDULES = schedule.SCHEDULES + ("auto",)      # "auto": chosen from the calibration data (autoschedule.py)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class PruneSettings:
     batch_size: int = 8
     cache_mb: float = 2048.0
     shrink: bool = True                 # False: keep full size, pruned columns zero (masked model)
+    bias_compensation: bool | None = None   # mean-shift bias b += (W − W_new)·mean(x); None: the method's default
     method_options: dict = field(default_factory=dict)
 
     def validate(self):
@@ -112,6 +114,7 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
     """Prune `model` in place with calibration token windows `calib` (N × T int64)."""
     s = settings
     s.validate()
+    check_calibration(calib, model, allow_long_context=True)   # the caller decides about the context
     log = log or (lambda msg: print(msg, file=sys.stderr))
     t_start = time.perf_counter()
     method = methods.METHODS[s.method]
@@ -119,9 +122,13 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
     L = cfg.num_hidden_layers
     if s.ratios is not None and len(s.ratios) != L:
         raise PruneError(f"{len(s.ratios)} per-layer ratios for a model of {L} layers")
-    ratios = [float(r) for r in s.ratios] if s.ratios is not None else \
-        schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
-    plan = method.plan(model, calib, s) or [_scheduled(cfg, i, r, s) for i, r in enumerate(ratios)]
+    if s.schedule == "auto" and s.ratios is None and s.first is None:
+        from slimgpt.autoschedule import auto_plan
+        ratios, plan = auto_plan(model, calib, s)
+    else:
+        ratios = [float(r) for r in s.ratios] if s.ratios is not None else \
+            schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
+        plan = method.plan(model, calib, s) or [_scheduled(cfg, i, r, s) for i, r in enumerate(ratios)]
     prunable = sum(schedule.prunable_params(cfg, i) for i in range(L))
     explicit = s.ratios is not None or s.first is not None
     target = round(sum(r * schedule.prunable_params(cfg, i) for i, r in enumerate(ratios))) if explicit \
@@ -251,10 +258,11 @@ def _prune_channels(layer, stats, blocks, run: _Run, rec: dict):
 
 
 def _compensate_bias(linear, W, sel, stats, run: _Run) -> None:
-    """Mean-shift compensation b += (W − W_new) · mean(x), for methods that ask for it: the
-    projection keeps its mean output over the calibration tokens (FLAP). Every layer gets a bias
-    (zero when nothing was pruned), so one config flag describes the model."""
-    if not (run.method.bias_compensation and run.options.compensate):
+    """Mean-shift compensation b += (W − W_new) · mean(x), for methods that ask for it (FLAP) or
+    when the settings do: the projection keeps its mean output over the calibration tokens. Every
+    layer gets a bias (zero when nothing was pruned), so one config flag describes the model."""
+    wanted = run.settings.bias_compensation
+    if not ((run.method.bias_compensation if wanted is None else wanted) and run.options.compensate):
         return
     delta = (W.double() - sel.W.double()) @ stats.mean.to(W.device)
     add_bias(linear, delta.to(W.dtype))
@@ -361,5 +369,5 @@ def prune(name_or_dir: str, settings: PruneSettings, log=None, progress: bool = 
 
     settings.validate()
     loaded = load_model(name_or_dir)
-    calib = calibration_windows(loaded.tokenizer, settings.n_samples, settings.seqlen, settings.seed)
+    calib = calibration_windows(loaded.tokenizer, settings.n_samples, settings.seqlen, settings.seed, model=loaded.model)
     return loaded, prune_model(loaded.model, calib, settings, log=log, progress=progress)

@@ -77,7 +77,7 @@ def _err(capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["eval", "tiny-llama", "--seqlen", "1000000"], "longer than the model's context"),
-    (["prune", "--model", "tiny-llama", "--seqlen", "1024", "--out", "{tmp}/o"], "longer than the model's context"),
+    (["prune", "--model", "tiny-llama", "--seqlen", "1024", "--out", "{tmp}/o"], "longer than the context"),
     (["prune", "--model", "tiny-llama", "--threads", "-1", "--out", "{tmp}/o"], ""),
     (["prune", "--model", "tiny-llama", "--last", "0.3", "--out", "{tmp}/o"], "--last needs --first"),
     (["prune", "--model", "tiny-llama", "--out", "{tmp}/o", "--report", "{tmp}"], "is a folder"),
