@@ -161,7 +161,8 @@ def test_flap_bias_keeps_the_mean_output():
     stats.add(X)
     dense_mean = down(X).mean(0)
     sel = Selection(down.weight.clone().index_fill_(1, torch.tensor([1]), 0), [1])
-    run = SimpleNamespace(method=METHODS["flap"], options=SimpleNamespace(compensate=True))
+    run = SimpleNamespace(method=METHODS["flap"], options=SimpleNamespace(compensate=True),
+                          settings=SimpleNamespace(bias_compensation=None))
     P._compensate_bias(down, down.weight.data.clone(), sel, stats, run)
     assert_close(down.bias, [10.0, 10.0], "float64")
     down.weight.copy_(sel.W)
