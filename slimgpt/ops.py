@@ -153,6 +153,19 @@ def _core_error(call):
         raise reference.NotPositiveDefiniteError(str(e)) from None
 
 
+# Below this damping a float32 Cholesky can succeed on a numerically singular H (its rounding
+# noise, ~N·6e-8 of the diagonal, hides a zero eigenvalue) where the float64 reference fails and
+# damps; there the fast paths take the decision with the reference's own float64 Cholesky.
+FLOAT64_DECISION_BELOW = 1e-2
+
+
+def _decide_in_float64(W, H, p: float) -> None:
+    """Raise NotPositiveDefiniteError when the reference's float64 Cholesky of the prepared H
+    (dead inputs handled, damped by p) fails, so every backend damps alike (spec §2.4)."""
+    Wd, Hd = reference.damping.prepare_hessian(_float64(W)[:1], _float64(H), p)
+    reference.damping.cholesky(Hd, "H")
+
+
 def _prune(run, W, H, percdamp, backend):
     """Shared driver of the prune operations: scale W and H by powers of two into float32
     range, run `run(Wf, Hf, p)` -> (index array or None, loss) at each damping of the
@@ -161,6 +174,8 @@ def _prune(run, W, H, percdamp, backend):
     Hf = _to_core(H, backend, scale=sh)
 
     def attempt(p):
+        if p < FLOAT64_DECISION_BELOW:
+            _decide_in_float64(W, H, p)
         Wf = _to_core(W, backend, scale=sw, copy=True)
         idx, loss = _core_error(lambda: run(Wf, Hf, p))
         return Wf, idx, loss
