@@ -23,6 +23,10 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     # The float32 C++/CUDA core against a float64 reference on the same inputs: ~6e-8 unit
     # roundoff times condition numbers ~1e2..1e3 of the synthetic H.
     "float32": (1e-4, 2e-4),
+    # The float32 core on a singular H rescued by the retry ladder's smallest damping (1e-4 of the
+    # mean diagonal): condition numbers ~1e5, so ~1e5 · 6e-8 relative rounding. (Without the
+    # float64 damping decision the two differed by 145%.)
+    "float32_singular": (1e-2, 1e-2),
     # torch float32 model forwards compared after algebraically equal rewrites (masked vs
     # shrunk weights, save/load, cached vs uncached): summation order changes only.
     "logits": (1e-4, 1e-4),

@@ -307,3 +307,46 @@ def test_module_imports_without_gpu_and_cuda_backend_is_refused_cleanly():
     if not c.has_cuda():
         with pytest.raises(RuntimeError, match="cuda"):
             ops.prune_heads(np.eye(4), np.eye(4), 1, 2, backend="cuda")
+
+
+# --- extreme scales and singular Hessians (reliability issue, items 5 and 11) -------------------
+
+@pytest.mark.parametrize("sw,sh", [(1.0, 1e-40), (1e25, 1e30), (1e-30, 1.0), (1.0, 1e35)],
+                         ids=["subnormal-H", "huge-W-and-H", "tiny-W", "huge-H"])
+def test_finite_input_never_gives_nan_and_matches_the_reference(sw, sh):
+    """Scaling W and H changes neither the selection nor W_new/sw (spec §10.1.9); the float32
+    core must not overflow or flush to zero where the float64 reference stays finite."""
+    W, H = make_head_case(8, 4, 4, seed=13)
+    for call in (lambda b: ops.prune_columns(W * sw, H * sh, [1, 2], backend=b),
+                 lambda b: ops.prune_heads(W * sw, H * sh, 2, 4, backend=b)[0],
+                 lambda b: ops.prune_channels(W * sw, H * sh, 5, backend=b)[0]):
+        want = call("reference")
+        got = call("cpu")
+        assert np.all(np.isfinite(got))
+        assert_close(got / sw, want / sw, "float32")
+    for X_scale in (1e20, 1e-30):
+        X = np.random.default_rng(14).standard_normal((40, 6)) * X_scale
+        assert_close(ops.hessian(X, backend="cpu"), reference.hessian(X), "float32")
+
+
+def test_singular_hessian_is_damped_alike_on_both_backends():
+    """Issue: a float32 Cholesky succeeded on a singular H at percdamp=0 without a DampingWarning
+    while the reference damped (W differed by up to 145%)."""
+    rng = np.random.default_rng(15)
+    X = rng.standard_normal((12, 32))              # 12 tokens for 32 inputs: rank 12
+    H, W = 2 * X.T @ X / 12, rng.standard_normal((6, 32))
+    with pytest.warns(reference.DampingWarning) as want:
+        W_ref = reference.prune_columns(W, H, [3, 9], percdamp=0.0)
+    with pytest.warns(reference.DampingWarning) as got:
+        W_cpu = ops.prune_columns(W, H, [3, 9], percdamp=0.0, backend="cpu")
+    assert got[-1].message.percdamp == want[-1].message.percdamp
+    assert_close(W_cpu, W_ref, "float32_singular")
+
+
+def test_read_only_inputs_are_accepted():
+    W, H = make_head_case(6, 4, 4, seed=16)
+    W32, H32 = W.astype(np.float32), H.astype(np.float32)
+    for A in (W32, H32):
+        A.flags.writeable = False
+    W_new, heads = ops.prune_heads(W32, H32, 1, 4, backend="cpu")
+    np.testing.assert_array_equal(heads, reference.prune_heads(W, H, 1, 4)[1])
