@@ -7,7 +7,10 @@ Each function has the name, positional arguments and semantics of its twin in
 - "cpu": the C++ core in float32 (slimgpt._core, OpenBLAS);
 - "cuda": the CUDA core in float32 (when built and a device is present; experimental until it
   has passed its tests on a device, see docs/cpp.md);
-- None: the fastest available for the input's device (cuda for torch CUDA tensors).
+- "torch": the same algorithm in torch (slimgpt/torch_ops.py) in float32 on the input's device:
+  the fallback for a model on a GPU when the CUDA core is not built;
+- None: the fastest available for the input's device (cuda for torch CUDA tensors, torch when
+  the CUDA core is missing, with a warning).
 
 Inputs may be NumPy arrays or torch tensors (read-only arrays are fine); W-shaped results come
 back as the kind, dtype and device that W was given in, index arrays as int64 of the same kind
@@ -30,14 +33,14 @@ import warnings
 
 import numpy as np
 
-from slimgpt import reference
+from slimgpt import reference, torch_ops
 from slimgpt._native import core, has_cuda
 from slimgpt.reference import _checks
 from slimgpt.reference.channels import _group_sizes
 from slimgpt.reference.damping import retry_with_damping
 from slimgpt.reference.heads import _head_groups
 
-BACKENDS = ("reference", "cpu", "cuda")
+BACKENDS = ("reference", "cpu", "cuda", "torch")
 
 
 class ExperimentalWarning(UserWarning):
@@ -47,7 +50,11 @@ class ExperimentalWarning(UserWarning):
 def resolve_backend(backend, like=None) -> str:
     """Pick the backend: an explicit choice is checked, None picks the fastest available."""
     if backend is None:
-        if _on_cuda(like) and has_cuda():
+        if _on_cuda(like):
+            if not has_cuda():
+                warnings.warn("the CUDA core is not built or sees no device: the OBS algebra runs in torch on "
+                              "the GPU (backend='torch')", RuntimeWarning, stacklevel=3)
+                return "torch"
             backend = "cuda"
         else:
             return "cpu" if core() is not None else "reference"
@@ -121,8 +128,9 @@ def _magnitude(x, what: str) -> float:
     """max|x| or mean(diag x), computed on x's device in float64 (NaN for non-finite input)."""
     if _is_torch(x):
         x = x.detach()
-        v = x.double().abs().max() if what == "max" else x.diagonal().double().mean()
-        return float(v) if x.numel() else 0.0
+        if x.numel() == 0:
+            return 0.0
+        return float(x.double().abs().max() if what == "max" else x.diagonal().double().mean())
     a = np.asarray(x, dtype=np.float64)
     if a.size == 0:
         return 0.0
@@ -130,13 +138,14 @@ def _magnitude(x, what: str) -> float:
 
 
 def _to_core(x, backend, *, scale: float = 1.0, copy: bool = False):
-    """x / scale as a float32 C-contiguous array for the core: NumPy on "cpu", a torch CUDA
-    tensor on "cuda". `copy=True` guarantees a private buffer (the core updates W in place)."""
-    if backend == "cuda":
+    """x / scale as a float32 C-contiguous array for the core: NumPy on "cpu", a torch tensor on
+    "cuda" (on a CUDA device) and "torch" (on x's device). `copy=True` guarantees a private
+    buffer (the core updates W in place)."""
+    if backend in ("cuda", "torch"):
         import torch
 
         t = x if _is_torch(x) else torch.from_numpy(np.asarray(_checks.real_array("input", x)))
-        dev = t.device if t.device.type == "cuda" else torch.device("cuda")
+        dev = t.device if t.device.type == "cuda" or backend == "torch" else torch.device("cuda")
         out = (t.detach().to(device=dev, dtype=torch.float64) / scale).to(torch.float32).contiguous()
         return out.clone() if copy and out.data_ptr() == t.data_ptr() else out
     a = _checks.real_array("input", x)
@@ -147,10 +156,26 @@ def _to_core(x, backend, *, scale: float = 1.0, copy: bool = False):
 
 def _core_error(call):
     """Run a core call; map the core's NotPositiveDefiniteError to the reference's."""
+    c = core()
     try:
         return call()
-    except core().NotPositiveDefiniteError as e:
-        raise reference.NotPositiveDefiniteError(str(e)) from None
+    except Exception as e:
+        if c is not None and isinstance(e, c.NotPositiveDefiniteError):
+            raise reference.NotPositiveDefiniteError(str(e)) from None
+        raise
+
+
+def _check_finite(A, name: str) -> None:
+    ok = bool(A.detach().isfinite().all()) if _is_torch(A) else bool(np.all(np.isfinite(_checks.real_array(name, A))))
+    if not ok:
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _in_place(Wf, result):
+    """The torch backend returns a new W; the driver expects the core's in-place update."""
+    W_new, idx, loss = result
+    Wf.copy_(W_new)
+    return idx, loss
 
 
 # Below this damping a float32 Cholesky can succeed on a numerically singular H (its rounding
@@ -162,8 +187,10 @@ FLOAT64_DECISION_BELOW = 1e-2
 def _decide_in_float64(W, H, p: float) -> None:
     """Raise NotPositiveDefiniteError when the reference's float64 Cholesky of the prepared H
     (dead inputs handled, damped by p) fails, so every backend damps alike (spec §2.4)."""
-    Wd, Hd = reference.damping.prepare_hessian(_float64(W)[:1], _float64(H), p)
-    reference.damping.cholesky(Hd, "H")
+    H64 = _float64(H)
+    if np.all(np.isfinite(H64)):            # non-finite input is the core's ValueError, not a damping question
+        _, Hd = reference.damping.prepare_hessian(_float64(W)[:1], H64, p)
+        reference.damping.cholesky(Hd, "H")
 
 
 def _prune(run, W, H, percdamp, backend):
@@ -171,6 +198,9 @@ def _prune(run, W, H, percdamp, backend):
     range, run `run(Wf, Hf, p)` -> (index array or None, loss) at each damping of the
     reference's retry ladder, and scale the results back. Returns (W_new, indices, loss)."""
     sw, sh = _pow2(_magnitude(W, "max")), _pow2(_magnitude(H, "diag"), even=True)
+    if backend == "torch":              # the cores check this in their binding layer
+        _check_finite(W, "W")
+        _check_finite(H, "H")
     Hf = _to_core(H, backend, scale=sh)
 
     def attempt(p):
@@ -209,6 +239,8 @@ def accumulate_hessian(H, n_seen, X, *, backend=None):
     if backend == "reference":
         H_new, n = reference.accumulate_hessian(_float64(H), n_seen, _float64(X))
         return _like(H_new, like), n
+    if backend == "torch":
+        return _accumulate_hessian_torch(H, n_seen, X, like)
     n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max)
     if not hasattr(X, "shape") or len(X.shape) not in (2, 3):
         raise ValueError(f"X must be (n, d_in) or (batch, seq, d_in), got shape {tuple(getattr(X, 'shape', ()))}")
@@ -240,6 +272,31 @@ def accumulate_hessian(H, n_seen, X, *, backend=None):
     return _like(H_new, like), n_seen + n
 
 
+def _accumulate_hessian_torch(H, n_seen, X, like):
+    """The torch backend's running mean: float32 XᵀX per call (X scaled by a power of two),
+    float64 accumulation, on X's device."""
+    import torch
+
+    n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max)
+    Xt = X if _is_torch(X) else torch.from_numpy(np.asarray(_checks.real_array("X", X)))
+    Xt = Xt.detach().reshape(-1, Xt.shape[-1])
+    n = Xt.shape[0]
+    if n_seen == 0 and n == 0:
+        raise ValueError("X has no tokens (n = 0): the Hessian is undefined")
+    if n == 0:
+        return _like(H, like), n_seen
+    if not torch.isfinite(Xt).all():
+        raise ValueError("X contains NaN or Inf")
+    sx = _pow2(_magnitude(Xt, "max"))
+    Xs = (Xt.double() / sx).float()
+    H_new = (Xs.T @ Xs).double() * (2.0 * sx * sx)
+    if n_seen > 0:
+        H_new = (n_seen * torch.as_tensor(H, device=Xt.device).double() + H_new) / (n_seen + n)
+    else:
+        H_new /= n
+    return _like(H_new, like), n_seen + n
+
+
 def _float64_on(A, backend, like):
     """A private float64 C-contiguous copy of A for the core: NumPy on "cpu", on like's CUDA
     device on "cuda"."""
@@ -261,9 +318,16 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
         _checks.check_shapes(W, H)
         cols = _checks.columns(_host(columns), W.shape[1])
         percdamp = _checks.percdamp(percdamp)
-        W_new, _, loss = _prune(lambda Wf, Hf, p: (None, core().prune_columns(Wf, Hf, cols, float(p),
-                                                                               bool(compensate))),
-                                W, H, percdamp, backend)
+        if cols.size == 0:                          # a no-op, as in the reference (not even dead inputs)
+            W64, _ = _checks.weight_and_hessian(W, H)
+            return (_like(W64, W), 0.0) if return_loss else _like(W64, W)
+        if backend == "torch":
+            def run(Wf, Hf, p):
+                return _in_place(Wf, torch_ops.prune_columns(Wf, Hf, float(p), cols, bool(compensate)))
+        else:
+            def run(Wf, Hf, p):
+                return None, core().prune_columns(Wf, Hf, cols, float(p), bool(compensate))
+        W_new, _, loss = _prune(run, W, H, percdamp, backend)
     W_new = _like(W_new, W)
     return (W_new, float(loss)) if return_loss else W_new
 
@@ -277,9 +341,14 @@ def head_errors(W, Hinv, head_dim, *, gcd=True, backend=None):
     head_dim = _checks.head_dim(head_dim, W.shape[1])
     # E_j = Σ ||W_c||² / ĝ: W scales it by sw², H⁻¹ by 1/sg
     sw, sg = _pow2(_magnitude(W, "max")), _pow2(_magnitude(Hinv, "diag"), even=True)
-    err = np.zeros(W.shape[1] // head_dim, dtype=np.float32)
-    _core_error(lambda: core().head_errors(err, _to_core(W, backend, scale=sw), _to_core(Hinv, backend, scale=sg),
-                                           head_dim, bool(gcd)))
+    Wf, Gf = _to_core(W, backend, scale=sw), _to_core(Hinv, backend, scale=sg)
+    if backend == "torch":
+        _check_finite(W, "W")
+        _check_finite(Hinv, "Hinv")
+        err = torch_ops.head_errors(Wf, Gf, head_dim, bool(gcd)).cpu().numpy()
+    else:
+        err = np.zeros(W.shape[1] // head_dim, dtype=np.float32)
+        _core_error(lambda: core().head_errors(err, Wf, Gf, head_dim, bool(gcd)))
     return _like(err.astype(np.float64) * (sw * sw / sg), W)
 
 
@@ -297,14 +366,19 @@ def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=T
         n_heads = W.shape[1] // head_dim
         n_prune = _checks.count("n_prune", n_prune, 0, n_heads)
         percdamp = _checks.percdamp(percdamp)
-        groups, _ = _head_groups(_host(head_groups), n_heads, n_prune)    # ids renumbered 0..n_groups-1
+        groups, quota = _head_groups(_host(head_groups), n_heads, n_prune)    # ids renumbered 0..n_groups-1
         if n_prune == 0:
-            W_new, heads, loss = _float64(W), np.zeros(0, np.int64), 0.0
+            W_new, heads, loss = _checks.weight_and_hessian(W, H)[0], np.zeros(0, np.int64), 0.0
         else:
-            W_new, heads, loss = _prune(
-                lambda Wf, Hf, p: core().prune_heads(Wf, Hf, n_prune, head_dim, float(p), bool(gcd), bool(compensate),
-                                                     None if head_groups is None else groups),
-                W, H, percdamp, backend)
+            if backend == "torch":
+                def run(Wf, Hf, p):
+                    return _in_place(Wf, torch_ops.prune_heads(Wf, Hf, float(p), n_prune, head_dim, bool(gcd),
+                                                               bool(compensate), groups, quota))
+            else:
+                def run(Wf, Hf, p):
+                    return core().prune_heads(Wf, Hf, n_prune, head_dim, float(p), bool(gcd), bool(compensate),
+                                              None if head_groups is None else groups)
+            W_new, heads, loss = _prune(run, W, H, percdamp, backend)
     out = (_like(W_new, W), _index_like(heads, W))
     return out + (float(loss),) if return_loss else out
 
@@ -313,7 +387,7 @@ def dgs_group_sizes(n_prune, *, backend=None):
     """The published DGS schedule (spec §4.2) for n_prune channels, a list of ints (the
     schedule is integer arithmetic, so every backend gives the same list)."""
     n_prune = _checks.count("n_prune", n_prune, 0, _checks.MAX_COLUMNS)
-    if resolve_backend(backend) == "reference":
+    if resolve_backend(backend) in ("reference", "torch"):
         return [int(g) for g in reference.dgs_group_sizes(n_prune)]
     return [int(g) for g in core().dgs_group_sizes(n_prune)]
 
@@ -331,9 +405,14 @@ def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=
         percdamp = _checks.percdamp(percdamp)
         sizes = np.asarray(_group_sizes(group_sizes, n_prune), dtype=np.int64)
         if n_prune == 0:
-            W_new, ch, loss = _float64(W), np.zeros(0, np.int64), 0.0
+            W_new, ch, loss = _checks.weight_and_hessian(W, H)[0], np.zeros(0, np.int64), 0.0
         else:
-            W_new, ch, loss = _prune(lambda Wf, Hf, p: core().prune_channels(Wf, Hf, sizes, float(p), bool(compensate)),
-                                     W, H, percdamp, backend)
+            if backend == "torch":
+                def run(Wf, Hf, p):
+                    return _in_place(Wf, torch_ops.prune_channels(Wf, Hf, float(p), sizes.tolist(), bool(compensate)))
+            else:
+                def run(Wf, Hf, p):
+                    return core().prune_channels(Wf, Hf, sizes, float(p), bool(compensate))
+            W_new, ch, loss = _prune(run, W, H, percdamp, backend)
     out = (_like(W_new, W), _index_like(ch, W))
     return out + (float(loss),) if return_loss else out

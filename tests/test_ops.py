@@ -24,6 +24,7 @@ from slimgpt.testing import assert_close, problem
 
 BACKENDS = [
     "cpu",
+    "torch",            # the same algorithm in torch (slimgpt/torch_ops.py), here on the CPU
     pytest.param("cuda", marks=pytest.mark.skipif(not has_cuda(), reason="no CUDA build or device")),
 ]
 

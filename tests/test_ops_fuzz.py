@@ -4,7 +4,7 @@ nothing returns NaN from finite input.
 What this is: random calls of every operation with random shapes, dtypes (floating, integer,
 bool, complex), read-only flags, values (huge, tiny, subnormal, NaN), counts (negative, huge,
 bool, fractional) and Hessians (well-conditioned, singular, indefinite, dead inputs), each made
-once with backend="reference" and once with backend="cpu". The contract: either both refuse
+with backend="reference", "cpu" and "torch". The contract: either both refuse
 (ValueError or TypeError; NotPositiveDefiniteError is a ValueError) or both return, and then
 every output is finite, W keeps its shape and indices are sorted, unique and in range. What it
 is not: a check of the numbers (tests/test_ops.py compares them on well-separated inputs).
@@ -123,16 +123,17 @@ def session(n_cases: int, randomize: bool) -> None:
                                                      backend=b),
             "hessian": lambda b: ops.hessian(W, backend=b),
         }
-        results = {b: _outcome(lambda: calls[op](b)) for b in ("reference", "cpu")}
-        (ra, va), (ca, vb) = results["reference"], results["cpu"]
-        if op == "head_errors" and ra == "refused" and ca == "ok":
-            return   # an indefinite pinv: float32 rounding may factor what float64 refuses; nothing is NaN
-        assert ra == ca, f"{op}: reference {ra} {va if ra == 'refused' else ''} but cpu {ca} {vb if ca == 'refused' else ''}"
-        if ra == "ok":
-            shape = W.shape if op in ("columns", "heads", "channels") else None
-            ncols = (N // d if op == "heads" else N) if op in ("heads", "channels") else None
-            _check_outputs(op, va, shape, ncols)
-            _check_outputs(op, vb, shape, ncols)
+        (ra, va) = _outcome(lambda: calls[op]("reference"))
+        for b in ("cpu", "torch"):
+            ca, vb = _outcome(lambda: calls[op](b))
+            if op == "head_errors" and ra == "refused" and ca == "ok":
+                continue   # an indefinite pinv: float32 rounding may factor what float64 refuses; nothing is NaN
+            assert ra == ca, f"{op}: reference {ra} {va if ra == 'refused' else ''} but {b} {ca} {vb if ca == 'refused' else ''}"
+            if ra == "ok":
+                shape = W.shape if op in ("columns", "heads", "channels") else None
+                ncols = (N // d if op == "heads" else N) if op in ("heads", "channels") else None
+                _check_outputs(op, va, shape, ncols)
+                _check_outputs(op, vb, shape, ncols)
 
     check()
 
