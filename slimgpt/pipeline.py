@@ -62,6 +62,7 @@ class PruneSettings:
     cache_mb: float = 2048.0
     shrink: bool = True                 # False: keep full size, pruned columns zero (masked model)
     bias_compensation: bool | None = None   # mean-shift bias b += (W − W_new)·mean(x); None: the method's default
+    device: str = "cpu"                 # where the model, the activations and the statistics live
     method_options: dict = field(default_factory=dict)
 
     def validate(self):
@@ -85,6 +86,14 @@ class PruneSettings:
             raise PruneError("--percdamp must be >= 0")
         if self.n_samples < 1 or self.seqlen < 2 or self.batch_size < 1:
             raise PruneError("--nsamples, --seqlen and batch size must be positive (seqlen >= 2)")
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise PruneError(f"--device must be cpu or cuda[:N], got {self.device!r}") from None
+        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+            raise PruneError(f"--device {self.device}: no such CUDA device is visible")
+        if dev.type not in ("cpu", "cuda"):
+            raise PruneError(f"--device must be cpu or cuda[:N], got {self.device!r}")
 
 
 @dataclass
@@ -118,7 +127,9 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
     log = log or (lambda msg: print(msg, file=sys.stderr))
     t_start = time.perf_counter()
     method = methods.METHODS[s.method]
-    cfg, dev = model.config, next(model.parameters()).device
+    dev = torch.device(s.device)
+    model.to(dev)
+    cfg = model.config
     L = cfg.num_hidden_layers
     if s.ratios is not None and len(s.ratios) != L:
         raise PruneError(f"{len(s.ratios)} per-layer ratios for a model of {L} layers")
@@ -133,7 +144,7 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
     explicit = s.ratios is not None or s.first is not None
     target = round(sum(r * schedule.prunable_params(cfg, i) for i, r in enumerate(ratios))) if explicit \
         else round(s.ratio * prunable)
-    options = MethodOptions(percdamp=s.percdamp, backend=resolve_backend(s.backend), gcd=s.gcd,
+    options = MethodOptions(percdamp=s.percdamp, backend=resolve_backend(s.backend, next(model.parameters())), gcd=s.gcd,
                             compensate=s.compensate, extra=dict(s.method_options))
     run = _Run(s, method, options, *model.rope(calib.shape[1], dev, torch.float32), Budget(cfg, ratios, plan, target))
     params_before = model.num_parameters()
@@ -194,7 +205,7 @@ def prune_layer(layer, i: int, X: torch.Tensor, ratio: float, plan: LayerPlan, r
     t_fwd = time.perf_counter() - t0
     blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, s.gqa, i)
     heads, kv, t_sel = _prune_heads(layer, stats, blocks, run, rec)
-    keep_cols = _kept(rec["heads_before"] * attn.head_dim, heads, attn.head_dim) if s.shrink else None
+    keep_cols = _kept(rec["heads_before"] * attn.head_dim, heads, attn.head_dim, X.device) if s.shrink else None
     run.budget.remove(heads=len(heads), kv_heads=len(kv))
 
     # 2. FFN: X ← h = X + o_proj(pruned attention); statistics of down_proj's input, then channels
@@ -217,7 +228,7 @@ def prune_layer(layer, i: int, X: torch.Tensor, ratio: float, plan: LayerPlan, r
 
     # 3. propagate: X ← h + down_proj(F[kept channels]) (down_proj's inputs did not change)
     t2 = time.perf_counter()
-    keep_ch = _kept(rec["channels_before"], channels, 1) if s.shrink else None
+    keep_ch = _kept(rec["channels_before"], channels, 1, X.device) if s.shrink else None
     for b, x in _batches(X, s.batch_size):
         f = _cached(F, b, x.shape[0], keep_ch) if cache else mlp.act(layer.post_attention_layernorm(x))
         x += mlp.down_proj(f)
@@ -301,11 +312,10 @@ def _cached(cache: torch.Tensor, b: int, n: int, keep: torch.Tensor | None) -> t
     return rows if keep is None else rows.index_select(-1, keep)
 
 
-def _kept(width: int, pruned_blocks, block: int) -> torch.Tensor:
+def _kept(width: int, pruned_blocks, block: int, device) -> torch.Tensor:
     """Indices of the columns that survive when `pruned_blocks` (of `block` columns) go."""
     gone = set(int(p) for p in pruned_blocks)
-    kept = [c for c in range(width) if c // block not in gone]
-    return torch.tensor(kept, dtype=torch.long)
+    return torch.tensor([c for c in range(width) if c // block not in gone], dtype=torch.long, device=device)
 
 
 @contextlib.contextmanager

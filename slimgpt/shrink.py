@@ -42,8 +42,10 @@ def _cols(lin: nn.Linear, keep: torch.Tensor, weight: torch.Tensor | None = None
     return new
 
 
-def _block_index(blocks: list[int], d: int) -> torch.Tensor:
-    return (torch.tensor(blocks, dtype=torch.long)[:, None] * d + torch.arange(d)).reshape(-1)
+def _block_index(blocks: list[int], d: int, device) -> torch.Tensor:
+    """Column (or row) indices of blocks of d, on the weights' device."""
+    return (torch.tensor(blocks, dtype=torch.long, device=device)[:, None] * d
+            + torch.arange(d, device=device)).reshape(-1)
 
 
 def freed_kv_heads(attn, pruned_heads) -> list[int]:
@@ -99,12 +101,13 @@ def remove_heads(layer: DecoderLayer, pruned_heads, o_weight: torch.Tensor | Non
     gone_kv = freed_kv_heads(attn, pruned)
     keep_kv = [k for k in range(attn.n_kv) if k not in gone_kv]
     renum = {k: j for j, k in enumerate(keep_kv)}
-    attn.q_proj = _rows(attn.q_proj, _block_index(keep_q, d))
-    attn.k_proj = _rows(attn.k_proj, _block_index(keep_kv, d))
-    attn.v_proj = _rows(attn.v_proj, _block_index(keep_kv, d))
-    attn.o_proj = _cols(attn.o_proj, _block_index(keep_q, d), o_weight)
+    dev = attn.q_proj.weight.device
+    attn.q_proj = _rows(attn.q_proj, _block_index(keep_q, d, dev))
+    attn.k_proj = _rows(attn.k_proj, _block_index(keep_kv, d, dev))
+    attn.v_proj = _rows(attn.v_proj, _block_index(keep_kv, d, dev))
+    attn.o_proj = _cols(attn.o_proj, _block_index(keep_q, d, dev), o_weight)
     attn.n_heads, attn.n_kv = len(keep_q), len(keep_kv)
-    attn.kv_map = torch.tensor([renum[old_map[h]] for h in keep_q], dtype=torch.long)
+    attn.kv_map = torch.tensor([renum[old_map[h]] for h in keep_q], dtype=torch.long, device=dev)
     return gone_kv
 
 
@@ -116,7 +119,7 @@ def remove_channels(layer: DecoderLayer, pruned_channels, down_weight: torch.Ten
     pruned = set(int(c) for c in pruned_channels)
     if any(not 0 <= c < M for c in pruned):
         raise ValueError(f"channel indices must lie in [0, {M})")
-    keep = torch.tensor([c for c in range(M) if c not in pruned], dtype=torch.long)
+    keep = torch.tensor([c for c in range(M) if c not in pruned], dtype=torch.long, device=mlp.down_proj.weight.device)
     mlp.gate_proj = _rows(mlp.gate_proj, keep)
     mlp.up_proj = _rows(mlp.up_proj, keep)
     mlp.down_proj = _cols(mlp.down_proj, keep, down_weight)

@@ -85,10 +85,10 @@ def select_lowest_grouped(scores: torch.Tensor, n_prune: int, groups=None) -> to
     return torch.sort(torch.cat(picked)).values
 
 
-def block_columns(blocks, width: int) -> torch.Tensor:
+def block_columns(blocks, width: int, device=None) -> torch.Tensor:
     """Input-column indices of blocks of `width` consecutive columns (ascending)."""
-    blocks = torch.as_tensor(blocks, dtype=torch.int64).reshape(-1)
-    return (blocks[:, None] * width + torch.arange(width)[None, :]).reshape(-1)
+    blocks = torch.as_tensor(blocks, dtype=torch.int64, device=device).reshape(-1)
+    return (blocks[:, None] * width + torch.arange(width, device=blocks.device)[None, :]).reshape(-1)
 
 
 def per_block(col_scores: torch.Tensor, n_blocks: int, reduce: str = "sum") -> torch.Tensor:
@@ -102,5 +102,5 @@ def zero_lowest(W: torch.Tensor, scores: torch.Tensor, blocks) -> Selection:
     (per group when blocks.groups is set) are zeroed."""
     pruned = select_lowest_grouped(scores, blocks.n_prune, blocks.groups)
     W_new = W.detach().clone()
-    W_new[:, block_columns(pruned, blocks.width).to(W.device)] = 0
+    W_new[:, block_columns(pruned, blocks.width, W.device)] = 0
     return Selection(W_new, pruned.tolist())
