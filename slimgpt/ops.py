@@ -220,10 +220,10 @@ def _prune(run, W, H, percdamp, backend):
 # Operations
 
 def hessian(X, *, backend=None):
-    """H = 2 XᵀX / n over the token rows of X (..., d_in)."""
+    """H = 2 XᵀX / n over the token rows of X (..., d_in), float64 of X's kind and device."""
     backend = resolve_backend(backend, X)
     if backend == "reference":
-        return _like(reference.hessian(_float64(X)), X)
+        return _errors_like(reference.hessian(_float64(X)), X)
     H, _ = accumulate_hessian(None, 0, X, backend=backend)
     return H
 
@@ -231,14 +231,15 @@ def hessian(X, *, backend=None):
 def accumulate_hessian(H, n_seen, X, *, backend=None):
     """Running mean: (n_seen·H + 2 XᵀX) / (n_seen + n); returns (H, n_seen + n).
 
-    H is ignored when n_seen is 0. The result has H's kind and dtype (X's when H is None); the
-    fast paths accumulate in float64 from a float32 XᵀX.
+    H is ignored when n_seen is 0. The result is float64 (a Hessian may exceed float32's range)
+    of H's kind and device (X's when H is None); the fast paths accumulate a float32 XᵀX of X
+    scaled by a power of two into float64.
     """
     backend = resolve_backend(backend, X)
     like = X if H is None else H
     if backend == "reference":
         H_new, n = reference.accumulate_hessian(_float64(H), n_seen, _float64(X))
-        return _like(H_new, like), n
+        return _errors_like(H_new, like), n
     if backend == "torch":
         return _accumulate_hessian_torch(H, n_seen, X, like)
     n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max)
@@ -255,7 +256,7 @@ def accumulate_hessian(H, n_seen, X, *, backend=None):
     if n > np.iinfo(np.int64).max - n_seen:
         raise ValueError(f"n_seen + n overflows int64 (n_seen = {n_seen}, n = {n})")
     if n == 0:
-        return _like(H, like), n_seen
+        return _errors_like(_float64(H), like), n_seen
     # X beyond float32's range is scaled by a power of two sx; then H gains sx² · 2XᵀX/n
     big = _magnitude(X, "max")
     sx = _pow2(big) if not 2.0 ** -60 < big < 2.0 ** 60 else 1.0
@@ -269,7 +270,7 @@ def accumulate_hessian(H, n_seen, X, *, backend=None):
         H_new *= sx * sx
         if n_seen > 0:
             H_new = (n_seen * _float64_on(H, backend, Xf) + n * H_new) / (n_seen + n)
-    return _like(H_new, like), n_seen + n
+    return _errors_like(H_new, like), n_seen + n
 
 
 def _accumulate_hessian_torch(H, n_seen, X, like):
@@ -294,7 +295,7 @@ def _accumulate_hessian_torch(H, n_seen, X, like):
         H_new = (n_seen * torch.as_tensor(H, device=Xt.device).double() + H_new) / (n_seen + n)
     else:
         H_new /= n
-    return _like(H_new, like), n_seen + n
+    return _errors_like(H_new, like), n_seen + n
 
 
 def _float64_on(A, backend, like):
@@ -332,11 +333,21 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
     return (W_new, float(loss)) if return_loss else W_new
 
 
+def _errors_like(err, like):
+    """Head errors and Hessians as float64 of `like`'s kind and device (they may exceed
+    float32's range)."""
+    if _is_torch(like):
+        import torch
+
+        return torch.as_tensor(err).to(device=like.device, dtype=torch.float64)
+    return np.asarray(err.detach().cpu() if _is_torch(err) else err, dtype=np.float64)
+
+
 def head_errors(W, Hinv, head_dim, *, gcd=True, backend=None):
-    """Eq. 5 head errors from a given H⁻¹ (grouped Cholesky; gcd=False: plain diagonal)."""
+    """Eq. 5 head errors from a given H⁻¹ (grouped Cholesky; gcd=False: plain diagonal), float64."""
     backend = resolve_backend(backend, W)
     if backend == "reference":
-        return _like(reference.head_errors(_float64(W), _float64(Hinv), head_dim, gcd=gcd), W)
+        return _errors_like(reference.head_errors(_float64(W), _float64(Hinv), head_dim, gcd=gcd), W)
     _checks.check_shapes(W, Hinv, "Hinv")
     head_dim = _checks.head_dim(head_dim, W.shape[1])
     # E_j = Σ ||W_c||² / ĝ: W scales it by sw², H⁻¹ by 1/sg
@@ -349,7 +360,7 @@ def head_errors(W, Hinv, head_dim, *, gcd=True, backend=None):
     else:
         err = np.zeros(W.shape[1] // head_dim, dtype=np.float32)
         _core_error(lambda: core().head_errors(err, Wf, Gf, head_dim, bool(gcd)))
-    return _like(err.astype(np.float64) * (sw * sw / sg), W)
+    return _errors_like(err.astype(np.float64) * (sw * sw / sg), W)
 
 
 def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None,

@@ -126,8 +126,9 @@ def session(n_cases: int, randomize: bool) -> None:
         (ra, va) = _outcome(lambda: calls[op]("reference"))
         for b in ("cpu", "torch"):
             ca, vb = _outcome(lambda: calls[op](b))
-            if op == "head_errors" and ra == "refused" and ca == "ok":
-                continue   # an indefinite pinv: float32 rounding may factor what float64 refuses; nothing is NaN
+            if op == "head_errors" and {ra, ca} == {"ok", "refused"} and "ValueError" not in (va, vb):
+                continue   # a given near-singular H⁻¹ (no damping retry here): float32 and float64 Cholesky
+                #            may decide differently; what matters is that nothing is NaN
             assert ra == ca, f"{op}: reference {ra} {va if ra == 'refused' else ''} but {b} {ca} {vb if ca == 'refused' else ''}"
             if ra == "ok":
                 shape = W.shape if op in ("columns", "heads", "channels") else None
