@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _checks
 from .damping import cholesky_inverse, objective, solve_with_damping
+from .heads import nothing_pruned
 from .obs import prune_columns_cholesky, remove_from_hessian
 
 # The published schedule's constants (spec §4.2).
@@ -97,12 +98,9 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
     pruned_channels : int64 array (n_prune,), sorted ascending.
     loss : float, only with return_loss
     """
-    W, H = _checks.weight_and_hessian(W, H)
-    n_prune = _checks.count("n_prune", n_prune, 0, W.shape[1])
-    percdamp = _checks.percdamp(percdamp)
-    sizes = _group_sizes(group_sizes, n_prune)
+    W, H, n_prune, percdamp, sizes = _channels_arguments(W, H, n_prune, percdamp, group_sizes)
     if n_prune == 0:
-        return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
+        return nothing_pruned(W, return_loss)
 
     def greedy(W, H):
         W0, H0, loss = W.copy(), H.copy(), 0.0
@@ -129,6 +127,13 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
 
     W_new, channels, loss = solve_with_damping(W, H, percdamp, greedy)
     return (W_new, channels, loss) if return_loss else (W_new, channels)
+
+
+def _channels_arguments(W, H, n_prune, percdamp, group_sizes):
+    """Checked arguments of prune_channels (shared with downdate.prune_channels)."""
+    W, H = _checks.weight_and_hessian(W, H)
+    n_prune = _checks.count("n_prune", n_prune, 0, W.shape[1])
+    return W, H, n_prune, _checks.percdamp(percdamp), _group_sizes(group_sizes, n_prune)
 
 
 def _group_sizes(group_sizes, n_prune: int) -> list[int]:

@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from . import _checks
-from .channels import _group_sizes
-from .damping import cholesky, cholesky_inverse, objective, prepare_hessian, solve_with_damping
-from .heads import _head_groups, head_errors
+from .channels import _channels_arguments
+from .damping import cholesky, cholesky_inverse, objective, solve_with_damping
+from .heads import _heads_arguments, head_errors, nothing_pruned
+from .obs import _columns_arguments, zero_columns
 
 
 def remove_set(W, G, S, *, compensate: bool = True, downdate: bool = True):
@@ -90,16 +90,12 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
 
     Parameters and returns as obs.prune_columns.
     """
-    W, H = _checks.weight_and_hessian(W, H)
-    S = _checks.columns(columns, W.shape[1])
-    percdamp = _checks.percdamp(percdamp)
+    W, H, S, percdamp = _columns_arguments(W, H, columns, percdamp)
     if S.size == 0:
         return (W, 0.0) if return_loss else W
     if not compensate:
-        W0, Hp = prepare_hessian(W, H, percdamp)
-        W = W0.copy()
-        W[:, S] = 0.0
-        return (W, objective(W0, W, Hp, S)) if return_loss else W
+        W_new, loss = zero_columns(W, H, S, percdamp)
+        return (W_new, loss) if return_loss else W_new
 
     def solve(W, H):
         W_new, _, loss = remove_set(W, cholesky_inverse(H), S, downdate=False)
@@ -122,14 +118,10 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
 
     Parameters and returns as heads.prune_heads.
     """
-    W, H = _checks.weight_and_hessian(W, H)
-    d = _checks.head_dim(head_dim, W.shape[1])
-    n_heads = W.shape[1] // d
-    n_prune = _checks.count("n_prune", n_prune, 0, n_heads)
-    percdamp = _checks.percdamp(percdamp)
-    groups, quota = _head_groups(head_groups, n_heads, n_prune)
+    W, H, d, n_heads, n_prune, percdamp, groups, quota = _heads_arguments(W, H, n_prune, head_dim, percdamp,
+                                                                         head_groups)
     if n_prune == 0:
-        return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
+        return nothing_pruned(W, return_loss)
 
     def greedy(W, H):
         W0, G, loss = W.copy(), cholesky_inverse(H), 0.0
@@ -166,12 +158,9 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None, compen
 
     Parameters and returns as channels.prune_channels.
     """
-    W, H = _checks.weight_and_hessian(W, H)
-    n_prune = _checks.count("n_prune", n_prune, 0, W.shape[1])
-    percdamp = _checks.percdamp(percdamp)
-    sizes = _group_sizes(group_sizes, n_prune)
+    W, H, n_prune, percdamp, sizes = _channels_arguments(W, H, n_prune, percdamp, group_sizes)
     if n_prune == 0:
-        return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
+        return nothing_pruned(W, return_loss)
 
     def greedy(W, H):
         W0, G, loss = W.copy(), cholesky_inverse(H), 0.0

@@ -185,14 +185,10 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
     pruned_heads : int64 array (n_prune,), sorted ascending.
     loss : float, only with return_loss
     """
-    W, H = _checks.weight_and_hessian(W, H)
-    d = _checks.head_dim(head_dim, W.shape[1])
-    n_heads = W.shape[1] // d
-    n_prune = _checks.count("n_prune", n_prune, 0, n_heads)
-    percdamp = _checks.percdamp(percdamp)
-    groups, quota = _head_groups(head_groups, n_heads, n_prune)
+    W, H, d, n_heads, n_prune, percdamp, groups, quota = _heads_arguments(W, H, n_prune, head_dim, percdamp,
+                                                                         head_groups)
     if n_prune == 0:
-        return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
+        return nothing_pruned(W, return_loss)
 
     def greedy(W, H):
         W0, H0, loss = W.copy(), H.copy(), 0.0
@@ -221,6 +217,22 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
 
     W_new, heads, loss = solve_with_damping(W, H, percdamp, greedy)
     return (W_new, heads, loss) if return_loss else (W_new, heads)
+
+
+def _heads_arguments(W, H, n_prune, head_dim, percdamp, head_groups):
+    """Checked arguments of prune_heads (shared with downdate.prune_heads): W, H, d, n_heads,
+    n_prune, percdamp, the group id of each head and the per-group quota."""
+    W, H = _checks.weight_and_hessian(W, H)
+    d = _checks.head_dim(head_dim, W.shape[1])
+    n_heads = W.shape[1] // d
+    n_prune = _checks.count("n_prune", n_prune, 0, n_heads)
+    groups, quota = _head_groups(head_groups, n_heads, n_prune)
+    return W, H, d, n_heads, n_prune, _checks.percdamp(percdamp), groups, quota
+
+
+def nothing_pruned(W: np.ndarray, return_loss: bool) -> tuple:
+    """The result of pruning nothing: W unchanged (not even dead inputs), no indices, loss 0."""
+    return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
 
 
 def _head_groups(head_groups, n_heads: int, n_prune: int) -> tuple[np.ndarray, int]:

@@ -134,16 +134,12 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
         (dead-handled, damped) H: ½ Σ ||e_i||² when compensating (spec §2.3), the objective of
         the zeroed columns otherwise.
     """
-    W, H = _checks.weight_and_hessian(W, H)
-    S = _checks.columns(columns, W.shape[1])
-    percdamp = _checks.percdamp(percdamp)
+    W, H, S, percdamp = _columns_arguments(W, H, columns, percdamp)
     if S.size == 0:
         return (W, 0.0) if return_loss else W
     if not compensate:
-        W0, Hp = prepare_hessian(W, H, percdamp)
-        W = W0.copy()
-        W[:, S] = 0.0
-        return (W, objective(W0, W, Hp, S)) if return_loss else W
+        W_new, loss = zero_columns(W, H, S, percdamp)
+        return (W_new, loss) if return_loss else W_new
 
     def solve(W, H):
         W_new, losses = prune_columns_cholesky(W, cholesky_inverse(H), S)
@@ -151,6 +147,23 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
 
     W_new, loss = solve_with_damping(W, H, percdamp, solve)
     return (W_new, loss) if return_loss else W_new
+
+
+def _columns_arguments(W, H, columns, percdamp):
+    """Checked arguments of prune_columns (shared with downdate.prune_columns)."""
+    W, H = _checks.weight_and_hessian(W, H)
+    return W, H, _checks.columns(columns, W.shape[1]), _checks.percdamp(percdamp)
+
+
+def zero_columns(W, H, S, percdamp: float) -> tuple[np.ndarray, float]:
+    """The published --no_compensate: dead inputs handled, columns S zeroed, nothing else moved.
+
+    Paper: not in the paper (spec §2.4, §9). Returns (W_new, ½ tr(ΔW H ΔWᵀ)) for the prepared H.
+    """
+    W0, Hp = prepare_hessian(W, H, percdamp)
+    W_new = W0.copy()
+    W_new[:, S] = 0.0
+    return W_new, objective(W0, W_new, Hp, S)
 
 
 def prune_columns_naive(W, H, columns, *, percdamp=0.0) -> np.ndarray:
