@@ -28,8 +28,9 @@ def add_export_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="hf: a transformers folder; gguf: a llama.cpp GGUF file")
     p.add_argument("--out", required=True,
                    help="output folder (hf, gguf), or a file name ending in .gguf (gguf)")
-    p.add_argument("--dtype", default="float32", metavar="{" + ",".join(DTYPES) + "}",
-                   help="tensor type: float32 (default), bfloat16, float16; q8_0 for gguf")
+    p.add_argument("--dtype", default=None, metavar="{" + ",".join(DTYPES) + "}",
+                   help="tensor type: float32, bfloat16, float16; q8_0 for gguf (default: the checkpoint's, "
+                        "float32 unless it stores 16-bit weights)")
     p.add_argument("--force", action="store_true", help="replace an earlier slimgpt export at --out")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

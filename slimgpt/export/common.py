@@ -65,6 +65,9 @@ class Source:
     tokenizer: object                # tokenizers.Tokenizer or None
     manifest: dict
     meta: dict = field(default_factory=dict)   # tokenizer/generation metadata (tokenizer_meta)
+    source_dtype: str = "float32"              # what the checkpoint stores
+    tokenizer_config: dict = field(default_factory=dict)    # as the loader read it (tokenizer_config.json)
+    generation_config: dict = field(default_factory=dict)
 
     @property
     def config(self):
@@ -92,6 +95,31 @@ def check_source(src) -> Path:
     return p
 
 
+def preflight(path: Path, fmt: str) -> None:
+    """Refuse, before the weights are read, what the format cannot hold (config and tokenizer only)."""
+    if fmt != "gguf":
+        return
+    from slimgpt.loaders.hf_folder import read_config
+
+    try:
+        cfg = read_config(str(path))
+    except ValueError as e:
+        raise ExportError(str(e)) from e
+    if cfg.qk_norm:
+        from slimgpt.export.gguf import QK_NORM_REFUSAL
+        raise ExportError(QK_NORM_REFUSAL)
+    tj = path / "tokenizer.json"
+    if tj.is_file():
+        from tokenizers import Tokenizer
+
+        from slimgpt.export.gguf import gguf_vocab
+        try:
+            tok = Tokenizer.from_file(str(tj))
+        except Exception:      # noqa: BLE001 - the loader reports a broken tokenizer.json in its words
+            return
+        gguf_vocab(tok, max(cfg.vocab_size, tok.get_vocab_size(with_added_tokens=True)))
+
+
 def load_source(path: Path) -> Source:
     from slimgpt.loaders import load_model
 
@@ -100,7 +128,10 @@ def load_source(path: Path) -> Source:
     except ValueError as e:            # CheckpointError and friends
         raise ExportError(str(e)) from e
     manifest = paths.read_json(path / "manifest.json") or {}
-    src = Source(path, loaded.model, loaded.tokenizer, manifest)
+    src = Source(path, loaded.model, loaded.tokenizer, manifest,
+                 source_dtype=getattr(loaded, "source_dtype", "float32"),
+                 tokenizer_config=dict(getattr(loaded, "tokenizer_config", None) or {}),
+                 generation_config=dict(getattr(loaded, "generation_config", None) or {}))
     src.meta = tokenizer_meta(src)
     return src
 
@@ -202,7 +233,11 @@ def tokenizer_meta(src: Source) -> dict:
     4. bos/eos ids of config.json.
     """
     cfg, tok, manifest = src.config, src.tokenizer, src.manifest
-    layers = [_from_hf_files(src.path)]
+    loader = {}
+    if src.tokenizer_config or src.generation_config:      # what slimgpt's loader read from the checkpoint
+        loader = {"tokenizer_config": src.tokenizer_config, "generation_config": src.generation_config,
+                  "source": "the checkpoint's tokenizer_config.json / generation_config.json"}
+    layers = [loader, _from_hf_files(src.path)]
     m = {k: manifest[k] for k in ("tokenizer_config", "generation_config", "chat_template") if k in manifest}
     if m:
         m["source"] = "manifest.json"
@@ -293,7 +328,7 @@ def json_bytes(obj) -> bytes:
 # ----------------------------------------------------------------------------------------------
 # The entry point
 
-def export_checkpoint(src, out, format: str = "hf", dtype: str = "float32", force: bool = False,
+def export_checkpoint(src, out, format: str = "hf", dtype: str | None = None, force: bool = False,
                       log=None) -> dict:
     """Export the slimgpt checkpoint folder `src` to `out` (see the module docstring).
 
@@ -301,19 +336,23 @@ def export_checkpoint(src, out, format: str = "hf", dtype: str = "float32", forc
     MistralForCausalLM when every layer has the dense shape, otherwise config + a small modelling
     file loaded with trust_remote_code=True). format "gguf": a llama.cpp GGUF file (`out` ending
     in .gguf) or a folder holding model.gguf. dtype: float32 | bfloat16 | float16 (| q8_0 for
-    GGUF). Returns a summary dict (path, files, layout).
+    GGUF); None (default): the dtype the checkpoint stores. Returns a summary dict (path, files,
+    layout).
     """
     log = log or (lambda s: None)
     fmt = check_format(format)
-    dt = normalize_dtype(dtype, fmt)
+    dt = normalize_dtype(dtype, fmt) if dtype is not None else None
     src_path = check_source(src)
     single_file = fmt == "gguf" and str(out).endswith(".gguf")
     if single_file:
         dst = paths.check_output(out, inputs=(str(src_path),), force=force, folder=False, is_ours=is_export_gguf)
     else:
         dst = paths.check_output(out, inputs=(str(src_path),), force=force, is_ours=is_export_folder)
+    preflight(src_path, fmt)
     log(f"loading {src_path} ...")
     source = load_source(src_path)
+    if dt is None:
+        dt = source.source_dtype if source.source_dtype in ("bfloat16", "float16") else "float32"
     if fmt == "hf":
         from slimgpt.export.hf import write_hf as write
     else:

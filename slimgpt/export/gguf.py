@@ -25,13 +25,18 @@ What llama.cpp cannot express, and what is written instead (exact, at a small si
   exactly its o_proj bias, or nothing) or one zero channel (gate/up/down zero).
 
 q_proj / k_proj rows (and their biases) are permuted to llama.cpp's interleaved RoPE pairs (the
-inverse of slimgpt.loaders.gguf_loader.unpermute_qk). Norms and biases are always F32; the
-matrices are F32, F16, BF16 or Q8_0 (rows whose length is not a multiple of 32 fall back to F16).
+inverse of slimgpt.loaders.gguf_loader.unpermute_qk). LLaMA-3.x rope scaling is written as
+llama.cpp's own converter writes it: a `rope_freqs.weight` tensor of per-frequency divisors.
+Qwen3's q/k norms have no per-layer llama.cpp architecture: such models are refused. Norms and
+biases are always F32; the matrices are F32, F16, BF16 or Q8_0 (rows whose length is not a
+multiple of 32 fall back to F16).
 
 Tokenizer: byte-level BPE only (tokenizer.ggml.model "gpt2"): the vocabulary, merges and token
 types of the checkpoint's tokenizer.json, `tokenizer.ggml.pre` chosen from its pre-tokenizer
 (GPT-2 regex → "gpt-2", digits + GPT-2 → "smollm", Qwen2 / LLaMA-3 split regexes → "qwen2" /
-"llama-bpe"), special token ids, add_bos/add_eos flags and the chat template when known.
+"llama-bpe"), special token ids, add_bos/add_eos flags and the chat template when known. A
+tokenizer without merges (the byte-level test tokenizer) gets an empty merges array: llama.cpp
+requires the key.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import json
 import math
 from pathlib import Path
 
+import gguf
 import numpy as np
 
 from slimgpt.export.common import EXPORT_FORMAT, GGUF_MARK_KEY, ExportError
@@ -48,11 +54,10 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
-# llama.cpp insists on a merges array; a tokenizer without merges (byte-level, one token per byte)
-# gets this one, which never applies: GPT-2 pre-tokenization never puts a letter and a following
-# newline ("Ċ" in byte-level form) in the same word.
-_NEVER_MERGE = "a Ċ"
 
+QK_NORM_REFUSAL = ("GGUF export of a model with Qwen3 q/k norms is not possible: llama.cpp's per-layer "
+                   "architecture (deci) has no q/k norms, and its qwen3 architecture has one size for all layers; "
+                   "use --format hf")
 
 # ----------------------------------------------------------------------------------------------
 # Tensor layout
@@ -176,8 +181,6 @@ def detect_pre(pre_tokenizer, has_merges: bool) -> str | None:
 
 def gguf_vocab(tokenizer, vocab_size: int) -> dict:
     """tokens, token types, merges and `pre` of a byte-level BPE tokenizer (tokenizers.Tokenizer)."""
-    import gguf
-
     tj = json.loads(tokenizer.to_str())
     model = tj.get("model") or {}
     decoder = tj.get("decoder") or {}
@@ -208,19 +211,26 @@ def gguf_vocab(tokenizer, vocab_size: int) -> dict:
     for i in range(vocab_size):
         if tokens[i] is None:           # embedding rows beyond the tokenizer (padded vocabularies)
             tokens[i] = f"[PAD{i}]"
-    return {"tokens": tokens, "types": types, "merges": merges or [_NEVER_MERGE], "pre": pre,
-            "merges_placeholder": not merges}
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": pre}
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing
 
+class _Writer(gguf.GGUFWriter):
+    """GGUFWriter that also writes empty arrays (valid GGUF; the gguf package refuses them)."""
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+        if vtype == gguf.GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
+            head = self._pack("I", vtype) if add_vtype else b""
+            return bytes(head + self._pack("I", sub_type) + self._pack("Q", 0))
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 _FILE_TYPE = {"float32": 0, "float16": 1, "q8_0": 7, "bfloat16": 32}   # llama_ftype (general.file_type)
 
 
 def _target_type(name: str, shape, dtype: str):
-    import gguf
-
     Q = gguf.GGMLQuantizationType
     if len(shape) < 2 or dtype == "float32":
         return Q.F32
@@ -233,8 +243,6 @@ def _target_type(name: str, shape, dtype: str):
 
 
 def _encode(arr: np.ndarray, qtype):
-    import gguf
-
     Q = gguf.GGMLQuantizationType
     if qtype == Q.F32:
         return np.ascontiguousarray(arr, dtype=np.float32)
@@ -244,17 +252,30 @@ def _encode(arr: np.ndarray, qtype):
 
 
 def _nbytes(shape, qtype) -> int:
-    import gguf
-
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     n = int(np.prod(shape))
     return n // block * size
+
+
+def rope_freq_factors(cfg) -> np.ndarray | None:
+    """LLaMA-3.x rope scaling as llama.cpp applies it: `rope_freqs.weight`, one factor per
+    frequency that divides it (unscaled / scaled frequency, from slimgpt's own rope_inv_freq)."""
+    if cfg.rope_scaling is None:
+        return None
+    from slimgpt.model import rope_inv_freq
+
+    plain = rope_inv_freq(cfg.head_dim, cfg.rope_theta, None).double()
+    scaled = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling).double()
+    return (plain / scaled).float().numpy()
 
 
 def _tensors(model, plans):
     """(name, float32 array) in file order; built lazily, one layer at a time."""
     cfg = model.config
     yield "token_embd.weight", _np(model.model.embed_tokens.weight)
+    factors = rope_freq_factors(cfg)
+    if factors is not None:
+        yield "rope_freqs.weight", factors
     for i, plan in enumerate(plans):
         yield from layer_tensors(model, i, plan).items()
     yield "output_norm.weight", _np(model.model.norm.weight)
@@ -263,10 +284,10 @@ def _tensors(model, plans):
 
 
 def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
-    import gguf
-
     log = log or (lambda s: None)
     model, cfg, meta = source.model, source.config, source.meta
+    if cfg.qk_norm:
+        raise ExportError(QK_NORM_REFUSAL)
     if source.tokenizer is None:
         raise ExportError(f"{source.path}: the checkpoint has no tokenizer.json; llama.cpp needs the vocabulary")
     voc = gguf_vocab(source.tokenizer, cfg.vocab_size)
@@ -274,7 +295,7 @@ def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
     arch = "llama" if plain else "deci"
     plans = [layer_plan(cfg, i) for i in range(cfg.num_hidden_layers)]
 
-    w = gguf.GGUFWriter(str(path), arch)
+    w = _Writer(str(path), arch)
     name = str(source.manifest.get("source_model") or source.path.name)
     w.add_type("model")
     w.add_name(f"{Path(name).name} (slimgpt)")
@@ -303,7 +324,10 @@ def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
     w.add_tokenizer_pre(voc["pre"])
     w.add_token_list(voc["tokens"])
     w.add_token_types(voc["types"])
-    w.add_token_merges(voc["merges"])
+    # llama.cpp requires the merges key even when there are none (a byte-level tokenizer with one
+    # token per byte): an empty string array then
+    w.add_key_value(gguf.Keys.Tokenizer.MERGES, voc["merges"], gguf.GGUFValueType.ARRAY,
+                    sub_type=gguf.GGUFValueType.STRING)
     ids = meta.get("ids", {})
     for key, fn in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
                     ("pad", w.add_pad_token_id)):
@@ -315,6 +339,8 @@ def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
         w.add_chat_template(meta["chat_template"])
     w.add_string(GGUF_MARK_KEY, EXPORT_FORMAT)
     w.add_string("slimgpt.export.source", str(source.path.name))
+    if cfg.rope_scaling is not None:      # for read_gguf; llama.cpp reads rope_freqs.weight
+        w.add_string("slimgpt.export.rope_scaling", json.dumps(cfg.rope_scaling))
 
     # pass 1: tensor infos (shapes and types; arrays are rebuilt in pass 2, one layer at a time)
     types = {}
@@ -335,7 +361,8 @@ def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
     dup = [i for i, p in enumerate(plans) if p["order"] is not None]
     dummies = [i for i, p in enumerate(plans) if p["dummy_head"] or p["dummy_ffn"]]
     log(f"gguf: arch {arch}, {dtype}, pre-tokenizer {voc['pre']}"
-        + (f", regrouped KV heads in layers {dup}" if dup else "") + (f", zero head/channel in {dummies}" if dummies else ""))
+        + (f", regrouped KV heads in layers {dup}" if dup else "")
+        + (f", zero head/channel in {dummies}" if dummies else ""))
     return {"arch": arch, "layout": "plain-llama" if plain else "deci-per-layer", "tokenizer_pre": voc["pre"],
             "regrouped_layers": dup, "padded_layers": dummies, "q8_0_f16_fallbacks": int(fallback),
             "head_count": [p["heads"] for p in plans], "head_count_kv": [p["kv_heads"] for p in plans],
@@ -346,6 +373,14 @@ def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Reading back (tests, benchmarks): a slimgpt model from an exported GGUF, without llama.cpp
 
+_GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                 "output.weight": "lm_head.weight"}
+_BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+                "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+                "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj"}
+
+
 def read_gguf(path) -> tuple:
     """(slimgpt model, metadata dict) from a GGUF written by write_gguf (llama or deci).
 
@@ -353,10 +388,9 @@ def read_gguf(path) -> tuple:
     counts; regrouped layers come back with their written (duplicated) KV heads and HF's
     contiguous map, which computes the same function.
     """
-    import gguf
     import torch
 
-    from slimgpt.loaders.gguf_loader import _BLOCK, _NAMES, unpermute_qk
+    from slimgpt.loaders.gguf_loader import unpermute_qk
     from slimgpt.model import LlamaConfig, build_model
 
     r = gguf.GGUFReader(str(path))
@@ -374,7 +408,9 @@ def read_gguf(path) -> tuple:
         v = get(f"{arch}.{key}")
         return [int(x) for x in v] if isinstance(v, list) else [int(v)] * L
 
-    heads, kv, ffn = per_layer("attention.head_count"), per_layer("attention.head_count_kv"), per_layer("feed_forward_length")
+    heads, kv = per_layer("attention.head_count"), per_layer("attention.head_count_kv")
+    ffn = per_layer("feed_forward_length")
+    scaling = get("slimgpt.export.rope_scaling")
     names = {t.name for t in r.tensors}
     d = int(get(f"{arch}.attention.key_length"))
     cfg = LlamaConfig(
@@ -385,16 +421,19 @@ def read_gguf(path) -> tuple:
         tie_word_embeddings="output.weight" not in names,
         attention_bias="blk.0.attn_q.bias" in names, o_proj_bias="blk.0.attn_output.bias" in names,
         mlp_bias="blk.0.ffn_down.bias" in names, max_position_embeddings=int(get(f"{arch}.context_length")),
-        layer_heads=heads, layer_kv_heads=kv, layer_intermediate=ffn, architecture="llama")
+        layer_heads=heads, layer_kv_heads=kv, layer_intermediate=ffn, architecture="llama",
+        rope_scaling=json.loads(scaling) if scaling else None)
     sd = {}
     for t in r.tensors:
+        if t.name == "rope_freqs.weight":
+            continue
         w = gguf.quants.dequantize(t.data, t.tensor_type)
         w = np.array(w, dtype=np.float32, copy=True).reshape(tuple(reversed([int(s) for s in t.shape])))
-        if t.name in _NAMES:
-            name = _NAMES[t.name]
+        if t.name in _GLOBAL_NAMES:
+            name = _GLOBAL_NAMES[t.name]
         else:
             _, i, kind, suffix = t.name.split(".", 3)
-            name = f"model.layers.{i}.{_BLOCK[kind]}.{suffix}"
+            name = f"model.layers.{i}.{_BLOCK_NAMES[kind]}.{suffix}"
             if kind == "attn_q":
                 w = unpermute_qk(w.reshape(w.shape[0], -1), heads[int(i)]).reshape(w.shape)
             elif kind == "attn_k":

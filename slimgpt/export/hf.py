@@ -4,8 +4,9 @@ Two layouts (docs/export.md):
 
 - **plain** — every layer has the dense shape, HF's contiguous query→KV grouping and no
   o_proj/down_proj bias: a stock `LlamaForCausalLM` folder (model_type "llama"), or
-  `Qwen2ForCausalLM` ("qwen2") when q/k/v carry biases, or `MistralForCausalLM` ("mistral") for
-  a Mistral source. No custom code; any LLaMA-family tool reads it.
+  `Qwen2ForCausalLM` ("qwen2") when q/k/v carry biases, `Qwen3ForCausalLM` ("qwen3") with
+  Qwen3's q/k norms, `MistralForCausalLM` ("mistral") for a Mistral source. No custom code; any
+  LLaMA-family tool reads it. LLaMA-3.x rope scaling goes in `rope_parameters` (rope_type llama3).
 - **per-layer** — anything else (pruned heads, KV heads, FFN widths, uneven query→KV maps,
   output biases): model_type "slimgpt_llama" with transformers' own `per_layer_config` (one
   entry per layer: `num_attention_heads`, `num_key_value_heads`, `intermediate_size` and, for an
@@ -49,13 +50,24 @@ def is_plain(cfg) -> bool:
             and not cfg.o_proj_bias and not cfg.mlp_bias)
 
 
-def family(cfg) -> str:
-    """llama | qwen2 | mistral: the HF family of a plain export."""
+def family(cfg) -> str | None:
+    """llama | qwen2 | qwen3 | mistral: the HF family of a plain export (None: no stock class fits)."""
+    if cfg.qk_norm:
+        return None if cfg.attention_bias else "qwen3"     # Qwen3's attention_bias would cover o_proj too
     if cfg.attention_bias:
-        return "qwen2"
+        return "qwen2" if cfg.head_dim * cfg.num_attention_heads == cfg.hidden_size else None
     if cfg.architecture == "mistral":
         return "mistral"
     return "llama"
+
+
+def rope_parameters(cfg) -> dict:
+    """transformers 5's rope_parameters (default RoPE, or LLaMA-3.x's llama3 frequency scaling)."""
+    d = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling is not None:
+        d.update(cfg.rope_scaling)
+        d["rope_type"] = "llama3"
+    return d
 
 
 def _common_config(cfg, meta: dict, dtype: str) -> dict:
@@ -71,7 +83,7 @@ def _common_config(cfg, meta: dict, dtype: str) -> dict:
         "hidden_act": "silu",
         "max_position_embeddings": cfg.max_position_embeddings,
         "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_parameters": rope_parameters(cfg),
         "rope_theta": cfg.rope_theta,      # for readers that predate rope_parameters
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "attention_dropout": 0.0,
@@ -87,10 +99,10 @@ def _common_config(cfg, meta: dict, dtype: str) -> dict:
 def hf_config(cfg, meta: dict, dtype: str) -> tuple[dict, str]:
     """(config.json contents, layout name) for a slimgpt config."""
     d = _common_config(cfg, meta, dtype)
+    if cfg.rope_scaling is not None:
+        d["rope_scaling"] = dict(rope_parameters(cfg))     # the pre-rope_parameters spelling
     if is_plain(cfg):
         fam = family(cfg)
-        if fam == "qwen2" and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size:
-            fam = None          # Qwen2 derives head_dim from hidden_size: not expressible
         if fam == "llama":
             d.update(model_type="llama", architectures=["LlamaForCausalLM"], attention_bias=False, mlp_bias=False,
                      pretraining_tp=1)
@@ -100,6 +112,11 @@ def hf_config(cfg, meta: dict, dtype: str) -> tuple[dict, str]:
                      sliding_window=None, max_window_layers=cfg.num_hidden_layers,
                      layer_types=["full_attention"] * cfg.num_hidden_layers)
             return d, "plain-qwen2"
+        if fam == "qwen3":
+            d.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], attention_bias=False,
+                     use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_hidden_layers,
+                     layer_types=["full_attention"] * cfg.num_hidden_layers)
+            return d, "plain-qwen3"
         if fam == "mistral":
             d.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
             return d, "plain-mistral"
@@ -119,8 +136,8 @@ def hf_config(cfg, meta: dict, dtype: str) -> tuple[dict, str]:
                   "AutoModelForCausalLM": "modeling_slimgpt_llama.SlimGPTLlamaForCausalLM"},
         attention_bias=False, mlp_bias=False, pretraining_tp=1,
         qkv_bias=cfg.attention_bias, o_proj_bias=cfg.o_proj_bias, down_proj_bias=cfg.mlp_bias,
-        kv_map=None,
-        slimgpt_family=family(cfg),
+        qk_norm=cfg.qk_norm, kv_map=None,
+        slimgpt_family=family(cfg) or ("qwen3" if cfg.qk_norm else "qwen2"),
         per_layer_config=per_layer,
     )
     return d, "per-layer"

@@ -14,8 +14,8 @@ forward, rotary embedding, masks, KV cache and `generate()`). What is added:
   pruning removes query heads one by one, so a KV head may serve 1, 2 or 3 of them), the layer's
   attention gathers, for each query head, the KV head named by its map instead of HF's
   contiguous `repeat_kv`; the KV cache still stores only the layer's own KV heads;
-- layers with no heads left (the attention half adds only its output bias, if any) and biases on
-  q/k/v (Qwen2), o_proj and down_proj independently of each other.
+- layers with no heads left (the attention half adds only its output bias, if any), biases on
+  q/k/v (Qwen2), o_proj and down_proj independently of each other, and Qwen3's q/k RMSNorm.
 """
 import copy
 import warnings
@@ -64,6 +64,11 @@ class SlimGPTLlamaAttention(LlamaAttention):
             self.v_proj = _linear(D, K * d, config.qkv_bias)
         if H == 0 or config.o_proj_bias:
             self.o_proj = _linear(H * d, D, config.o_proj_bias)
+        if getattr(config, "qk_norm", False):       # Qwen3: one RMSNorm(head_dim) for all heads of the layer
+            self.q_norm = LlamaRMSNorm(d, eps=config.rms_norm_eps)
+            self.k_norm = LlamaRMSNorm(d, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
         kv_map = config.kv_map
         standard = H > 0 and H % K == 0 and (kv_map is None or list(kv_map) == [h // (H // K) for h in range(H)])
         if H > 0 and not standard:
@@ -86,7 +91,7 @@ class SlimGPTLlamaAttention(LlamaAttention):
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
                 past_key_values=None, **kwargs):
         cache = cache if cache is not None else past_key_values
-        if self.num_heads > 0 and self.kv_map is None:
+        if self.num_heads > 0 and self.kv_map is None and self.q_norm is None:
             return super().forward(hidden_states, position_embeddings, attention_mask, cache, **kwargs)
         input_shape = hidden_states.shape[:-1]
         if self.num_heads == 0:
@@ -96,17 +101,21 @@ class SlimGPTLlamaAttention(LlamaAttention):
             out = self.o_proj(hidden_states.new_zeros(*input_shape, 0))
             return out, None
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query_states = self.q_proj(hidden_states).view(hidden_shape)
+        key_states = self.k_proj(hidden_states).view(hidden_shape)
+        if self.q_norm is not None:
+            query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
+        query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
-        # uneven groups: query head h reads KV head kv_map[h]
-        index = self.kv_index(key_states.device)
-        key_states = key_states.index_select(1, index)
-        value_states = value_states.index_select(1, index)
+        if self.kv_map is not None:
+            # uneven groups: query head h reads KV head kv_map[h]
+            index = self.kv_index(key_states.device)
+            key_states = key_states.index_select(1, index)
+            value_states = value_states.index_select(1, index)
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
