@@ -2,12 +2,21 @@
 
 Layout of a checkpoint folder (a Hugging Face-style folder; `loaders.load_model(dir)` reads it):
 
-    config.json       HF LLaMA fields + "slimgpt_layers": {heads, kv_heads, kv_map, intermediate}
-    model.safetensors float32 weights, HF names (a tied lm_head is stored once, as the embedding)
-    tokenizer.json    when the model has a tokenizer
-    manifest.json     how it was made: method, settings, ratios, pruned indices per layer,
-                      calibration, backend, versions, timing, parameter counts, and the list of
-                      files slimgpt wrote (so a later --force knows the folder is its own)
+    config.json             HF LLaMA / Qwen3 fields (torch_dtype = the stored dtype, rope_scaling,
+                            qk_norm) + "slimgpt_layers": {heads, kv_heads, kv_map, intermediate}
+    model.safetensors       weights in float32, bfloat16 or float16 (`dtype`), HF names (a tied
+                            lm_head is stored once, as the embedding)
+    tokenizer.json          when the model has a tokenizer
+    tokenizer_config.json   when known: bos/eos/pad/unk tokens, chat_template, add_bos_token,
+                            model_max_length, ... (the input's file, or built from GGUF metadata)
+    generation_config.json  when known: bos/eos/pad token ids, ... (likewise)
+    manifest.json           how it was made: method, settings, ratios, pruned indices per layer,
+                            calibration (data, path, sha256), dtype, backend, versions, timing,
+                            parameter counts, and the list of files slimgpt wrote (so a later
+                            --force knows the folder is its own)
+
+The storage dtype changes only the file: models are pruned and evaluated in float32, and a
+bfloat16 / float16 checkpoint loads back into float32 (its weights rounded once, on saving).
 
 Writes are atomic (slimgpt.paths): everything goes to a hidden temporary folder next to the
 destination, every file and the folder are fsync'ed, and only then is the folder put in place;
@@ -30,6 +39,23 @@ from slimgpt.paths import OutputPathError
 
 FORMAT = "slimgpt-checkpoint"
 OutputExistsError = OutputPathError     # the name earlier versions raised
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16",
+            "half": "float16"}
+
+
+def check_dtype(dtype) -> str:
+    """The storage dtype's name (float32 | bfloat16 | float16; bf16, fp16, f16, fp32 accepted)."""
+    name = _ALIASES.get(str(dtype).lower(), str(dtype).lower()) if isinstance(dtype, str) else None
+    if name not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported: expected one of {', '.join(DTYPES)}")
+    return name
+
+
+def default_dtype(source_dtype: str) -> str:
+    """The storage dtype of a pruned copy: the input's when it is 16-bit, float32 otherwise
+    (float32 and float64 inputs, and quantized GGUF files, which are dequantized to float32)."""
+    return source_dtype if source_dtype in ("bfloat16", "float16") else "float32"
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -64,26 +90,35 @@ def _json_default(o):
     return str(o)
 
 
-def state_dict_for_save(model) -> dict:
-    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+def state_dict_for_save(model, dtype: str = "float32") -> dict:
+    sd = {k: v.detach().to("cpu", DTYPES[check_dtype(dtype)]).contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     return sd
 
 
 def save_pretrained(model, out_dir, tokenizer=None, manifest: dict | None = None, force: bool = False,
-                    inputs: tuple = (), _before_rename=None) -> str:
-    """Atomically write a checkpoint folder (see module docstring). Returns its absolute path."""
+                    inputs: tuple = (), _before_rename=None, *, dtype: str = "float32",
+                    tokenizer_config: dict | None = None, generation_config: dict | None = None) -> str:
+    """Atomically write a checkpoint folder (see module docstring). Returns its absolute path.
+
+    `dtype`: float32 | bfloat16 | float16, the dtype the weights are stored in (the model itself
+    is not changed). `tokenizer_config` / `generation_config`: written as tokenizer_config.json
+    / generation_config.json when given and not empty (loaders.Loaded carries both)."""
     from safetensors.torch import save_file
 
+    dtype = check_dtype(dtype)
     out = check_output_dir(out_dir, force, inputs)
     with paths.atomic_folder(out) as tmp:
-        save_file(state_dict_for_save(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_bytes(_json_bytes(hf_config_dict(model.config)))
+        save_file(state_dict_for_save(model, dtype), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_bytes(_json_bytes(hf_config_dict(model.config, dtype)))
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer.json"))
+        for name, meta in (("tokenizer_config.json", tokenizer_config), ("generation_config.json", generation_config)):
+            if meta:
+                (tmp / name).write_bytes(_json_bytes(meta))
         files = sorted(p.name for p in tmp.iterdir() if p.name != paths.MARKER) + ["manifest.json"]
-        (tmp / "manifest.json").write_bytes(_json_bytes(dict(manifest or {}, format=FORMAT, files=files,
+        (tmp / "manifest.json").write_bytes(_json_bytes(dict(manifest or {}, format=FORMAT, files=files, dtype=dtype,
                                                              versions=versions())))
         if _before_rename is not None:          # test hook: simulate a crash before the rename
             _before_rename(str(tmp))

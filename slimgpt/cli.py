@@ -3,6 +3,7 @@
     slimgpt prune --model smollm2-135m --ratio 0.2 --out pruned-smollm2
     slimgpt eval pruned-smollm2 --seqlen 128 --max-tokens 16384 --json
     slimgpt generate pruned-smollm2 "The capital of France is"
+    slimgpt generate pruned-smollm2 "What is the capital of France?" --chat
     slimgpt oracle export golden/
 
 Progress bars and the per-layer log go to stderr; the result (or, with --json, one JSON object)
@@ -49,12 +50,12 @@ def _check_context(model, seqlen: int, flag: str, allow_long: bool) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def cmd_prune(a) -> dict:
-    from slimgpt.checkpoint import check_output_dir, save_pretrained
+    from slimgpt.checkpoint import check_dtype, check_output_dir, default_dtype, save_pretrained
     from slimgpt.evaluate import wikitext2_perplexity
     from slimgpt.loaders import load_model
     from slimgpt.ops import resolve_backend
     from slimgpt.pipeline import PruneSettings, estimate, prune_model
-    from slimgpt.textdata import calibration_windows
+    from slimgpt.textdata import calibration_source, calibration_windows
 
     if a.fixed_group is not None and a.fixed_group < 1:
         raise UsageError("--fixed-group must be a positive group size")
@@ -66,9 +67,14 @@ def cmd_prune(a) -> dict:
                       first=a.first, last=a.last, n_samples=a.nsamples, seqlen=a.seqlen, seed=a.seed, gqa=a.gqa,
                       method=a.method, percdamp=a.percdamp, backend=a.backend, batch_size=a.batch_size,
                       hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
-                      method_options={"group_sizes": a.fixed_group} if a.fixed_group else {})
+                      method_options={"group_sizes": a.fixed_group} if a.fixed_group else {}, device=a.device,
+                      bias_compensation=True if a.bias_compensation else None)
     s.validate()
-    inputs = (a.model,)
+    dtype = check_dtype(a.dtype) if a.dtype is not None else None
+    # WikiText-2 calibration skips the tokens the quick dense/pruned perplexity scores (docs/pipeline.md §3)
+    evaluated = (a.eval_tokens // a.eval_seqlen) * a.eval_seqlen if a.eval_tokens > 0 else 0
+    calib_src = calibration_source(a.calib, skip_tokens=evaluated)
+    inputs = (a.model,) + ((calib_src.path,) if calib_src.name == "file" else ())
     out = check_output_dir(a.out, a.force, inputs=inputs)
     report_path = _report_path(a, inputs + (str(out),))
     s.backend = resolve_backend(a.backend)
@@ -80,7 +86,11 @@ def cmd_prune(a) -> dict:
         raise UsageError(f"{a.model}: no tokenizer.json, cannot build calibration data")
     _check_context(model, a.eval_seqlen, "--eval-seqlen", a.allow_long_context)
     calib = calibration_windows(tok, s.n_samples, s.seqlen, s.seed, model=model,
-                                allow_long_context=a.allow_long_context)
+                                allow_long_context=a.allow_long_context, source=calib_src)
+    dtype = dtype or default_dtype(loaded.source_dtype)
+    if calib_src.name == "wikitext2":
+        _eprint(f"calibration: WikiText-2 test after its first {evaluated} tokens (the evaluated ones); a later "
+                f"WikiText-2 evaluation beyond them scores text the calibration has seen")
     est = estimate(model.config, s.n_samples, s.seqlen, s.batch_size, s.cache_mb)
     _eprint(f"estimate: memory ~{_fmt_bytes(est['memory_bytes'])} (model {_fmt_bytes(est['model_bytes'])}, "
             f"activations {_fmt_bytes(est['activation_bytes'] + est['cache_bytes'])}, H {_fmt_bytes(est['hessian_bytes'])}); "
@@ -100,16 +110,18 @@ def cmd_prune(a) -> dict:
         _eprint(f"pruned PPL {r['ppl']:.3f}  (same tokens)")
     manifest = {"source_model": loaded.source, "method": s.method, "backend": s.backend,
                 "settings": result.summary["settings"], "ratios": result.summary["ratios"],
-                "calibration": {"dataset": "c4 sample docs 1000-1999 (slimgpt/data/c4)",
-                                "n_samples": s.n_samples, "seqlen": s.seqlen, "seed": s.seed},
+                "calibration": dict(calib_src.describe(tok), n_samples=s.n_samples, seqlen=s.seqlen, seed=s.seed),
+                "source_dtype": loaded.source_dtype, "compute_dtype": "float32",
                 "params_before": result.summary["params_before"], "params_after": result.summary["params_after"],
                 "prune_seconds": result.summary["seconds"], "layers": result.layers,
                 "eval": {k: report[k] for k in ("dense", "pruned") if k in report}}
-    save_pretrained(model, out, tok, manifest, force=a.force, inputs=inputs)
+    save_pretrained(model, out, tok, manifest, force=a.force, inputs=inputs, dtype=dtype,
+                    tokenizer_config=loaded.tokenizer_config, generation_config=loaded.generation_config)
+    report["dtype"], report["calibration"] = dtype, manifest["calibration"]
     report["seconds_total"] = time.perf_counter() - t0
     report["peak_rss_mb"] = _peak_rss_mb()
     sm = result.summary
-    _eprint(f"saved {out}: {sm['params_before']:,} -> {sm['params_after']:,} parameters "
+    _eprint(f"saved {out} ({dtype}): {sm['params_before']:,} -> {sm['params_after']:,} parameters "
             f"({100 * sm['pruned_fraction_of_prunable']:.2f}% of prunable decoder parameters, "
             f"{100 * sm['pruned_fraction_of_total']:.2f}% of all); prune {sm['seconds']:.1f} s, "
             f"total {report['seconds_total']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB")
@@ -159,7 +171,7 @@ def cmd_eval(a) -> dict:
 
 
 def cmd_generate(a) -> dict:
-    from slimgpt.generate import generate
+    from slimgpt.generate import Sampling, chat_template_of, generate_text
     from slimgpt.loaders import load_model
 
     prompt = a.prompt_flag if a.prompt_flag is not None else a.prompt
@@ -171,13 +183,43 @@ def cmd_generate(a) -> dict:
         raise UsageError("the prompt is not valid UTF-8 text") from None
     if a.max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
+    sampling = Sampling(a.temperature, a.top_p, a.top_k, a.seed)
+    try:
+        sampling.validate()
+    except ValueError as e:
+        raise UsageError(f"--{e}".replace("_", "-", 1)) from None
     loaded = load_model(a.model)
     if loaded.tokenizer is None:
         raise UsageError(f"{a.model}: no tokenizer.json")
-    text = generate(loaded.model, loaded.tokenizer, prompt, a.max_new_tokens)
-    if not a.json:
-        print(prompt + text)
-    return {"model": loaded.source, "prompt": prompt, "completion": text}
+    if a.chat:
+        chat_template_of(loaded.tokenizer_config)            # no template: one line, before any work
+    stream = not a.json
+    started = []                       # the prompt is printed with the first piece (not before a failure)
+
+    def show(piece):
+        if not started:
+            started.append(True)
+            if not a.chat:
+                print(prompt, end="")
+        print(piece, end="", flush=True)
+
+    r = generate_text(loaded.model, loaded.tokenizer, prompt, a.max_new_tokens, chat=a.chat,
+                      tokenizer_config=loaded.tokenizer_config, generation_config=loaded.generation_config,
+                      sampling=sampling, use_cache=not a.no_cache, on_text=show if stream else None)
+    if stream:
+        show("")
+        print(flush=True)
+    if not a.quiet:
+        _eprint(f"{r['new_tokens']} tokens in {r['seconds']:.2f} s: {r['tokens_per_second']:.1f} tokens/s "
+                f"(prompt {r['prompt_tokens']} tokens, first token after {r['first_token_seconds']:.2f} s, then "
+                f"{r['decode_tokens_per_second']:.1f} tokens/s; KV cache {'off' if a.no_cache else 'on'}, "
+                f"{torch.get_num_threads()} threads; stop: {r['stop']})")
+    return {"model": loaded.source, "prompt": prompt, "chat": a.chat, "completion": r["completion"],
+            "prompt_tokens": r["prompt_tokens"], "new_tokens": r["new_tokens"], "stop": r["stop"],
+            "seconds": r["seconds"], "first_token_seconds": r["first_token_seconds"],
+            "tokens_per_second": r["tokens_per_second"], "decode_tokens_per_second": r["decode_tokens_per_second"],
+            "cache": r["cache"], "threads": torch.get_num_threads(),
+            "sampling": {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "seed": a.seed}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     from slimgpt.methods import METHODS
     from slimgpt.oracle import add_oracle_subcommand
     from slimgpt.export.cli import add_export_subcommand
+    from slimgpt.finetune import add_finetune_subcommand
     from slimgpt.pipeline import GQA_MODES, SCHEDULES
 
     p = argparse.ArgumentParser(prog="slimgpt", description="SlimGPT structured pruning of LLaMA-style models")
@@ -222,13 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ablation (-GCD): head errors from the plain diagonal of H^-1, no grouped Cholesky")
     pr.add_argument("--fixed-group", type=int, default=None, metavar="G",
                     help="ablation (-DGS): prune FFN channels in fixed groups of G (paper: 128)")
+    pr.add_argument("--bias-compensation", action="store_true",
+                    help="beyond the paper: mean-shift bias b += (W - W_new)·mean(x) after the OBS update")
     pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
+    pr.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, activations and statistics live")
     pr.add_argument("--batch-size", type=_positive_int, default=8)
     pr.add_argument("--no-target", action="store_true",
                     help="use round(m·r_i) channels as published, without re-apportioning to hit the target")
     pr.add_argument("--eval-tokens", type=int, default=4096,
                     help="WikiText-2 tokens for the quick dense/pruned PPL (0: skip; default 4096)")
     pr.add_argument("--eval-seqlen", type=_positive_int, default=128)
+    pr.add_argument("--calib", default="c4", metavar="c4|wikitext2|FILE",
+                    help="calibration data: the packaged C4 sample (default), WikiText-2 (after the evaluated "
+                         "tokens), or a UTF-8 text file (documents separated by blank lines) or .jsonl file "
+                         "(one {\"text\": ...} object per line)")
+    pr.add_argument("--dtype", default=None, metavar="float32|bfloat16|float16",
+                    help="dtype of the saved weights (default: the input's when 16-bit, else float32); "
+                         "pruning itself always runs in float32/float64")
     pr.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     pr.add_argument("--force", action="store_true", help="replace an earlier slimgpt output at --out / --report")
     pr.add_argument("--report", default=None, help="also write the JSON report to this file")
@@ -239,14 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-tokens", type=_positive_int, default=None,
                     help="score only the first windows covering this many tokens")
 
-    ge = sub.add_parser("generate", help="greedy continuation of a prompt")
+    ge = sub.add_parser("generate", help="continue a prompt (greedy or sampled), streamed, with a KV cache")
     ge.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     ge.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompt)")
     ge.add_argument("--prompt", dest="prompt_flag", default=None, help="the prompt")
-    ge.add_argument("--max-new-tokens", type=int, default=32)
+    ge.add_argument("--max-new-tokens", type=int, default=32, help="at most this many new tokens (and never past "
+                                                                   "the model's context; default 32)")
+    ge.add_argument("--chat", action="store_true",
+                    help="send the prompt as a user message in the model's chat template (instruct models)")
+    ge.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
+    ge.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to "
+                                                             "this probability (default 1: off)")
+    ge.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0: off)")
+    ge.add_argument("--seed", type=int, default=0, help="seed of the sampler (same seed, same tokens)")
+    ge.add_argument("--no-cache", action="store_true", help="re-run the whole sequence every step (no KV cache)")
 
     add_oracle_subcommand(sub)
     add_export_subcommand(sub)
+    add_finetune_subcommand(sub)
 
     for sp in (pr, ev, ge):
         sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -268,6 +331,9 @@ def main(argv=None) -> int:
     if args.cmd == "export":
         from slimgpt.export.cli import run as run_export
         return _guarded(args, lambda: run_export(args))
+    if args.cmd == "finetune":
+        from slimgpt.finetune import run as run_finetune
+        return _guarded(args, lambda: run_finetune(args))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

@@ -1,9 +1,11 @@
 """A readable LLaMA-family decoder in torch whose every layer may have its own shape.
 
-What this file is: the model the pipeline prunes and the checkpoints store. It covers LLaMA,
-Mistral, SmolLM2 and Qwen2-style models: RMSNorm, rotary embeddings (HF `rotate_half`
-convention, configurable theta), SwiGLU MLP, grouped-query attention, tied or untied embeddings,
-and optional biases (q/k/v as in Qwen2; o_proj and down_proj for bias-compensating baselines).
+What this file is: the model the pipeline prunes and the checkpoints store. It covers LLaMA
+(incl. LLaMA-3.x rope scaling), Mistral, SmolLM2, Qwen2 and Qwen3-style models: RMSNorm, rotary
+embeddings (HF `rotate_half` convention, configurable theta, optional `llama3` frequency
+scaling), SwiGLU MLP, grouped-query attention, tied or untied embeddings, optional biases (q/k/v
+as in Qwen2; o_proj and down_proj for bias-compensating baselines) and optional per-head q/k
+RMSNorm (Qwen3's q_norm / k_norm: one weight of head_dim shared by all heads of a layer).
 
 What makes it different from a stock LLaMA: each decoder layer i has its own
 - number of query heads  `layer_heads[i]`,
@@ -17,8 +19,9 @@ channels; its half then contributes only its bias (or nothing).
 Parameter names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, ...), so HF
 folders load without renaming and checkpoints stay familiar. Weights are out × in (nn.Linear).
 
-Shape letters: B batch, T sequence, D hidden, H query heads, K KV heads, d head_dim, M FFN width.
-Positions are 0..T-1 for every sequence (no padding, no KV cache).
+Shape letters: B batch, T sequence, D hidden, H query heads, K KV heads, d head_dim, M FFN width,
+S tokens seen so far (KV cache). Positions are 0..T-1 for every sequence (no padding); with a
+`KVCache` (generation) the new tokens take positions S..S+T-1 and attend to the cached keys.
 """
 from __future__ import annotations
 
@@ -98,7 +101,9 @@ class LlamaConfig:
     layer_kv_heads: list[int] | None = None
     layer_kv_map: list[list[int]] | None = None
     layer_intermediate: list[int] | None = None
-    architecture: str = "llama"         # informational: llama | mistral | qwen2 | smollm2 | tiny
+    architecture: str = "llama"         # informational: llama | mistral | qwen2 | qwen3 | smollm2 | tiny
+    rope_scaling: dict | None = None    # None, or LLaMA-3.x frequency scaling (see check_rope_scaling)
+    qk_norm: bool = False               # Qwen3: RMSNorm(head_dim) on each q and k head before RoPE
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -157,7 +162,7 @@ class LlamaConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {_show(v)}")
             setattr(self, name, float(v))
-        for name in ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias"):
+        for name in ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {_show(getattr(self, name))}")
         for name in ("bos_token_id", "eos_token_id"):
@@ -165,6 +170,8 @@ class LlamaConfig:
                 setattr(self, name, _check_int(name, getattr(self, name), 0, None))
         if not isinstance(self.architecture, str):
             raise ValueError(f"architecture must be a string, got {_show(self.architecture)}")
+        if self.rope_scaling is not None:
+            self.rope_scaling = check_rope_scaling(self.rope_scaling)
 
     def validate(self):
         self._check_scalars()
@@ -226,9 +233,59 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(T: int, head_dim: int, theta: float, device=None, dtype=torch.float32):
-    """cos, sin of shape (T, d) for positions 0..T-1 (HF convention: frequencies repeated twice)."""
+ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_rope_scaling(scaling) -> dict:
+    """The one rope scaling this model implements, normalised: LLaMA-3.x's
+    {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"}. Anything else is a ValueError naming the field."""
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be an object or null, got {_show(scaling)}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: llama3, or no scaling)")
+    out = {"rope_type": "llama3"}
+    for name in ROPE_SCALING_KEYS[:3]:
+        v = scaling.get(name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"rope_scaling.{name} must be a finite number > 0, got {_show(v)}")
+        out[name] = float(v)
+    if out["high_freq_factor"] <= out["low_freq_factor"]:
+        raise ValueError(f"rope_scaling.high_freq_factor ({out['high_freq_factor']}) must be larger than "
+                         f"low_freq_factor ({out['low_freq_factor']})")
+    v = scaling.get("original_max_position_embeddings")
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    out["original_max_position_embeddings"] = _check_int("rope_scaling.original_max_position_embeddings", v, 1,
+                                                         CONFIG_LIMITS["max_position_embeddings"])
+    return out
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None, device=None) -> torch.Tensor:
+    """The d/2 rotary frequencies theta^(-2i/d), float32; with `scaling` (LLaMA-3.x, rope_type
+    llama3) rescaled exactly as transformers' `_compute_llama3_parameters`: wavelengths 2π/f
+    shorter than original_max_position_embeddings / high_freq_factor are kept, those longer than
+    original_max_position_embeddings / low_freq_factor are divided by `factor`, and the ones in
+    between are interpolated with s = (original / wavelength − low) / (high − low):
+    f' = (1 − s)·f/factor + s·f."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    if scaling is None:
+        return inv_freq
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_context / low, old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(T: int, head_dim: int, theta: float, device=None, dtype=torch.float32, scaling: dict | None = None):
+    """cos, sin of shape (T, d) for positions 0..T-1 (HF convention: frequencies repeated twice)."""
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, device)
     pos = torch.arange(T, device=device, dtype=torch.float32)
     freqs = torch.outer(pos, inv_freq)                  # (T, d/2)
     emb = torch.cat((freqs, freqs), dim=-1)             # (T, d)
@@ -253,35 +310,80 @@ def _linear(n_in: int, n_out: int, bias: bool) -> nn.Linear:
     return lin.to_empty(device="cpu")
 
 
+class KVCache:
+    """The keys (after RoPE) and values of the tokens seen so far, for generation.
+
+    Per layer i, k[i] and v[i] are (B, K_i, capacity, d) buffers of that layer's own KV heads
+    (K_i may differ per layer, and be 0); the first `length` positions are filled. A forward
+    with the cache runs only the new tokens, at positions length..length+T-1, and appends their
+    keys and values. Nothing else is kept: the model and its weights are unchanged."""
+
+    def __init__(self, config: LlamaConfig, capacity: int, batch: int = 1, device=None, dtype=torch.float32):
+        d = config.head_dim
+        self.k = [torch.empty(batch, k, capacity, d, device=device, dtype=dtype) for k in config.layer_kv_heads]
+        self.v = [torch.empty_like(k) for k in self.k]
+        self.capacity, self.length = capacity, 0
+
+    def update(self, i: int, k: torch.Tensor, v: torch.Tensor):
+        """Store layer i's new keys/values (B, K, T, d) after the cached ones; return all of them
+        (B, K, length + T, d). `length` itself advances once per forward (LlamaForCausalLM)."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; {end} were asked for")
+        self.k[i][:, :, start:end] = k
+        self.v[i][:, :, start:end] = v
+        return self.k[i][:, :, :end], self.v[i][:, :, :end]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig, i: int):
         super().__init__()
         D, d = cfg.hidden_size, cfg.head_dim
+        self.layer_idx = i
         self.n_heads, self.n_kv, self.head_dim = cfg.layer_heads[i], cfg.layer_kv_heads[i], d
         self.q_proj = _linear(D, self.n_heads * d, cfg.attention_bias)
         self.k_proj = _linear(D, self.n_kv * d, cfg.attention_bias)
         self.v_proj = _linear(D, self.n_kv * d, cfg.attention_bias)
         self.o_proj = _linear(self.n_heads * d, D, cfg.o_proj_bias)
+        if cfg.qk_norm:      # Qwen3: one RMSNorm(d) shared by all heads, so pruning heads leaves it as it is
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
         self.register_buffer("kv_map", torch.tensor(cfg.layer_kv_map[i], dtype=torch.long), persistent=False)
 
-    def heads(self, x, cos, sin):
-        """The concatenated head outputs (B, T, H·d): the input of o_proj, where SlimGPT's H_o lives."""
+    def heads(self, x, cos, sin, cache: KVCache | None = None):
+        """The concatenated head outputs (B, T, H·d): the input of o_proj, where SlimGPT's H_o lives.
+
+        With `cache`, x holds only the new tokens (cos/sin at their positions); their keys and
+        values are appended to the cache and the queries attend to all cached positions."""
         B, T, _ = x.shape
         H, K, d = self.n_heads, self.n_kv, self.head_dim
         if H == 0:
             return x.new_zeros(B, T, 0)
-        q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)      # (B, H, T, d)
-        k = self.k_proj(x).view(B, T, K, d).transpose(1, 2)      # (B, K, T, d)
+        q = self.q_proj(x).view(B, T, H, d)
+        k = self.k_proj(x).view(B, T, K, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)              # (B, H, T, d), (B, K, T, d)
         v = self.v_proj(x).view(B, T, K, d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, causal = None, True
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer_idx, k, v)            # (B, K, past + T, d)
+            if past and T == 1:
+                causal = False                                   # one new token sees every cached one
+            elif past:                                           # new token t sees positions <= past + t
+                causal, mask = False, torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
         if not (K == H and bool((self.kv_map == torch.arange(H)).all())):
-            k = k.index_select(1, self.kv_map)                   # (B, H, T, d): explicit query→KV map
+            k = k.index_select(1, self.kv_map)                   # (B, H, S, d): explicit query→KV map
             v = v.index_select(1, self.kv_map)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, T, d)
         return y.transpose(1, 2).reshape(B, T, H * d)
 
-    def forward(self, x, cos, sin):
-        return self.o_proj(self.heads(x, cos, sin))
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        return self.o_proj(self.heads(x, cos, sin, cache))
 
 
 class MLP(nn.Module):
@@ -308,14 +410,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, i)
 
-    def attn_half(self, x, cos, sin):
-        return x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def attn_half(self, x, cos, sin, cache: KVCache | None = None):
+        return x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
 
     def ffn_half(self, h):
         return h + self.mlp(self.post_attention_layernorm(h))
 
-    def forward(self, x, cos, sin):
-        return self.ffn_half(self.attn_half(x, cos, sin))
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
+        return self.ffn_half(self.attn_half(x, cos, sin, cache))
 
 
 class LlamaModel(nn.Module):
@@ -327,7 +429,8 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Embeddings → L decoder layers → RMSNorm → lm_head. `forward(ids)` returns float logits."""
+    """Embeddings → L decoder layers → RMSNorm → lm_head. `forward(ids)` returns float logits;
+    `forward(ids, cache)` runs only the new tokens `ids` after those in the KVCache."""
 
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -339,10 +442,16 @@ class LlamaForCausalLM(nn.Module):
         self._rope_cache: dict = {}
 
     def rope(self, T: int, device=None, dtype=torch.float32):
-        key = (T, str(device), dtype)
-        if key not in self._rope_cache:
-            self._rope_cache = {key: rope_cos_sin(T, self.config.head_dim, self.config.rope_theta, device, dtype)}
-        return self._rope_cache[key]
+        """cos, sin (T, d) for positions 0..T-1. The table is kept for the longest T asked so far
+        (per device and dtype) and sliced: every entry depends on its position only, so a slice
+        equals the table computed for T itself."""
+        key = (str(device), dtype)
+        table = self._rope_cache.get(key)
+        if table is None or table[0].shape[0] < T:
+            table = rope_cos_sin(T, self.config.head_dim, self.config.rope_theta, device, dtype,
+                                 self.config.rope_scaling)
+            self._rope_cache = {key: table}
+        return table[0][:T], table[1][:T]
 
     def embed(self, input_ids):
         return self.model.embed_tokens(input_ids)
@@ -350,12 +459,20 @@ class LlamaForCausalLM(nn.Module):
     def head(self, x):
         return self.lm_head(self.model.norm(x))
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, cache: KVCache | None = None, last_only: bool = False):
+        """Logits (B, T, V) of `input_ids` (B, T); `last_only`: of the last position only (B, 1, V).
+
+        With `cache` the tokens continue those already in it (positions cache.length...), and
+        their keys and values are added to it."""
         x = self.embed(input_ids)                                # (B, T, D)
-        cos, sin = self.rope(input_ids.shape[1], x.device, x.dtype)
+        start = 0 if cache is None else cache.length
+        cos, sin = self.rope(start + input_ids.shape[1], x.device, x.dtype)
+        cos, sin = cos[start:], sin[start:]
         for layer in self.model.layers:
-            x = layer(x, cos, sin)
-        return self.head(x)                                      # (B, T, V)
+            x = layer(x, cos, sin, cache)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        return self.head(x[:, -1:] if last_only else x)         # (B, T, V)
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
@@ -373,7 +490,7 @@ def layer_param_count(cfg: LlamaConfig, i: int) -> int:
     """Parameters of decoder layer i (projections, biases and its two norms)."""
     D, d = cfg.hidden_size, cfg.head_dim
     H, K, M = cfg.layer_heads[i], cfg.layer_kv_heads[i], cfg.layer_intermediate[i]
-    n = D * H * d + 2 * D * K * d + H * d * D + 3 * D * M + 2 * D
+    n = D * H * d + 2 * D * K * d + H * d * D + 3 * D * M + 2 * D + 2 * d * cfg.qk_norm
     if cfg.attention_bias:
         n += H * d + 2 * K * d
     n += D * cfg.o_proj_bias + D * cfg.mlp_bias

@@ -34,6 +34,11 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     # indices (checked exactly), but OBS-compensated weights differ at ~1e-6 relative per layer
     # and the differences propagate through 3-4 layers of calibration activations.
     "backend_logits": (2e-3, 2e-3),
+    # A float32 model against the same model saved in bfloat16 / float16 and loaded back into
+    # float32: every weight rounded once to 8 (bf16) or 11 (f16) significant bits (relative error
+    # up to 2^-9 resp. 2^-12 per weight), accumulated over the layers of a tiny model. Measured on
+    # the six tiny configs: max error 1.2e-2 of max|logit| for bf16, 1.4e-3 for f16; bf16 binds.
+    "half_storage": (2e-2, 3e-2),
 }
 
 

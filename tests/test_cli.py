@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from slimgpt.cli import main
 
@@ -150,3 +151,130 @@ def test_non_utf8_prompt_is_one_line(capsys):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError):
         main(["eval", "tiny-llama", "--seqlen", "1000000", "--debug"])
+
+
+# --- save dtype and calibration data ------------------------------------------------------------
+
+PRUNE = ["prune", "--model", "tiny-gqa", "--ratio", "0.3", "--nsamples", "4", "--seqlen", "32", "--backend",
+         "reference", "--eval-tokens", "256", "--eval-seqlen", "64", "--quiet", "--json"]
+
+
+def _docs(n=40):
+    return [f"Document {i}: " + " ".join(f"word{(i * 7 + j) % 50}" for j in range(30)) for i in range(n)]
+
+
+def test_prune_dtype_and_calibration_file_are_recorded(tmp_path, capsys):
+    import hashlib
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(_docs()) + "\n", encoding="utf-8")
+    out = tmp_path / "p"
+    assert main([*PRUNE, "--dtype", "bf16", "--calib", str(calib), "--out", str(out)]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["dtype"] == rep["dtype"] == "bfloat16" and manifest["compute_dtype"] == "float32"
+    c = manifest["calibration"]
+    assert (c["dataset"], c["path"], c["format"], c["documents"]) == ("file", str(calib), "text", 40)
+    assert c["sha256"] == hashlib.sha256(calib.read_bytes()).hexdigest() and c["tokens"] > 0
+    assert (c["n_samples"], c["seqlen"], c["seed"]) == (4, 32, 0)
+    from slimgpt.loaders import load_model
+    assert load_model(str(out)).source_dtype == "bfloat16"
+    # the same file as JSONL gives the same windows, so the same pruned model
+    jsonl = tmp_path / "calib.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(_docs())), encoding="utf-8")
+    assert main([*PRUNE, "--dtype", "bfloat16", "--calib", str(jsonl), "--out", str(tmp_path / "q")]) == 0
+    assert json.loads(capsys.readouterr().out)["prune"]["heads_kept"] == rep["prune"]["heads_kept"]
+    manifest_q = json.load(open(tmp_path / "q" / "manifest.json"))
+    for key in ("heads_pruned", "kv_pruned", "channels_pruned"):
+        assert [r[key] for r in manifest_q["layers"]] == [r[key] for r in manifest["layers"]]
+    assert manifest_q["calibration"]["format"] == "jsonl"
+
+
+def test_default_calibration_and_dtype(tmp_path, capsys):
+    assert main([*PRUNE, "--out", str(tmp_path / "p")]) == 0
+    manifest = json.load(open(tmp_path / "p" / "manifest.json"))
+    assert manifest["dtype"] == "float32" and manifest["source_dtype"] == "float32"
+    c = manifest["calibration"]
+    assert c["dataset"] == "c4" and c["path"] == "slimgpt/data/c4/c4_validation_2k.jsonl.gz" and "1000-1999" in c["documents"]
+
+
+def test_wikitext2_calibration_skips_the_evaluated_tokens(tmp_path, capsys):
+    from slimgpt.loaders.tiny import byte_tokenizer
+    from slimgpt.textdata import calibration_source, calibration_stream, wikitext2_tokens
+    assert main([*PRUNE, "--calib", "wikitext2", "--out", str(tmp_path / "p")]) == 0
+    c = json.load(open(tmp_path / "p" / "manifest.json"))["calibration"]
+    assert c["dataset"] == "wikitext2" and c["skip_tokens"] == 256 and "scores text the calibration has seen" in c["overlap"]
+    tok = byte_tokenizer()
+    stream = calibration_stream(tok, calibration_source("wikitext2", skip_tokens=256))
+    assert torch.equal(stream, wikitext2_tokens(tok)[256:]) and c["tokens"] == len(stream)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "does not exist"),
+    ("", "holds no text"),
+    ("\n\n  \n\t\n", "holds no text"),
+    (b"caf\xe9 au lait", "is not UTF-8 text (invalid byte at offset 3)"),
+    (b"text\x00\x00binary", "holds NUL bytes"),
+    ("short", "longer than the calibration file"),
+])
+def test_bad_calibration_text_file_is_one_line(tmp_path, capsys, content, fragment):
+    calib = tmp_path / "in" / "calib.txt"
+    calib.parent.mkdir()
+    if content is not None:
+        calib.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main([*PRUNE, "--calib", str(calib), "--out", str(tmp_path / "o")]) == 2
+    err = _err(capsys).splitlines()
+    assert fragment in err[-1] and str(calib) in err[-1] and err[-1].startswith("slimgpt prune: error: ")
+    assert len(err) == (2 if content == "short" else 1)      # only the short file gets as far as loading the model
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("lines,fragment", [
+    (['{"text": "a"}', '{"body": "b"}'], 'line 2: no "text" field'),
+    (['{"text": 3}'], 'line 1: a "text" that is not a string'),
+    (['["text"]'], 'line 1: no "text" field'),
+    (['{"text": "a"}', '{"text": "b'], "line 2: not JSON (Unterminated string"),
+    (["", "   "], "holds no text"),
+])
+def test_bad_calibration_jsonl_is_one_line(tmp_path, capsys, lines, fragment):
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text("\n".join(lines) + "\n")
+    assert main([*PRUNE, "--calib", str(calib), "--out", str(tmp_path / "o")]) == 2
+    err = _err(capsys)
+    assert fragment in err and err.count("\n") == 1 and err.startswith("slimgpt prune: error: ")
+
+
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_out_can_never_be_the_calibration_file_or_its_folder(tmp_path, capsys, where):
+    data = tmp_path / "data"
+    data.mkdir()
+    calib = data / "calib.txt"
+    calib.write_text("\n\n".join(_docs()))
+    before = calib.read_bytes()
+    out = calib if where == "file" else data
+    assert main([*PRUNE, "--calib", str(calib), "--out", str(out), "--force"]) == 2
+    assert "choose another destination" in _err(capsys)
+    assert calib.read_bytes() == before and sorted(os.listdir(data)) == ["calib.txt"]
+
+
+@pytest.mark.parametrize("bad", ["float8", "int4", "f64"])
+def test_bad_dtype_is_one_line(tmp_path, capsys, bad):
+    assert main([*PRUNE, "--dtype", bad, "--out", str(tmp_path / "o")]) == 2
+    err = _err(capsys)
+    assert f"dtype {bad!r} is not supported: expected one of float32, bfloat16, float16" in err
+    assert err.count("\n") == 1 and os.listdir(tmp_path) == []
+
+
+def test_prune_carries_the_tokenizer_metadata(tmp_path, capsys):
+    from slimgpt.checkpoint import save_pretrained
+    from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
+    tc = {"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}", "eos_token": "A"}
+    src = save_pretrained(tiny_model("tiny-gqa"), tmp_path / "src", byte_tokenizer(), tokenizer_config=tc,
+                          generation_config={"eos_token_id": 32}, dtype="float16")
+    out = tmp_path / "p"
+    assert main(["prune", "--model", src, *PRUNE[3:], "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "manifest.json", "model.safetensors",
+                                       "tokenizer.json", "tokenizer_config.json"]
+    assert json.load(open(out / "tokenizer_config.json")) == tc
+    assert json.load(open(out / "manifest.json"))["dtype"] == "float16"         # the input's 16-bit dtype
+    assert main(["generate", str(out), "hello", "--chat", "--max-new-tokens", "3", "--quiet"]) == 0

@@ -90,3 +90,56 @@ def test_state_dict_mismatch_is_a_clear_error():
     sd.pop("model.norm.weight")
     with pytest.raises(ValueError, match="missing"):
         build_model(m.config, sd)
+
+
+def test_llama3_rope_scaling_by_hand():
+    """transformers' llama3 formula, computed by hand in float64 for tiny-llama3 (head_dim 8, theta
+    500000, factor 8, low 1, high 4, original context 256): wavelengths 2π/f of 6.3 (< 256/4 = 64:
+    kept), 167 (between 64 and 256: smoothed), 4443 and 118,110 (> 256: divided by 8)."""
+    import math
+    from slimgpt.model import rope_inv_freq
+    cfg = tiny_config("tiny-llama3")
+    f = [500000.0 ** (-i / 8) for i in (0, 2, 4, 6)]
+    s = (256 / (2 * math.pi / f[1]) - 1) / (4 - 1)                      # smooth factor of the middle band
+    want = [f[0], (1 - s) * f[1] / 8 + s * f[1], f[2] / 8, f[3] / 8]
+    assert 0 < s < 1
+    got = rope_inv_freq(8, cfg.rope_theta, cfg.rope_scaling)
+    assert_close(got, want, "float32")
+    plain = rope_inv_freq(8, cfg.rope_theta)
+    assert got[0] == plain[0] and torch.equal(got[2:], plain[2:] / 8)
+    cos, sin = rope_cos_sin(5, 8, cfg.rope_theta, scaling=cfg.rope_scaling)
+    assert_close(cos[3], torch.cos(3 * got).repeat(2), "float32")
+
+
+@pytest.mark.parametrize("scaling,fragment", [
+    ({"rope_type": "linear", "factor": 2.0}, "rope_scaling type 'linear' is not supported"),
+    ("llama3", "rope_scaling must be an object or null"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+     "rope_scaling.original_max_position_embeddings must be an integer"),
+    ({"rope_type": "llama3", "factor": 0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, "rope_scaling.factor must be a finite number > 0"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, "high_freq_factor (4.0) must be larger than low_freq_factor"),
+])
+def test_bad_rope_scaling_is_refused(scaling, fragment):
+    with pytest.raises(ValueError) as e:
+        tiny_config("tiny-llama", rope_scaling=scaling)
+    assert fragment in str(e.value)
+
+
+def test_qwen3_q_k_norms_act_per_head_before_rope():
+    """tiny-qwen3: q_norm / k_norm normalise each head's d values (weight shared by the heads)."""
+    m = tiny_model("tiny-qwen3", seed=2)
+    attn = m.model.layers[0].self_attn
+    assert attn.q_norm.weight.shape == (24,) and attn.head_dim == 24 and m.config.hidden_size == 64
+    x = torch.randn(1, 6, 64, generator=torch.Generator().manual_seed(0))
+    cos, sin = m.rope(6)
+    q = attn.q_proj(x).view(1, 6, 4, 24)
+    qn = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + m.config.rms_norm_eps) * attn.q_norm.weight
+    k = attn.k_proj(x).view(1, 6, 2, 24)
+    kn = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + m.config.rms_norm_eps) * attn.k_norm.weight
+    v = attn.v_proj(x).view(1, 6, 2, 24)
+    qr = apply_rope(qn.transpose(1, 2), cos, sin)
+    kr = apply_rope(kn.transpose(1, 2), cos, sin).repeat_interleave(2, 1)
+    want = F.scaled_dot_product_attention(qr, kr, v.transpose(1, 2).repeat_interleave(2, 1), is_causal=True)
+    assert_close(attn.heads(x, cos, sin), want.transpose(1, 2).reshape(1, 6, 96), "logits")

@@ -133,6 +133,9 @@ def _untie(sd):
     sd["lm_head.weight"] = sd["model.embed_tokens.weight"] + 1.0
 
 
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 256}
+
 FOLDER_CASES = [
     # defect 1: NaN models
     ("rope_theta_zero", "tiny-llama", cfg(rope_theta=0), "config.json: rope_theta must be a finite number > 0"),
@@ -190,6 +193,47 @@ FOLDER_CASES = [
      "config.json: rope_scaling must be an object or null, got a string"),
     ("rope_scaling_yarn", "tiny-llama", cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0}),
      "config.json: rope_scaling"),
+    ("rope_scaling_linear", "tiny-llama", cfg(rope_scaling={"type": "linear", "factor": 2.0}),
+     "config.json: rope_scaling {'type': 'linear', 'factor': 2.0} is not supported (supported rope scaling: llama3"),
+    ("rope_parameters_dynamic", "tiny-llama", cfg(rope_parameters={"rope_type": "dynamic", "factor": 2.0}),
+     "config.json: rope_parameters {'rope_type': 'dynamic', 'factor': 2.0} is not supported"),
+    ("llama3_factor_string", "tiny-llama", cfg(rope_scaling=dict(LLAMA3, factor="8")),
+     "config.json: rope_scaling.factor must be a finite number > 0"),
+    ("llama3_missing_original", "tiny-llama", cfg(rope_scaling={k: v for k, v in LLAMA3.items()
+                                                                if k != "original_max_position_embeddings"}),
+     "config.json: rope_scaling.original_max_position_embeddings is missing"),
+    ("llama3_original_fraction", "tiny-llama", cfg(rope_scaling=dict(LLAMA3, original_max_position_embeddings=8.5)),
+     "config.json: rope_scaling.original_max_position_embeddings must be an integer"),
+    ("llama3_high_not_above_low", "tiny-llama", cfg(rope_scaling=dict(LLAMA3, high_freq_factor=0.5)),
+     "config.json: inconsistent config (rope_scaling.high_freq_factor (0.5) must be larger than low_freq_factor"),
+    ("qwen3_sliding_window", "tiny-llama", cfg(model_type="qwen3", use_sliding_window=True),
+     "config.json: use_sliding_window is true; sliding-window attention is not supported"),
+    ("qk_norm_string", "tiny-llama", cfg(qk_norm="yes"), "config.json: qk_norm must be true or false"),
+    ("qwen3_without_norm_weights", "tiny-llama", cfg(model_type="qwen3"),
+     "missing model.layers.0.self_attn.q_norm.weight"),
+    # tokenizer metadata
+    ("tokenizer_config_list", "tiny-llama", text("tokenizer_config.json", "[]"),
+     "tokenizer_config.json: expected a JSON object of tokenizer settings, got a list"),
+    ("tokenizer_config_truncated", "tiny-llama", text("tokenizer_config.json", '{"bos_token": "<'),
+     "tokenizer_config.json: unreadable tokenizer config"),
+    ("chat_template_number", "tiny-llama", text("tokenizer_config.json", '{"chat_template": 3}'),
+     "tokenizer_config.json: chat_template must be a string (a Jinja template), got a number"),
+    ("chat_template_bad_list", "tiny-llama", text("tokenizer_config.json", '{"chat_template": [{"name": "x"}]}'),
+     "tokenizer_config.json: chat_template[0] must be an object {\"name\": string, \"template\": string}"),
+    ("bos_token_number", "tiny-llama", text("tokenizer_config.json", '{"bos_token": 1}'),
+     "tokenizer_config.json: bos_token must be a string, got 1"),
+    ("eos_token_object_without_content", "tiny-llama", text("tokenizer_config.json", '{"eos_token": {"x": 1}}'),
+     "tokenizer_config.json: eos_token must be a string or an object with a \"content\" string"),
+    ("add_bos_token_string", "tiny-llama", text("tokenizer_config.json", '{"add_bos_token": "true"}'),
+     "tokenizer_config.json: add_bos_token must be true or false"),
+    ("chat_template_jinja_not_utf8", "tiny-llama", lambda f: (f / "chat_template.jinja").write_bytes(b"\xff{{"),
+     "chat_template.jinja: unreadable chat template"),
+    ("generation_config_eos_negative", "tiny-llama", text("generation_config.json", '{"eos_token_id": [2, -1]}'),
+     "generation_config.json: eos_token_id entries must be an integer >= 0"),
+    ("generation_config_string", "tiny-llama", text("generation_config.json", '"greedy"'),
+     "generation_config.json: expected a JSON object of generation settings, got a string"),
+    ("special_tokens_map_bad", "tiny-llama", text("special_tokens_map.json", '{"pad_token": ["<pad>"]}'),
+     "special_tokens_map.json: pad_token must be a string"),
     ("eos_empty_list", "tiny-llama", cfg(eos_token_id=[]), "config.json: eos_token_id is an empty list"),
     ("eos_list_of_strings", "tiny-llama", cfg(eos_token_id=["</s>"]),
      "config.json: eos_token_id entries must be an integer"),
@@ -289,7 +333,9 @@ def test_hostile_folder_is_one_clear_line(bases, tmp_path, case):
     cfg(hidden_size=64.0, rope_theta=10000),                  # integral float, integer theta
     cfg(rope_scaling=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
     weights(lambda sd: sd.update({k: v.to(torch.bfloat16) for k, v in sd.items()})),
-], ids=["eos_list", "kv_null", "integral_float", "rope_default", "bf16"])
+    cfg(rope_scaling=dict(LLAMA3, original_max_position_embeddings=256.0, factor=8)),
+    text("tokenizer_config.json", '{"chat_template": null, "bos_token": null, "model_max_length": 1e30}'),
+], ids=["eos_list", "kv_null", "integral_float", "rope_default", "bf16", "llama3_integral", "null_fields"])
 def test_tolerated_variants_still_load(bases, tmp_path, damage):
     folder = _copy(bases, "tiny-llama", tmp_path)
     damage(folder)
@@ -456,6 +502,44 @@ def test_gguf_round_trip(tmp_path, name):
     assert L.tokenizer.encode("hello").ids == byte_tokenizer().encode("hello").ids
 
 
+def test_gguf_tokenizer_metadata_and_dtype(tmp_path):
+    """bos/eos/pad/unk ids become token strings, the chat template and add_bos_token are kept;
+    an F32 file is float32, an F16 one float16 (the default --dtype of a pruned copy)."""
+    tok = sorted(__import__("tokenizers").pre_tokenizers.ByteLevel.alphabet())
+    meta = {"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.padding_token_id": 2,
+            "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_bos_token": True,
+            "tokenizer.chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
+    m = tiny_model("tiny-gqa", seed=2)
+    L = load_model(write_gguf(tmp_path / "m.gguf", m, meta))
+    assert L.source_dtype == "float32"
+    assert L.tokenizer_config == {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok[1],
+                                  "eos_token": tok[2], "pad_token": tok[2], "unk_token": tok[0],
+                                  "add_bos_token": True, "chat_template": meta["tokenizer.chat_template"],
+                                  "model_max_length": 512}
+    assert L.generation_config == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    half = load_model(write_gguf(tmp_path / "h.gguf", m, meta,
+                                 lambda ts: ts.update({k: v.astype(np.float16) for k, v in ts.items() if v.ndim == 2})))
+    assert half.source_dtype == "float16"
+    bare = load_model(write_gguf(tmp_path / "b.gguf", m))
+    assert bare.tokenizer_config == {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512}
+    assert bare.generation_config == {}
+
+
+def test_gguf_chat_template_survives_prune_save_load(tmp_path):
+    from slimgpt.generate import render_chat
+    from slimgpt.pipeline import PruneSettings, prune_model
+    meta = {"tokenizer.ggml.eos_token_id": 5, "tokenizer.chat_template": "{% for m in messages %}<{{ m['content'] }}>"
+                                                                           "{% endfor %}{{ eos_token }}"}
+    L = load_model(write_gguf(tmp_path / "m.gguf", tiny_model("tiny-gqa", seed=2), meta))
+    prune_model(L.model, calibration_windows(L.tokenizer, 4, 32), PruneSettings(ratio=0.3), progress=False,
+                log=lambda s: None)
+    out = save_pretrained(L.model, tmp_path / "p", L.tokenizer, tokenizer_config=L.tokenizer_config,
+                          generation_config=L.generation_config, inputs=(str(tmp_path / "m.gguf"),))
+    P = load_model(out)
+    assert P.tokenizer_config == L.tokenizer_config and P.generation_config == {"eos_token_id": 5}
+    assert render_chat(P.tokenizer_config, [{"role": "user", "content": "hi"}]) == "<hi>" + P.tokenizer.id_to_token(5)
+
+
 def _patch(offset, fmt, value):
     import struct
 
@@ -527,6 +611,16 @@ GGUF_CASES = [
     ("header_truncated_in_tokens", {}, None, _cut(2000), "truncated or corrupt GGUF header: tokenizer.ggml.tokens"),
     ("file_tiny", {}, None, _cut(10), "truncated GGUF file (10 bytes"),
     ("tensor_truncated", {}, None, _cut(-100), "is truncated"),
+    ("pad_id_outside_vocab", {"tokenizer.ggml.padding_token_id": 300}, None, None,
+     "tokenizer.ggml.padding_token_id 300 is not a token id (the vocabulary has 256 tokens)"),
+    ("chat_template_not_string", {"tokenizer.chat_template": [1, 2]}, None, None,
+     "tokenizer.chat_template must be a string"),
+    ("add_bos_not_bool", {"tokenizer.ggml.add_bos_token": 1}, None, None,
+     "tokenizer.ggml.add_bos_token must be true or false"),
+    ("rope_scaling_linear", {"llama.rope.scaling.type": "linear"}, None, None,
+     "rope scaling (linear) is not supported in GGUF files"),
+    ("rope_freqs_tensor", {}, lambda ts: ts.update({"rope_freqs.weight": np.ones(4, np.float32)}), None,
+     "rope scaling (rope_freqs.weight) is not supported in GGUF files"),
 ]
 
 

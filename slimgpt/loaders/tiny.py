@@ -2,7 +2,9 @@
 
 Each is well under 2 MB, uses a 256-token byte-level tokenizer, and covers one feature the
 pipeline must handle: MHA, GQA, per-layer heterogeneous shapes (uneven query→KV map), Qwen2-style
-q/k/v biases, untied embeddings.
+q/k/v biases, untied embeddings, Qwen3-style q/k norms with a head_dim that is not
+hidden/heads, LLaMA-3.x rope scaling (its original context is chosen so that the three
+frequency bands of the llama3 formula each get at least one of the 4 frequencies of head_dim 8).
 """
 from __future__ import annotations
 
@@ -24,6 +26,13 @@ TINY_CONFIGS = {
     "tiny-qwen2": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=80, tie_word_embeddings=False, attention_bias=True,
                        rope_theta=1000000.0),
+    "tiny-qwen3": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=24, intermediate_size=80, tie_word_embeddings=True, qk_norm=True,
+                       rope_theta=1000000.0),
+    "tiny-llama3": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
+                        intermediate_size=96, tie_word_embeddings=False, rope_theta=500000.0,
+                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
 }
 
 

@@ -15,6 +15,11 @@ ValueError), never a traceback from deep inside a parser and never a silently wr
 - `check_finite`: every weight tensor is finite (one exact pass per tensor, ~0.07 s for 135M weights).
 - `relative_file`: a file named inside a folder (shard index) must stay inside it.
 - `check_tokenizer_fits`: the tokenizer's largest id is below the model's vocab_size.
+- `check_tokenizer_config` / `check_generation_config`: the fields of tokenizer_config.json and
+  generation_config.json that slimgpt uses (special tokens, chat template, add_bos_token, token
+  ids) have the types transformers gives them.
+- `storage_dtype`: the dtype an input stores its weights in (float32, bfloat16, float16, float64,
+  or "quantized" for a GGUF file with quantized tensors).
 
 The structural invariants of a config (divisibility, per-layer maps) are `LlamaConfig.validate`;
 the loaders turn its ValueError into a CheckpointError naming the file.
@@ -211,6 +216,9 @@ def expected_shapes(cfg: LlamaConfig) -> dict:
             out[p + f"self_attn.{name}_proj.weight"] = shape
             if cfg.attention_bias:
                 out[p + f"self_attn.{name}_proj.bias"] = shape[:1]
+        if cfg.qk_norm:
+            out[p + "self_attn.q_norm.weight"] = (d,)
+            out[p + "self_attn.k_norm.weight"] = (d,)
         out[p + "self_attn.o_proj.weight"] = (D, H)
         if cfg.o_proj_bias:
             out[p + "self_attn.o_proj.bias"] = (D,)
@@ -298,3 +306,73 @@ def check_tokenizer_fits(tok, cfg: LlamaConfig, source: str) -> None:
     if n > cfg.vocab_size:
         raise CheckpointError(f"{source}: the tokenizer's vocabulary ({n} ids) is larger than the model's "
                               f"vocab_size ({cfg.vocab_size}); tokenizer and model do not belong together")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer metadata (tokenizer_config.json, generation_config.json) and storage dtype
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def check_tokenizer_config(tc, source: str) -> dict:
+    """A tokenizer_config.json object, with the fields slimgpt reads type-checked: the special
+    tokens (a string, an AddedToken-style object with a "content" string, or null), chat_template
+    (a string, or a list of {"name", "template"} objects as transformers writes named templates),
+    add_bos_token / add_eos_token (booleans). Other fields are kept as they are."""
+    f = Fields(tc, source, "a JSON object of tokenizer settings")
+    for name in SPECIAL_TOKENS:
+        v = f.raw(name, None)
+        if isinstance(v, dict):
+            v = v.get("content")
+            if not isinstance(v, str):
+                f.fail(name, "must be a string or an object with a \"content\" string")
+        elif v is not None and not isinstance(v, str):
+            f.fail(name, f"must be a string, got {_show(v)}")
+    for name in ("add_bos_token", "add_eos_token"):
+        f.boolean(name, None)
+    ct = f.raw("chat_template", None)
+    if isinstance(ct, list):
+        for i, t in enumerate(ct):
+            if not (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)):
+                f.fail(f"chat_template[{i}]", 'must be an object {"name": string, "template": string}')
+    elif ct is not None and not isinstance(ct, str):
+        f.fail("chat_template", f"must be a string (a Jinja template), got {kind_of(ct)}")
+    return tc
+
+
+def check_generation_config(gc, source: str) -> dict:
+    """A generation_config.json object: bos/eos/pad_token_id null, an id or a list of ids."""
+    f = Fields(gc, source, "a JSON object of generation settings")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        v = f.raw(name, None)
+        for x in (v if isinstance(v, list) else [v] if v is not None else []):
+            as_int(x, lambda msg: f.fail(name, msg if not isinstance(v, list) else f"entries {msg}"), 0, None)
+    return gc
+
+
+def special_token(tc: dict, name: str):
+    """tokenizer_config's `name` ("bos_token", ...) as a string, or None."""
+    v = tc.get(name)
+    if isinstance(v, dict):
+        v = v.get("content")
+    return v if isinstance(v, str) else None
+
+
+STORAGE_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                  torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+                  torch.float64: "float64"}
+
+
+def storage_dtype(counts: dict) -> str:
+    """The dtype holding most of an input's parameters, from {dtype: number of values} (keys as
+    in STORAGE_DTYPES, anything else counts as "quantized"); any quantized tensor makes the
+    whole input "quantized" (it loads as float32, which is what a pruned copy is then saved in)."""
+    named: dict = {}
+    for k, n in counts.items():
+        name = STORAGE_DTYPES.get(k, "quantized")
+        named[name] = named.get(name, 0) + n
+    if not named:
+        return "float32"
+    if "quantized" in named:
+        return "quantized"
+    return max(sorted(named), key=lambda k: named[k])
