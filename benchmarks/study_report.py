@@ -1,7 +1,14 @@
-"""Render the quality study (benchmarks/study.py) from its JSON cache: docs/study.md table and
-docs/img/study_ppl.png. Separate from the runner so a partial cache can be rendered at any time:
+"""Render the quality study (benchmarks/study.py) from its JSON cache: docs/study.md and the
+figures docs/img/study_*.png. Separate from the runner so a partial cache can be rendered at
+any time:
 
-    python benchmarks/study_report.py --cache out/study/results.json
+    python benchmarks/study_report.py                   # out/study/results.json -> docs/study.md
+
+Every sentence of the discussion is computed from the cached rows (means, seed ranges, ratios to
+dense), so re-rendering after more rows can never leave a stale claim behind. "Beyond the seed
+spread" means that the worst calibration seed of one configuration is better than the best seed
+of the other (both with at least two seeds); otherwise a difference is reported as within the
+spread, or as a single-seed observation.
 """
 from __future__ import annotations
 
@@ -10,58 +17,114 @@ import json
 import math
 from pathlib import Path
 
-# Display order and labels of the study rows (key -> label).
+# Display order and labels (variant -> label). Unknown variants are shown by name, last.
 LABELS = {
     "dense": "dense",
-    "slimgpt": "SlimGPT",
-    "magnitude": "magnitude",
-    "wanda-sp": "Wanda-sp",
+    "slimgpt": "SlimGPT (paper: log schedule)",
+    "auto": "SlimGPT, auto schedule",
+    "auto+bias": "SlimGPT, auto schedule + bias",
+    "slimgpt+bias": "SlimGPT + bias",
+    "slimgpt/flap-plan": "SlimGPT with FLAP's per-layer counts",
+    "slimgpt/gqa-group": "SlimGPT, whole KV groups (--gqa group)",
+    "auto/gqa-group": "SlimGPT, auto + whole KV groups",
+    "slimgpt/damp0.001": "SlimGPT, percdamp 0.001",
+    "slimgpt/damp0.1": "SlimGPT, percdamp 0.1",
+    "slimgpt/c128x512": "SlimGPT, 128 x 512 calibration",
+    "slimgpt/c64x2048": "SlimGPT, 64 x 2048 calibration",
+    "slimgpt/c16x2048": "SlimGPT, 16 x 2048 calibration",
+    "auto/c16x2048": "SlimGPT, auto schedule, 16 x 2048 calibration",
+    "auto+bias/c16x2048": "SlimGPT, auto + bias, 16 x 2048 calibration",
+    "auto/relative": "SlimGPT, auto schedule (residual-relative errors)",
+    "auto/relative/c16x2048": "SlimGPT, auto (residual-relative), 16 x 2048 calibration",
+    "auto/output": "SlimGPT, auto schedule (output-relative errors)",
+    "auto+bias/c128x512": "SlimGPT, auto + bias, 128 x 512 calibration",
     "flap": "FLAP",
+    "flap-nobias": "FLAP without bias",
+    "wanda-sp": "Wanda-sp",
+    "magnitude": "magnitude",
+    "slimgpt+lora": "SlimGPT + LoRA",
+    "auto+bias+lora": "SlimGPT, auto + bias + LoRA",
+    "flap+lora": "FLAP + LoRA",
+    "dense+lora": "dense + LoRA (control)",
     "no-compensation": "SlimGPT −compensation",
     "no-gcd": "SlimGPT −GCD",
     "no-dgs": "SlimGPT −DGS (group 128)",
+    "slimgpt/uniform": "SlimGPT, uniform schedule",
+    "slimgpt/log-decrease": "SlimGPT, log-decrease schedule",
+    "slimgpt/linear": "SlimGPT, linear schedule",
+    "slimgpt/linear-decrease": "SlimGPT, linear-decrease schedule",
+}
+PROTOCOLS = (("ppl128", "PPL@128"), ("ppl2048", "PPL@2048"))
+FAMILY = ("slimgpt", "auto", "auto+bias", "slimgpt/c16x2048", "auto/c16x2048", "auto+bias/c16x2048", "auto/relative",
+          "auto/output", "auto/relative/c16x2048", "slimgpt+bias", "slimgpt/flap-plan", "slimgpt/gqa-group", "auto/gqa-group",
+          "slimgpt/damp0.001", "slimgpt/damp0.1", "slimgpt/c128x512", "slimgpt/c64x2048", "auto+bias/c128x512")
+TARGETS = {  # (ratio, fine-tuned, protocol, factor of dense): the issue's targets
+    "20% without fine-tuning: PPL@2048 ≤ 1.6 × dense": (0.2, False, "ppl2048", 1.6),
+    "20% with LoRA recovery: PPL@2048 ≤ 1.3 × dense": (0.2, True, "ppl2048", 1.3),
+    "50% without fine-tuning: PPL@2048 ≤ 4 × dense": (0.5, False, "ppl2048", 4.0),
 }
 
 
-# Written by hand after a full run (kept here so re-rendering does not lose it).
-DISCUSSION = """
-Run of 2026-11-23 (SmolLM2-135M-Instruct, 32 x 256 C4 calibration tokens, token-budgeted PPL). For time,
-the matrix ran as three parallel `--only` processes with separate `--cache` files, folded together with
-`python benchmarks/study_report.py --merge ...`; the settings were identical.
-
-- **20%.** SlimGPT (140.1 / 46.3) is below magnitude (3.6M: magnitude alone destroys the model,
-  as in Torch-Pruning's LLM example), below Wanda-sp (148.0 / 49.2, a narrow margin) and far below
-  its own no-compensation ablation (477.7 / 120.1): the OBS update is what makes the selection
-  work. **FLAP beats SlimGPT at 20%** (127.7 / 38.6). FLAP chooses its own per-layer split for
-  the same parameter budget (it also prunes ~112k more parameters through whole KV heads) and
-  compensates with a bias; SlimGPT's log schedule uses the endpoints tuned for 32-layer LLaMA-7B.
-- **50%.** SlimGPT (343 / 123) is below every baseline: Wanda-sp 814 / 285, FLAP 3,210 / 2,119
-  (its global threshold is very uneven: layer 0 keeps 330 of 1,536 channels, the last layer 150,
-  layer 16 one head, while four layers keep their whole FFN), no-compensation
-  38,760 / 10,767, magnitude 927k. The paper's ordering (SlimGPT < magnitude, Wanda-sp,
-  no-compensation at 20% and 50%) reproduces; FLAP is not in the paper's tables.
-- **Schedules at 50%** (Table 6's ordering): log-increase 343 < uniform 385 < log-decrease 572 <
-  linear-decrease 1,864 at 128 tokens (123 < 151 < 184 < 1,273 at 2048). The ordering reproduces;
-  the gaps are far smaller than on LLaMA-7B (38.8 / 123.1 / 380.7 / 932.6), as expected for a
-  30-layer 135M model whose errors compound over fewer, narrower layers.
-- **Linear-increase** (489 / 186) is *worse* than uniform here, unlike Table 6 (46.6, between
-  log and uniform): with the mean held at 50% and r₀ = 0.156, the linear ramp ends at 0.84, so
-  the last layers keep 1-2 of 9 heads and ~250 of 1,536 channels. The paper's linear rows used
-  other endpoints (3.34b, a more aggressive mean), so this row is not a like-for-like replication.
-- Absolute PPLs are high because the model is tiny, 4-bit-quantized and instruction-tuned, the
-  calibration is small (8k tokens against the paper's 524k), and there is no fine-tuning; the
-  dense model scores 64.0 / 18.8 on the same token budgets (56.1 / 21.6 on the full test set).
-- **−GCD at 50%** (head errors from the plain diagonal of H⁻¹): 344.7 / 127.3 against 343.3 /
-  122.7, the same direction as Table 5 (38.8 → 54.9) but a small effect with 9 heads per layer.
-- Not run in the time available (the script resumes them): −DGS at 20% and 50%, −GCD at 20%. Single seed: differences of a few percent (SlimGPT vs Wanda-sp at 20%)
-  are within what another calibration seed could change.
-"""
-
-
 def load(cache: Path) -> dict:
-    if cache.exists():
-        return json.loads(cache.read_text())
+    if Path(cache).exists():
+        return json.loads(Path(cache).read_text())
     return {"settings": {}, "results": {}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation over seeds
+
+class Agg:
+    """The seeds of one (variant, ratio): mean, min and max of each protocol."""
+
+    def __init__(self, variant: str, ratio: float, rows: list):
+        self.variant, self.ratio, self.rows = variant, ratio, sorted(rows, key=lambda r: r.get("seed", 0))
+        self.n = len(rows)
+        self.seeds = [r.get("seed", 0) for r in self.rows]
+
+    def values(self, field):
+        return [r[field] for r in self.rows if r.get(field) is not None]
+
+    def mean(self, field):
+        v = self.values(field)
+        return math.exp(sum(math.log(x) for x in v) / len(v)) if v else None     # geometric mean of PPL
+
+    def lo(self, field):
+        v = self.values(field)
+        return min(v) if v else None
+
+    def hi(self, field):
+        v = self.values(field)
+        return max(v) if v else None
+
+    def spread(self, field):
+        """Half the seed range relative to the mean (±%), None for one seed."""
+        v = self.values(field)
+        return None if len(v) < 2 else 100 * (max(v) - min(v)) / 2 / self.mean(field)
+
+    @property
+    def label(self):
+        return LABELS.get(self.variant, self.variant)
+
+    @property
+    def params(self):
+        return self.rows[0].get("params")
+
+    def first(self, field):
+        return next((r[field] for r in self.rows if r.get(field) is not None), None)
+
+
+def aggregate(results: dict) -> dict:
+    groups: dict = {}
+    for r in results.values():
+        v = r.get("variant") or r.get("method")
+        groups.setdefault((v, float(r.get("ratio", 0.0))), []).append(r)
+    return {k: Agg(k[0], k[1], rows) for k, rows in groups.items()}
+
+
+def _order(a: Agg):
+    names = list(LABELS)
+    return (a.ratio, names.index(a.variant) if a.variant in names else 99, a.variant)
 
 
 def _fmt(x, nd=2):
@@ -69,194 +132,430 @@ def _fmt(x, nd=2):
         return "—"
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
         return "∞" if x == math.inf else "nan"
-    if x >= 1000:
+    if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.{nd}f}"
 
 
-def row_sort_key(r: dict):
-    order = list(LABELS)
-    sched_order = ["log", "linear", "uniform", "log-decrease", "linear-decrease"]
-    return (r.get("ratio", 0.0), order.index(r["method"]) if r["method"] in order else 99,
-            sched_order.index(r.get("schedule")) if r.get("schedule") in sched_order else 99)
+def _cell(a: Agg, field):
+    m = a.mean(field)
+    if m is None:
+        return "—"
+    if a.n < 2:
+        return _fmt(m)
+    return f"{_fmt(m)} [{_fmt(a.lo(field))}–{_fmt(a.hi(field))}]"
 
 
-def table(results: dict) -> str:
-    rows = sorted(results.values(), key=row_sort_key)
-    out = ["| ratio | method | schedule | parameters kept | % of dense | PPL @128 | PPL @2048 | pruning time (s) |",
+# ----------------------------------------------------------------------------------------------
+# Comparisons (the only source of the discussion's claims)
+
+def compare(a: Agg, b: Agg, field: str) -> dict:
+    """How a compares with b on one protocol (lower is better)."""
+    ma, mb = a.mean(field), b.mean(field)
+    if ma is None or mb is None:
+        return {}
+    pct = 100 * (ma - mb) / mb
+    both = a.n >= 2 and b.n >= 2
+    if both and a.hi(field) < b.lo(field):
+        verdict = "better beyond the seed spread"
+    elif both and a.lo(field) > b.hi(field):
+        verdict = "worse beyond the seed spread"
+    elif both:
+        verdict = "within the seed spread"
+    else:
+        verdict = "single seed"
+    paired = None
+    sa = {r.get("seed"): r.get(field) for r in a.rows}
+    sb = {r.get("seed"): r.get(field) for r in b.rows}
+    common = [s for s in sa if s in sb and sa[s] is not None and sb[s] is not None]
+    if len(common) >= 2:
+        paired = sum(sa[s] < sb[s] for s in common), len(common)
+    return {"a": ma, "b": mb, "pct": pct, "verdict": verdict, "paired": paired}
+
+
+def _cmp_text(a: Agg, b: Agg, field: str, proto: str) -> str:
+    c = compare(a, b, field)
+    if not c:
+        return ""
+    word = "lower" if c["pct"] < 0 else "higher"
+    s = (f"{proto} {_fmt(c['a'])} vs {_fmt(c['b'])} ({abs(c['pct']):.1f}% {word}; {c['verdict']}")
+    if c["paired"]:
+        s += f"; lower on {c['paired'][0]} of {c['paired'][1]} paired seeds"
+    return s + ")"
+
+
+def _sp(a: Agg, field) -> str:
+    sp = a.spread(field)
+    return f"±{sp:.1f}% over {a.n} seeds" if sp is not None else "one seed"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+def results_table(aggs: dict, dense: Agg | None, keys=None) -> str:
+    out = ["| ratio | configuration | parameters | seeds | PPL@128 mean [min–max] | PPL@2048 mean [min–max] | "
+           "@2048 × dense | prune s |",
            "|---|---|---|---|---|---|---|---|"]
-    dense = next((r for r in rows if r["method"] == "dense"), None)
-    for r in rows:
-        pct = f"{100 * r['params'] / dense['params']:.1f}" if dense and r.get("params") else "—"
-        out.append("| {ratio} | {m} | {s} | {p:,} | {pct} | {a} | {b} | {t} |".format(
-            ratio=f"{r['ratio']:.0%}" if r["method"] != "dense" else "0%",
-            m=LABELS.get(r["method"], r["method"]), s=r.get("schedule") or "—",
-            p=r.get("params", 0), pct=pct, a=_fmt(r.get("ppl128")), b=_fmt(r.get("ppl2048")),
-            t=_fmt(r.get("prune_s"), 0) if r.get("prune_s") is not None else "—"))
+    d2048 = dense.mean("ppl2048") if dense else None
+    for a in sorted(aggs.values(), key=_order):
+        if keys is not None and a.variant not in keys:
+            continue
+        ratio = "0%" if a.variant.startswith("dense") else f"{a.ratio:.0%}"
+        x = f"{a.mean('ppl2048') / d2048:.2f}" if d2048 and a.mean("ppl2048") else "—"
+        ps = a.values("prune_s")
+        out.append(f"| {ratio} | {a.label} | {a.params:,} | {','.join(map(str, a.seeds))} | {_cell(a, 'ppl128')} | "
+                   f"{_cell(a, 'ppl2048')} | {x} | {_fmt(sum(ps) / len(ps), 0) if ps else '—'} |")
     return "\n".join(out)
 
 
-def plot(results: dict, path: Path) -> None:
+def _get(aggs, v, r):
+    return aggs.get((v, float(r)))
+
+
+def key_findings(aggs: dict, dense: Agg | None) -> list[str]:
+    lines = []
+    for r in (0.2, 0.5):
+        s, f = _get(aggs, "slimgpt", r), _get(aggs, "flap", r)
+        if s and f:
+            for field, proto in PROTOCOLS:
+                lines.append(f"- {r:.0%}, SlimGPT (paper) vs FLAP: " + _cmp_text(s, f, field, proto) + ".")
+        w = _get(aggs, "wanda-sp", r)
+        if s and w:
+            lines.append(f"- {r:.0%}, SlimGPT (paper) vs Wanda-sp: " + _cmp_text(s, w, "ppl2048", "PPL@2048") + ".")
+        if s:
+            lines.append(f"- {r:.0%}, calibration-seed spread of SlimGPT (paper): PPL@128 {_sp(s, 'ppl128')}, "
+                         f"PPL@2048 {_sp(s, 'ppl2048')}.")
+        # the best SlimGPT-family configuration without fine-tuning vs FLAP
+        fam = [a for a in (_get(aggs, v, r) for v in FAMILY) if a and a.mean("ppl2048")]
+        if fam and f:
+            best = min(fam, key=lambda a: a.mean("ppl2048"))
+            texts = [_cmp_text(best, f, field, proto) for field, proto in PROTOCOLS]
+            beats = all(compare(best, f, fl).get("verdict") == "better beyond the seed spread" for fl, _ in PROTOCOLS)
+            lines.append(f"- {r:.0%}, best SlimGPT-family configuration by PPL@2048 is **{best.label}**; vs FLAP: "
+                         + "; ".join(texts) + (". It is below FLAP on both protocols beyond the seed spread."
+                                               if beats else ". It is not below FLAP on both protocols beyond the "
+                                                             "seed spread."))
+    return lines
+
+
+HYPOTHESES = [
+    # (variant, against, ratio, what it tests)
+    ("slimgpt/flap-plan", "slimgpt", 0.2, "FLAP's per-layer allocation (its global threshold) instead of the log "
+                                          "schedule, SlimGPT's OBS kept"),
+    ("slimgpt/flap-plan", "slimgpt", 0.5, "FLAP's per-layer allocation at 50%"),
+    ("auto", "slimgpt", 0.2, "the data-driven schedule (--schedule auto) instead of the log schedule"),
+    ("auto", "slimgpt", 0.5, "the data-driven schedule at 50%"),
+    ("slimgpt+bias", "slimgpt", 0.2, "FLAP's mean-shift bias compensation added to SlimGPT's OBS"),
+    ("slimgpt+bias", "slimgpt", 0.5, "bias compensation at 50%"),
+    ("auto+bias", "auto", 0.2, "bias compensation on top of the auto schedule"),
+    ("auto+bias", "auto", 0.5, "bias compensation on top of the auto schedule at 50%"),
+    ("flap-nobias", "flap", 0.2, "FLAP without its bias compensation"),
+    ("slimgpt/gqa-group", "slimgpt", 0.2, "pruning whole KV groups (a KV head with its 3 query heads)"),
+    ("auto/gqa-group", "auto", 0.2, "whole KV groups under the auto schedule"),
+    ("slimgpt/damp0.001", "slimgpt", 0.2, "damping 0.001 instead of 0.01"),
+    ("slimgpt/damp0.1", "slimgpt", 0.2, "damping 0.1 instead of 0.01"),
+    ("slimgpt/c128x512", "slimgpt", 0.2, "128 x 512 calibration tokens (8x) instead of 32 x 256"),
+    ("slimgpt/c64x2048", "slimgpt", 0.2, "64 x 2048 calibration tokens (16x)"),
+    ("slimgpt/c16x2048", "slimgpt", 0.2, "16 x 2048 calibration tokens (4x, 8x longer windows)"),
+    ("auto/c16x2048", "auto", 0.2, "16 x 2048 calibration for the auto schedule"),
+    ("auto/relative", "auto", 0.2, "auto errors relative to the residual energy instead of gradient-weighted"),
+    ("auto/output", "auto", 0.2, "auto errors relative to each module's output energy"),
+    ("auto/relative/c16x2048", "auto/relative", 0.2, "16 x 2048 calibration for the residual-relative auto schedule"),
+    ("auto+bias/c128x512", "auto+bias", 0.2, "128 x 512 calibration for auto + bias"),
+    ("auto+bias/c128x512", "auto+bias", 0.5, "128 x 512 calibration for auto + bias at 50%"),
+]
+
+
+def hypotheses(aggs: dict) -> list[str]:
+    out = ["| ratio | change | configuration vs reference | PPL@128 | PPL@2048 |", "|---|---|---|---|---|"]
+    for v, ref, r, what in HYPOTHESES:
+        a, b = _get(aggs, v, r), _get(aggs, ref, r)
+        if not (a and b):
+            continue
+        cells = []
+        for field, _ in PROTOCOLS:
+            c = compare(a, b, field)
+            cells.append(f"{_fmt(c['a'])} vs {_fmt(c['b'])} ({c['pct']:+.1f}%, {c['verdict']})" if c else "—")
+        out.append(f"| {r:.0%} | {what} | {a.label} vs {b.label} | {cells[0]} | {cells[1]} |")
+    return out if len(out) > 2 else []
+
+
+def kv_heads_note(aggs: dict) -> list[str]:
+    """How many KV heads each method drops (the KV-head hypothesis), from the recorded shapes."""
+    lines = []
+    for r in (0.2, 0.5):
+        parts = []
+        for v in ("slimgpt", "flap", "auto+bias", "slimgpt/flap-plan"):
+            a = _get(aggs, v, r)
+            if a and a.first("kv_kept"):
+                kv = a.rows[0]["kv_kept"]
+                lost = 3 * len(kv) - sum(kv)
+                parts.append(f"{a.label} {lost} of {3 * len(kv)} KV heads (seed {a.seeds[0]})")
+        if parts:
+            lines.append(f"- {r:.0%}: KV heads removed: " + "; ".join(parts) + ". A KV head leaves with the last query "
+                         "head that reads it (under --gqa query), and carries 73,728 parameters, like a query head.")
+    return lines
+
+
+def recovery(aggs: dict, dense: Agg | None) -> list[str]:
+    out = ["| ratio | configuration | PPL@128 before → after | PPL@2048 before → after | @2048 × dense after | "
+           "steps × windows × tokens | fine-tune wall s |", "|---|---|---|---|---|---|---|"]
+    d = dense.mean("ppl2048") if dense else None
+    for a in sorted(aggs.values(), key=_order):
+        if not a.variant.endswith("+lora"):
+            continue
+        ft = a.rows[0].get("finetune") or {}
+        st = ft.get("settings", {})
+        x = f"{a.mean('ppl2048') / d:.2f}" if d else "—"
+        b128 = math.exp(sum(math.log(r["ppl128_before"]) for r in a.rows) / a.n)
+        b2048 = math.exp(sum(math.log(r["ppl2048_before"]) for r in a.rows) / a.n)
+        out.append(f"| {a.ratio:.0%} | {a.label} ({a.n} seed{'s' if a.n > 1 else ''}) | {_fmt(b128)} → "
+                   f"{_cell(a, 'ppl128')} | {_fmt(b2048)} → {_cell(a, 'ppl2048')} | {x} | "
+                   f"{st.get('steps')} × {st.get('batch')} × {st.get('seqlen')} = {ft.get('tokens', 0):,} | "
+                   f"{_fmt(ft.get('seconds'), 0)} |")
+    return out if len(out) > 2 else []
+
+
+def targets(aggs: dict, dense: Agg | None) -> list[str]:
+    out = []
+    if not dense:
+        return out
+    for name, (r, tuned, field, factor) in TARGETS.items():
+        pool = [a for a in aggs.values() if a.ratio == r and a.mean(field) and
+                (a.variant.endswith("+lora") == tuned) and
+                (a.variant.replace("+lora", "") in FAMILY)]
+        if not pool:
+            out.append(f"- {name}: no SlimGPT-family row yet.")
+            continue
+        best = min(pool, key=lambda a: a.mean(field))
+        x = best.mean(field) / dense.mean(field)
+        worst = best.hi(field) / dense.mean(field)
+        status = "**met**" if x <= factor else "**missed**"
+        seeds = f" (worst of {best.n} seeds {worst:.2f} ×)" if best.n > 1 else " (one seed)"
+        out.append(f"- {name}: {status} — best {best.label}: {_fmt(best.mean(field))} = {x:.2f} × dense{seeds}.")
+    # FLAP target: a SlimGPT-family configuration below FLAP on both protocols beyond the seed spread
+    f = _get(aggs, "flap", 0.2)
+    if f:
+        winners = [a for a in (_get(aggs, v, 0.2) for v in FAMILY) if a and all(
+            compare(a, f, fl).get("verdict") == "better beyond the seed spread" for fl, _ in PROTOCOLS)]
+        if winners:
+            out.append("- 20%: below FLAP on both protocols beyond the seed spread: **met** by "
+                       + ", ".join(w.label for w in winners) + ".")
+        else:
+            out.append("- 20%: a SlimGPT-family configuration below FLAP on both protocols beyond the seed spread: "
+                       "**not met** (yet) — see the comparisons above.")
+    return out
+
+
+def auto_cost(aggs: dict) -> list[str]:
+    lines = []
+    for r in (0.2, 0.5):
+        s, a = _get(aggs, "slimgpt", r), _get(aggs, "auto", r) or _get(aggs, "auto+bias", r)
+        if s and a and s.values("prune_s") and a.values("prune_s"):
+            ps, pa = (sum(x.values("prune_s")) / len(x.values("prune_s")) for x in (s, a))
+            lines.append(f"- {r:.0%}: a prune with --schedule auto took {_fmt(pa, 0)} s against {_fmt(ps, 0)} s for "
+                         f"the log schedule ({pa / ps:.2f} ×, wall clock on the shared machine, means over seeds).")
+    return lines
+
+
+def allocation_note(aggs: dict) -> list[str]:
+    lines = []
+    for r in (0.2, 0.5):
+        parts = []
+        for v in ("slimgpt", "auto+bias", "flap"):
+            a = _get(aggs, v, r)
+            if a and a.first("heads_kept"):
+                h, f = a.rows[0]["heads_kept"], a.rows[0]["ffn_kept"]
+                parts.append(f"{a.label}: heads kept {min(h)}–{max(h)} per layer ({sum(h)} in all), FFN kept "
+                             f"{min(f)}–{max(f)} ({sum(f):,}); first/last layer FFN {f[0]}/{f[-1]}")
+        if parts:
+            lines.append(f"- {r:.0%} (seed 0): " + "; ".join(parts) + ".")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+def plot_sweep(aggs: dict, dense: Agg | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(results.values())
-    dense = next((r for r in rows if r["method"] == "dense"), None)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, key, title in [(axes[0], "ppl128", "WikiText-2 PPL, 128-token chunks"),
-                           (axes[1], "ppl2048", "WikiText-2 PPL, 2048-token windows")]:
-        series: dict[tuple, list] = {}
-        for r in rows:
-            if r["method"] == "dense" or r.get(key) is None:
+    series = ["slimgpt", "auto+bias", "flap", "slimgpt+lora", "auto+bias+lora", "flap+lora"]
+    style = {"slimgpt": ("C0", "-"), "auto+bias": ("C2", "-"), "flap": ("C3", "-"),
+             "slimgpt+lora": ("C0", "--"), "auto+bias+lora": ("C2", "--"), "flap+lora": ("C3", "--")}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, (field, proto) in zip(axes, PROTOCOLS):
+        for v in series:
+            pts = sorted((a.ratio, a) for a in aggs.values() if a.variant == v and a.mean(field))
+            if not pts:
                 continue
-            if r.get("schedule") not in (None, "log") and r["method"] == "slimgpt":
-                label = f"SlimGPT ({r['schedule']})"
-            elif r.get("schedule") not in (None, "log"):
-                label = f"{LABELS.get(r['method'], r['method'])} ({r['schedule']})"
-            else:
-                label = LABELS.get(r["method"], r["method"])
-            series.setdefault(label, []).append((r["ratio"], r[key]))
-        for label, pts in sorted(series.items()):
-            pts = sorted(pts)
-            if dense and dense.get(key) is not None:
-                pts = [(0.0, dense[key])] + pts
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=label, linewidth=2.2 if label == "SlimGPT" else 1.2)
+            xs = [100 * r for r, _ in pts]
+            ys = [a.mean(field) for _, a in pts]
+            err = [[a.mean(field) - a.lo(field) for _, a in pts], [a.hi(field) - a.mean(field) for _, a in pts]]
+            c, ls = style[v]
+            ax.errorbar(xs, ys, yerr=err, color=c, linestyle=ls, marker="o", capsize=3, label=LABELS[v])
+        if dense and dense.mean(field):
+            ax.axhline(dense.mean(field), color="k", linewidth=0.8, linestyle=":", label="dense")
         ax.set_yscale("log")
-        ax.set_xlabel("pruning ratio (target)")
-        ax.set_ylabel("perplexity (log scale)")
-        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("pruned share of prunable decoder parameters (%)")
+        ax.set_ylabel(f"WikiText-2 {proto} (log scale)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left")
-    fig.suptitle("SmolLM2-135M: SlimGPT vs baselines and ablations (no fine-tuning)", fontsize=11)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M: PPL vs ratio (mean over seeds, bars = seed range; dashed = after LoRA recovery)",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _get(results, key, field="ppl128"):
-    r = results.get(key)
-    return None if r is None else r.get(field)
+def plot_allocation(aggs: dict, path: Path) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def checks(results: dict) -> list[str]:
-    """The paper's orderings, checked on whatever results exist."""
-    out = []
-    for r in (0.2, 0.5):
-        for field, proto in (("ppl128", "@128"), ("ppl2048", "@2048")):
-            s = _get(results, f"slimgpt@{r}", field)
-            if s is None:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6), sharex=True)
+    for col, r in enumerate((0.2, 0.5)):
+        for v, c in (("slimgpt", "C0"), ("auto+bias", "C2"), ("auto", "C1"), ("flap", "C3")):
+            a = _get(aggs, v, r)
+            if not (a and a.first("heads_kept")):
                 continue
-            for other in ("magnitude", "wanda-sp", "no-compensation", "flap", "no-gcd", "no-dgs"):
-                o = _get(results, f"{other}@{r}", field)
-                if o is None:
-                    continue
-                verdict = "yes" if s < o else "**no**"
-                out.append(f"| {r:.0%} | {proto} | SlimGPT < {LABELS[other]} | {s:.2f} vs {o:.2f} | {verdict} |")
-    for field, proto in (("ppl128", "@128"), ("ppl2048", "@2048")):
-        lg = _get(results, "slimgpt@0.5", field)
-        for sched in ("uniform", "log-decrease", "linear", "linear-decrease"):
-            o = _get(results, f"slimgpt-{sched}@0.5", field)
-            if lg is None or o is None:
-                continue
-            verdict = "yes" if lg < o else "**no**"
-            out.append(f"| 50% | {proto} | log-increase < {sched} | {lg:.2f} vs {o:.2f} | {verdict} |")
-    return out
+            row = a.rows[0]
+            axes[0, col].plot(row["heads_kept"], color=c, marker=".", label=a.label)
+            axes[1, col].plot(row["ffn_kept"], color=c, marker=".", label=a.label)
+        axes[0, col].set_title(f"{r:.0%}: query heads kept per layer (of 9)", fontsize=9)
+        axes[1, col].set_title(f"{r:.0%}: FFN channels kept per layer (of 1536)", fontsize=9)
+        axes[1, col].set_xlabel("layer")
+        for ax in axes[:, col]:
+            ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def write_doc(data: dict, doc: Path, plot_path: Path) -> None:
+# ----------------------------------------------------------------------------------------------
+
+def write_doc(data: dict, doc: Path, img: Path) -> None:
     st = data.get("settings", {})
     res = data.get("results", {})
-    plot(res, plot_path)
+    aggs = aggregate(res)
+    dense = aggs.get(("dense", 0.0))
+    img = Path(img)
+    if img.suffix:                          # an old caller passing the PNG path
+        img = img.parent
+    have_plots = bool(res)
+    if have_plots:
+        plot_sweep(aggs, dense, img / "study_ppl.png")
+        plot_allocation(aggs, img / "study_alloc.png")
+    main_keys = ("dense", "slimgpt", "flap", "wanda-sp", "auto", "auto+bias")
+    ft = st.get("lora", {})
     lines = [
-        "# Quality study: SlimGPT against baselines and ablations on SmolLM2-135M",
+        "# Quality study: SlimGPT, a data-driven schedule, recovery, and the baselines on SmolLM2-135M",
         "",
-        "*Generated by `benchmarks/study.py` (re-rendered after every configuration; "
-        f"{len(res)} configurations done). Edit the generator, not this file.*",
+        f"*Generated by `benchmarks/study.py` / `benchmarks/study_report.py` from `out/study/results.json` "
+        f"({len(res)} configurations). Every number and every sentence below is computed from that cache; "
+        "edit the generator, not this file.*",
         "",
         "## Settings",
         "",
-        f"- Command: `{st.get('command', 'python benchmarks/study.py')}`",
         f"- Model: {st.get('model', '')}; 30 layers, 9 query heads over 3 KV heads (GQA), FFN 1536.",
-        f"- Calibration: {st.get('calibration', '')}; damping percdamp = {st.get('percdamp', '')}.",
-        f"- PPL @128: {st.get('ppl128', '')} (the SlimGPT/LLM-Pruner protocol on a token budget).",
-        f"- PPL @2048: {st.get('ppl2048', '')} (the Wanda/SparseGPT protocol on a token budget).",
-        f"- torch {st.get('torch', '')}, {st.get('threads', '')} threads, CPU only; one seed; no fine-tuning. "
-        "SlimGPT rows use the C++ core (`backend=cpu`: float32 OBS algebra on the float64-accumulated H), "
-        "~30x faster than the NumPy reference on this machine; pruning times are wall-clock on a 2-core machine "
-        "shared with other jobs (load 7-12 during the run), so they are only indicative.",
-        "- Schedules (`slimgpt.pipeline.layer_ratios` → `slimgpt.reference.ipr_for_target`, mean ratio = target): "
-        "`log` = Eq. 6 log-increase, r₀ → r₂₉ = 0.0625 → 0.2504 at 20% and 0.1562 → 0.6261 at 50%; `linear` = same r₀, "
-        "0.1562 → 0.8438 at 50%; `uniform` = target in every layer; `*-decrease` = the list reversed. Layer i prunes "
-        "round(9·rᵢ) query heads; FFN channels start from round(1536·rᵢ) and the pipeline re-apportions them so that "
-        "ratio × (prunable decoder parameters) is hit within one channel (1,728 parameters), hence the near-equal "
-        "parameter counts of all non-FLAP rows. FLAP (`--method flap`) makes its own per-layer split for the same budget "
-        "(global threshold); under GQA it may also drop whole KV heads, so it lands slightly lower.",
-        "- Structures: a head = its 64 q_proj rows + 64 o_proj columns (k/v are shared by 3 query heads under GQA "
-        "and are kept); an FFN channel = gate row + up row + down column. Magnitude = Σ of squared entries of "
-        "exactly those weights; Wanda-sp = Σ_j Σ_i |W_ij|·‖X_j‖₂ over the structure's o_proj/down_proj input "
-        "columns; FLAP = WIFV fluctuation (sample variance × ‖W[:,j]‖², squared for attention as FLAP's code), "
-        "standardized per layer and module, global cost-weighted threshold, bias compensation "
-        "b += W[:,P]·mean(X_P). FLAP's statistics come from the dense model (as FLAP's code); the other "
-        "methods run the sequential layer loop of spec §6.3 (attention, re-forward, FFN, propagate).",
-        "- SlimGPT ablations: −compensation = OBS selection, pruned columns zeroed, no update of the others; "
-        "−GCD = head errors from the plain diagonal of H⁻¹; −DGS = FFN channels in fixed groups of 128.",
-        "- Parameters are counted on the physically shrunk model, embeddings (tied lm_head) included: "
-        "dense 134,515,008, of which 28.3M are the embedding.",
+        f"- Calibration: {st.get('calibration', '')}; damping percdamp = {st.get('percdamp', '')}. A configuration's "
+        "seeds differ only in the calibration windows drawn.",
+        f"- PPL@128: {st.get('ppl128', '')} (the SlimGPT / LLM-Pruner protocol on a token budget).",
+        f"- PPL@2048: {st.get('ppl2048', '')} (the Wanda / SparseGPT protocol on a token budget).",
+        f"- torch {st.get('torch', '')}, CPU only ({st.get('cpus', '?')} cores shared with other jobs, so the times "
+        "are wall clock and only indicative). PPL means are geometric means over the seeds, with [min–max].",
+        "- Every pruned row removes the same number of parameters (the target ratio of the prunable decoder "
+        "parameters, within one FFN channel), except FLAP and SlimGPT-with-FLAP's-counts, whose global threshold "
+        "may remove KV heads the budget does not foresee (see the parameter column).",
+        "- The faithful SlimGPT is the `slimgpt` row: the log-increasing IPR schedule and the paper's settings, still "
+        "the default of `slimgpt prune`. Everything else named below is **beyond the paper**: `--schedule auto` "
+        "(slimgpt/autoschedule.py), `--bias-compensation`, `--gqa group` with SlimGPT, larger calibration, and "
+        "`slimgpt finetune` (LoRA recovery, slimgpt/finetune.py).",
+        f"- LoRA recovery rows: {ft.get('steps')} steps × {ft.get('batch')} windows × {ft.get('seqlen')} tokens of the "
+        f"C4 calibration pool (docs 1000-1999, last 2% held out for a validation loss), rank {ft.get('rank')}, peak "
+        f"lr {ft.get('lr')}, on q/k/v/o/gate/up/down, merged after training; WikiText-2 is never trained on.",
         "",
-        "## Running one configuration yourself",
+        "## The data-driven schedule (`--schedule auto`)",
+        "",
+        "For every layer and module, greedy OBS removal on the dense model's calibration statistics gives an error "
+        "curve (error after each removed head or block of 32 channels), weighted by the second moment of the loss "
+        "gradient at the residual stream where the module writes (a K-FAC estimate of the loss increase); one "
+        "global threshold over the convex hulls of all curves chooses each layer's heads and channels for the "
+        "parameter budget, and SlimGPT's pipeline then prunes layer by layer as usual. See the module docstring of "
+        "slimgpt/autoschedule.py. Its chosen counts are in the manifest (`ratios` = FFN channel fractions, "
+        "`layers[i].heads_kept` etc.).",
+        "",
+        *auto_cost(aggs),
+        "",
+        "## Key results (means over calibration seeds)",
+        "",
+        results_table(aggs, dense, main_keys),
+        "",
+        *key_findings(aggs, dense),
+        "",
+        "## Targets",
+        "",
+        *targets(aggs, dense),
+        "",
+        "## Why FLAP led at 20%: the hypotheses, one number each",
+        "",
+        "Each row changes one thing against its reference configuration (same seeds where both have them).",
+        "",
+        *hypotheses(aggs),
+        "",
+        *kv_heads_note(aggs),
+        "",
+        "Per-layer allocations (first seed):",
+        "",
+        *allocation_note(aggs),
+        "",
+        "![allocation](img/study_alloc.png)" if have_plots else "",
+        "",
+        "## Recovery fine-tuning (LoRA)",
+        "",
+        *recovery(aggs, dense),
+        "",
+        "## PPL vs ratio",
+        "",
+        "![PPL vs ratio](img/study_ppl.png)" if have_plots else "",
+        "",
+        "## All configurations",
+        "",
+        results_table(aggs, dense),
+        "",
+        "## Reproducing a row",
+        "",
+        "Every row is one command of the study runner (cached, resumable), and the same model comes out of the CLI:",
         "",
         "```bash",
-        "slimgpt prune --model smollm2-135m --ratio 0.5 --method wanda-sp --nsamples 32 --seqlen 256 --out pruned-wanda",
-        "slimgpt prune --model smollm2-135m --ratio 0.5 --method flap --out pruned-flap      # global plan + biases",
-        "slimgpt prune --model smollm2-135m --ratio 0.5 --no-gcd --out pruned-nogcd         # SlimGPT ablations:",
-        "slimgpt prune --model smollm2-135m --ratio 0.5 --fixed-group 128 --out pruned-nodgs  #   --no-compensation,",
-        "slimgpt prune --model smollm2-135m --ratio 0.5 --schedule uniform --out pruned-unif   #   --no-gcd, --fixed-group",
+        "python benchmarks/study.py --list                      # the queue, done / to do, and each row's CLI command",
+        "python benchmarks/study.py --only 'auto+bias@0.2#s1'   # one row (globs work: 'slimgpt@*#s*')",
+        "python benchmarks/study_report.py                      # re-render this page from the cache",
         "```",
         "",
-        "```python",
-        "from slimgpt.loaders import load_model",
-        "from slimgpt.pipeline import PruneSettings, prune_model",
-        "from slimgpt.textdata import calibration_windows",
-        "from slimgpt.baselines_methods import PLANNERS   # importing it registers magnitude / wanda-sp / flap",
-        "",
-        "m = load_model('smollm2-135m')",
-        "calib = calibration_windows(m.tokenizer, 32, 256, seed=0)",
-        "s = PruneSettings(ratio=0.5, method='flap')      # or compensate=False, gcd=False,",
-        "                                                  # method_options={'group_sizes': 128}, schedule='uniform'",
-        "counts = PLANNERS[s.method](m.model, calib, s) if s.method in PLANNERS else None",
-        "result = prune_model(m.model, calib, s, counts=counts)",
-        "```",
-        "",
-        "## Results",
-        "",
-        table(res),
-        "",
-        "![PPL vs ratio](img/study_ppl.png)",
-        "",
-        "## Does the paper's ordering reproduce?",
-        "",
-        "| ratio | protocol | claim | PPL (SlimGPT vs other) | holds |",
-        "|---|---|---|---|---|",
-        *checks(res),
+        "| configuration | CLI |",
+        "|---|---|",
+        *sorted({f"| {LABELS.get(r.get('variant'), r.get('variant'))} | `{r.get('command')}` |"
+                 for r in res.values() if r.get("seed", 0) == 0 and r.get("ratio") in (0.0, 0.2)}),
         "",
     ]
-    if DISCUSSION.strip():
-        lines += ["## Discussion", "", DISCUSSION.strip(), ""]
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines))
+    doc.write_text("\n".join(x for x in lines if x is not None))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path("out/study/results.json"))
-    ap.add_argument("--plot", type=Path, default=Path("docs/img/study_ppl.png"))
+    ap.add_argument("--img", type=Path, default=Path("docs/img"))
     ap.add_argument("--doc", type=Path, default=Path("docs/study.md"))
     ap.add_argument("--merge", type=Path, nargs="*", default=[],
-                    help="other caches (e.g. from a parallel run with --only) to fold into --cache")
+                    help="other caches (e.g. from a parallel run) to fold into --cache")
     args = ap.parse_args(argv)
     data = load(args.cache)
     for other in args.merge:
@@ -266,8 +565,9 @@ def main(argv=None):
         data["settings"] = data["settings"] or o["settings"]
     if args.merge:
         args.cache.write_text(json.dumps(data, indent=1))
-    print(table(data["results"]))
-    write_doc(data, args.doc, args.plot)
+    aggs = aggregate(data["results"])
+    print(results_table(aggs, aggs.get(("dense", 0.0))))
+    write_doc(data, args.doc, args.img)
 
 
 if __name__ == "__main__":

@@ -111,18 +111,29 @@ def save_pretrained(model, out_dir, tokenizer=None, manifest: dict | None = None
     out = check_output_dir(out_dir, force, inputs)
     with paths.atomic_folder(out) as tmp:
         save_file(state_dict_for_save(model, dtype), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_bytes(_json_bytes(hf_config_dict(model.config, dtype)))
-        if tokenizer is not None:
-            tokenizer.save(str(tmp / "tokenizer.json"))
-        for name, meta in (("tokenizer_config.json", tokenizer_config), ("generation_config.json", generation_config)):
-            if meta:
-                (tmp / name).write_bytes(_json_bytes(meta))
-        files = sorted(p.name for p in tmp.iterdir() if p.name != paths.MARKER) + ["manifest.json"]
-        (tmp / "manifest.json").write_bytes(_json_bytes(dict(manifest or {}, format=FORMAT, files=files, dtype=dtype,
-                                                             versions=versions())))
+        write_metadata(tmp, model.config, tokenizer, manifest, dtype=dtype, tokenizer_config=tokenizer_config,
+                       generation_config=generation_config)
         if _before_rename is not None:          # test hook: simulate a crash before the rename
             _before_rename(str(tmp))
     return str(out)
+
+
+def write_metadata(folder: Path, config, tokenizer=None, manifest: dict | None = None, *, dtype: str = "float32",
+                   tokenizer_config: dict | None = None, generation_config: dict | None = None) -> None:
+    """Write everything of a checkpoint but the weights into `folder`, which already holds them
+    (model.safetensors, or shards and their index): config.json, the tokenizer files and
+    manifest.json, whose `files` lists every file then in the folder (the streaming pipeline
+    writes its shards layer by layer, then calls this)."""
+    folder = Path(folder)
+    (folder / "config.json").write_bytes(_json_bytes(hf_config_dict(config, dtype)))
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+    for name, meta in (("tokenizer_config.json", tokenizer_config), ("generation_config.json", generation_config)):
+        if meta:
+            (folder / name).write_bytes(_json_bytes(meta))
+    files = sorted(p.name for p in folder.iterdir() if p.name not in (paths.MARKER, "manifest.json")) + ["manifest.json"]
+    (folder / "manifest.json").write_bytes(_json_bytes(dict(manifest or {}, format=FORMAT, files=files, dtype=dtype,
+                                                            versions=versions())))
 
 
 def load_pretrained(path: str):

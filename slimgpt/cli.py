@@ -27,7 +27,10 @@ class UsageError(ValueError):
 
 
 def _eprint(*a):
-    print(*a, file=sys.stderr, flush=True)
+    # One write per line: ranks of a distributed run share stderr, and print's separate write
+    # of the newline lets their lines interleave.
+    sys.stderr.write(" ".join(map(str, a)) + "\n")
+    sys.stderr.flush()
 
 
 def _peak_rss_mb() -> float:
@@ -49,13 +52,11 @@ def _check_context(model, seqlen: int, flag: str, allow_long: bool) -> None:
 
 # ----------------------------------------------------------------------------------------------
 
-def cmd_prune(a) -> dict:
-    from slimgpt.checkpoint import check_dtype, check_output_dir, default_dtype, save_pretrained
-    from slimgpt.evaluate import wikitext2_perplexity
-    from slimgpt.loaders import load_model
-    from slimgpt.ops import resolve_backend
-    from slimgpt.pipeline import PruneSettings, estimate, prune_model
-    from slimgpt.textdata import calibration_source, calibration_windows
+def cmd_prune(a):
+    """slimgpt prune: in memory, or streamed layer by layer (--stream, --resume, or when the
+    model would not fit); data-parallel when started by torchrun (slimgpt/distributed.py)."""
+    from slimgpt import distributed
+    from slimgpt.pipeline import PruneSettings
 
     if a.fixed_group is not None and a.fixed_group < 1:
         raise UsageError("--fixed-group must be a positive group size")
@@ -63,23 +64,129 @@ def cmd_prune(a) -> dict:
         raise UsageError("--last needs --first")
     if a.first is not None and a.ratio is not None:
         raise UsageError("give either --ratio or --first/--last, not both")
+    if a.stream is False and a.resume:
+        raise UsageError("--resume needs the streamed pipeline; drop --no-stream")
     s = PruneSettings(ratio=0.2 if a.ratio is None and a.first is None else a.ratio, schedule=a.schedule,
                       first=a.first, last=a.last, n_samples=a.nsamples, seqlen=a.seqlen, seed=a.seed, gqa=a.gqa,
                       method=a.method, percdamp=a.percdamp, backend=a.backend, batch_size=a.batch_size,
                       hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
-                      method_options={"group_sizes": a.fixed_group} if a.fixed_group else {}, device=a.device,
+                      method_options={"group_sizes": a.fixed_group} if a.fixed_group else {},
+                      device=distributed.rank_device(a.device),
                       bias_compensation=True if a.bias_compensation else None)
     s.validate()
+    comm = distributed.from_env(s.device)
+    try:
+        return _prune(a, s, comm)
+    except BaseException as e:
+        comm.fail(e)                      # the other ranks stop with "rank R failed: ..." (not a hang)
+        raise
+    finally:
+        comm.close()
+
+
+def _prune(a, s, comm):
+    from slimgpt.checkpoint import check_dtype, check_output_dir
+    from slimgpt.ops import resolve_backend
+    from slimgpt.textdata import calibration_source
+
     dtype = check_dtype(a.dtype) if a.dtype is not None else None
     # WikiText-2 calibration skips the tokens the quick dense/pruned perplexity scores (docs/pipeline.md §3)
     evaluated = (a.eval_tokens // a.eval_seqlen) * a.eval_seqlen if a.eval_tokens > 0 else 0
     calib_src = calibration_source(a.calib, skip_tokens=evaluated)
     inputs = (a.model,) + ((calib_src.path,) if calib_src.name == "file" else ())
+    if a.resume and _finished_earlier(a, comm):
+        return {"out": a.out, "finished_earlier": True} if comm.is_root else 0
     out = check_output_dir(a.out, a.force, inputs=inputs)
-    report_path = _report_path(a, inputs + (str(out),))
-    s.backend = resolve_backend(a.backend)
-    t0 = time.perf_counter()
-    _eprint(f"loading {a.model} ...")
+    report_path = _report_path(a, inputs + (str(out),)) if comm.is_root else None
+    s.backend = resolve_backend(a.backend, torch.empty(0, device=s.device))
+    if not comm.is_root:
+        a.quiet = True
+    stream = _streamed(a, s)
+    ctx = dict(s=s, comm=comm, out=out, inputs=inputs, calib_src=calib_src, dtype=dtype, evaluated=evaluated,
+               t0=time.perf_counter())
+    report = (_prune_streamed if stream else _prune_in_memory)(a, **ctx)
+    if not comm.is_root:
+        return 0
+    report["seconds_total"] = time.perf_counter() - ctx["t0"]
+    report["peak_rss_mb"] = _peak_rss_mb()
+    if report.get("device_peak_mb") is None and torch.device(s.device).type == "cuda":
+        report["device_peak_mb"] = torch.cuda.max_memory_allocated(s.device) / 2 ** 20
+    sm = report["prune"]
+    _eprint(f"saved {out} ({report['dtype']}): {sm['params_before']:,} -> {sm['params_after']:,} parameters "
+            f"({100 * sm['pruned_fraction_of_prunable']:.2f}% of prunable decoder parameters, "
+            f"{100 * sm['pruned_fraction_of_total']:.2f}% of all); prune {sm['seconds']:.1f} s, "
+            f"total {report['seconds_total']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
+            + (f", peak GPU memory {report['device_peak_mb']:.0f} MB" if report.get("device_peak_mb") else ""))
+    if report_path is not None:
+        from slimgpt import paths
+        paths.write_file(report_path, (json.dumps(report, indent=1, default=str) + "\n").encode())
+    return report
+
+
+def _streamed(a, s) -> bool:
+    """--stream / --no-stream, --resume (streamed), or: streamed when the in-memory estimate
+    exceeds the memory available (a folder only; GGUF files and tiny models load whole)."""
+    if a.stream is not None or a.resume:
+        return bool(a.stream or a.resume)
+    import os
+    if not os.path.isdir(a.model):
+        return False
+    from slimgpt.loaders.hf_folder import read_config
+    from slimgpt.pipeline import estimate
+    from slimgpt.streaming import available_memory
+    est = estimate(read_config(a.model), s.n_samples, s.seqlen, s.batch_size, s.cache_mb,
+                   eval_tokens=a.eval_tokens, device=s.device)
+    if est["memory_bytes"] > available_memory(s.device):
+        _eprint(f"the in-memory run needs ~{_fmt_bytes(est['memory_bytes'])}, more than the "
+                f"{_fmt_bytes(available_memory(s.device))} available: streaming layer by layer")
+        return True
+    return False
+
+
+def _finished_earlier(a, comm) -> bool:
+    """True (and the leftover state removed) for a streamed run killed after its output was put
+    in place but before its state folder was removed: there is nothing left to do."""
+    import shutil
+    from pathlib import Path
+    from slimgpt.checkpoint import is_checkpoint
+    from slimgpt.streaming import RESUME_MARKER, state_dir
+    d, out = state_dir(Path(a.out)), Path(a.out)
+    done = (d / RESUME_MARKER).is_file() and not (d / "out").exists() and out.is_dir() and is_checkpoint(out)
+    comm.barrier()
+    if done and comm.is_root:
+        shutil.rmtree(d, ignore_errors=True)
+        _eprint(f"resume: {out} was already finished; removed its leftover state {d}")
+    return done
+
+
+def _print_estimate(est: dict, streamed: bool) -> None:
+    _eprint(f"estimate: memory ~{_fmt_bytes(est['memory_bytes'])} at the peak, {'streamed' if streamed else 'in memory'} "
+            f"(runtime and data {_fmt_bytes(est['runtime_bytes'])}, model {_fmt_bytes(est['model_bytes'])}, "
+            f"activations {_fmt_bytes(est['activation_bytes'] + est['cache_bytes'])}, "
+            f"H and OBS {_fmt_bytes(est['hessian_bytes'] + est['obs_bytes'])}, "
+            f"evaluation {_fmt_bytes(est['eval_bytes'])}); pruning ~{est['seconds_at_60gflops']:.0f} s of "
+            f"forward/Hessian work at 60 GFLOP/s + selection")
+
+
+def _manifest(loaded, s, summary, records, calib_src, tok, report, extra=None) -> dict:
+    m = {"source_model": loaded.source, "method": s.method, "backend": s.backend,
+         "settings": summary["settings"], "ratios": summary["ratios"],
+         "calibration": dict(calib_src.describe(tok), n_samples=s.n_samples, seqlen=s.seqlen, seed=s.seed),
+         "source_dtype": loaded.source_dtype, "compute_dtype": "float32",
+         "params_before": summary["params_before"], "params_after": summary["params_after"],
+         "prune_seconds": summary["seconds"], "layers": records,
+         "eval": {k: report[k] for k in ("dense", "pruned") if k in report}}
+    return dict(m, **(extra or {}))
+
+
+def _prune_in_memory(a, *, s, comm, out, inputs, calib_src, dtype, evaluated, t0) -> dict:
+    from slimgpt.checkpoint import default_dtype, save_pretrained
+    from slimgpt.evaluate import wikitext2_perplexity
+    from slimgpt.loaders import load_model
+    from slimgpt.pipeline import estimate, prune_model
+    from slimgpt.textdata import calibration_windows
+
+    _eprint(f"loading {a.model} ...") if comm.is_root else None
     loaded = load_model(a.model)
     model, tok = loaded.model, loaded.tokenizer
     if tok is None:
@@ -88,46 +195,76 @@ def cmd_prune(a) -> dict:
     calib = calibration_windows(tok, s.n_samples, s.seqlen, s.seed, model=model,
                                 allow_long_context=a.allow_long_context, source=calib_src)
     dtype = dtype or default_dtype(loaded.source_dtype)
-    if calib_src.name == "wikitext2":
+    if calib_src.name == "wikitext2" and comm.is_root:
         _eprint(f"calibration: WikiText-2 test after its first {evaluated} tokens (the evaluated ones); a later "
                 f"WikiText-2 evaluation beyond them scores text the calibration has seen")
-    est = estimate(model.config, s.n_samples, s.seqlen, s.batch_size, s.cache_mb)
-    _eprint(f"estimate: memory ~{_fmt_bytes(est['memory_bytes'])} (model {_fmt_bytes(est['model_bytes'])}, "
-            f"activations {_fmt_bytes(est['activation_bytes'] + est['cache_bytes'])}, H {_fmt_bytes(est['hessian_bytes'])}); "
-            f"pruning ~{est['seconds_at_60gflops']:.0f} s of forward/Hessian work at 60 GFLOP/s + selection")
-    report = {"format": REPORT_FORMAT, "command": "prune", "model": loaded.source, "out": str(out),
-              "backend": s.backend, "load_seconds": time.perf_counter() - t0, "estimate": est}
-    if a.eval_tokens > 0:
+    est = estimate(model.config, s.n_samples, s.seqlen, s.batch_size, s.cache_mb, eval_tokens=a.eval_tokens,
+                   eval_seqlen=a.eval_seqlen, device=s.device, source_kind=loaded.kind)
+    if comm.is_root:
+        _print_estimate(est, False)
+    report = {"format": REPORT_FORMAT, "command": "prune", "model": loaded.source, "out": str(out), "mode": "memory",
+              "backend": s.backend, "ranks": comm.world, "load_seconds": time.perf_counter() - t0, "estimate": est}
+    if a.eval_tokens > 0 and comm.is_root:
         r = wikitext2_perplexity(model, tok, a.eval_seqlen, a.eval_tokens, progress=not a.quiet)
         report["dense"] = dict(r, params=model.num_parameters())
         _eprint(f"dense  PPL {r['ppl']:.3f}  (WikiText-2 test, {r['tokens']} tokens, seqlen {a.eval_seqlen})")
-    result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet)
+    result = prune_model(model, calib, s, log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet, comm=comm)
     report["prune"] = {k: v for k, v in result.summary.items() if k != "settings"}
     report["settings"] = result.summary["settings"]
-    if a.eval_tokens > 0:
+    if a.eval_tokens > 0 and comm.is_root:
         r = wikitext2_perplexity(model, tok, a.eval_seqlen, a.eval_tokens, progress=not a.quiet)
         report["pruned"] = dict(r, params=model.num_parameters())
         _eprint(f"pruned PPL {r['ppl']:.3f}  (same tokens)")
-    manifest = {"source_model": loaded.source, "method": s.method, "backend": s.backend,
-                "settings": result.summary["settings"], "ratios": result.summary["ratios"],
-                "calibration": dict(calib_src.describe(tok), n_samples=s.n_samples, seqlen=s.seqlen, seed=s.seed),
-                "source_dtype": loaded.source_dtype, "compute_dtype": "float32",
-                "params_before": result.summary["params_before"], "params_after": result.summary["params_after"],
-                "prune_seconds": result.summary["seconds"], "layers": result.layers,
-                "eval": {k: report[k] for k in ("dense", "pruned") if k in report}}
-    save_pretrained(model, out, tok, manifest, force=a.force, inputs=inputs, dtype=dtype,
-                    tokenizer_config=loaded.tokenizer_config, generation_config=loaded.generation_config)
+    if comm.is_root:
+        manifest = _manifest(loaded, s, result.summary, result.layers, calib_src, tok, report)
+        save_pretrained(model, out, tok, manifest, force=a.force, inputs=inputs, dtype=dtype,
+                        tokenizer_config=loaded.tokenizer_config, generation_config=loaded.generation_config)
+        report["dtype"], report["calibration"] = dtype, manifest["calibration"]
+    comm.barrier()
+    return report
+
+
+def _prune_streamed(a, *, s, comm, out, inputs, calib_src, dtype, evaluated, t0) -> dict:
+    from slimgpt import streaming
+    from slimgpt.checkpoint import default_dtype
+    from slimgpt.pipeline import estimate
+    from slimgpt.textdata import calibration_windows, wikitext2_tokens
+
+    if comm.is_root:
+        _eprint(f"opening {a.model} (streamed: one layer at a time) ...")
+    src = streaming.open_source(a.model)
+    tok = src.tokenizer
+    if tok is None:
+        raise UsageError(f"{a.model}: no tokenizer.json, cannot build calibration data")
+    _check_context(src, a.eval_seqlen, "--eval-seqlen", a.allow_long_context)
+    calib = calibration_windows(tok, s.n_samples, s.seqlen, s.seed, model=src.config,
+                                allow_long_context=a.allow_long_context, source=calib_src)
+    dtype = dtype or default_dtype(src.source_dtype)
+    est = estimate(src.config, s.n_samples, s.seqlen, s.batch_size, s.cache_mb, eval_tokens=a.eval_tokens,
+                   eval_seqlen=a.eval_seqlen, device=s.device, streamed=True, ranks=comm.world,
+                   source_kind="folder" if isinstance(src, streaming.LazySource) else getattr(src.loaded, "kind", ""))
+    if comm.is_root:
+        _print_estimate(est, True)
+    opts = streaming.StreamOptions(out=out, resume=a.resume, activations=a.activations, dtype=dtype,
+                                   eval_tokens=wikitext2_tokens(tok) if a.eval_tokens > 0 else None,
+                                   eval_seqlen=a.eval_seqlen, eval_max_tokens=a.eval_tokens,
+                                   extra_fingerprint={"source": calib_src.describe()})
+    report = {"format": REPORT_FORMAT, "command": "prune", "model": src.source, "out": str(out), "mode": "streamed",
+              "backend": s.backend, "ranks": comm.world, "load_seconds": time.perf_counter() - t0, "estimate": est}
+    result, finish = streaming.prune_streaming(src, calib, s, opts, comm=comm,
+                                               log=(lambda m: None) if a.quiet else _eprint, progress=not a.quiet)
+    report["prune"] = {k: v for k, v in result.summary.items() if k != "settings"}
+    report["settings"] = result.summary["settings"]
+    report["streaming"] = {"activations": result.storage, "resumed_from_layer": result.resumed_from,
+                           "seconds": result.seconds}
+    for k, v in result.eval.items():
+        report[k] = dict(v, params=result.summary["params_before" if k == "dense" else "params_after"])
+        _eprint(f"{k:6s} PPL {v['ppl']:.3f}  (WikiText-2 test, {v['tokens']} tokens, seqlen {a.eval_seqlen}; streamed)")
+    manifest = _manifest(src, s, result.summary, result.records, calib_src, tok, report)
+    finish(manifest, force=a.force, inputs=inputs)
     report["dtype"], report["calibration"] = dtype, manifest["calibration"]
-    report["seconds_total"] = time.perf_counter() - t0
-    report["peak_rss_mb"] = _peak_rss_mb()
-    sm = result.summary
-    _eprint(f"saved {out} ({dtype}): {sm['params_before']:,} -> {sm['params_after']:,} parameters "
-            f"({100 * sm['pruned_fraction_of_prunable']:.2f}% of prunable decoder parameters, "
-            f"{100 * sm['pruned_fraction_of_total']:.2f}% of all); prune {sm['seconds']:.1f} s, "
-            f"total {report['seconds_total']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB")
-    if report_path is not None:
-        from slimgpt import paths
-        paths.write_file(report_path, (json.dumps(report, indent=1, default=str) + "\n").encode())
+    if torch.device(s.device).type == "cuda":
+        report["device_peak_mb"] = torch.cuda.max_memory_allocated(s.device) / 2 ** 20
     return report
 
 
@@ -283,6 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dtype of the saved weights (default: the input's when 16-bit, else float32); "
                          "pruning itself always runs in float32/float64")
     pr.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    st = pr.add_mutually_exclusive_group()
+    st.add_argument("--stream", dest="stream", action="store_true", default=None,
+                    help="stream: one decoder layer in memory at a time, written to --out's shards as it is "
+                         "done (default: when the in-memory run would not fit)")
+    st.add_argument("--no-stream", dest="stream", action="store_false", help="keep the whole model in memory")
+    pr.add_argument("--resume", action="store_true",
+                    help="continue a streamed run killed earlier from its last finished layer (the state is kept in "
+                         "a hidden folder beside --out); without it a streamed run starts over")
+    pr.add_argument("--activations", default="auto", choices=("auto", "ram", "disk"),
+                    help="streamed runs: calibration activations in memory (ram; on the GPU with --device cuda) "
+                         "or in files beside --out (disk); auto: disk when they would take over a quarter of "
+                         "the memory available")
     pr.add_argument("--force", action="store_true", help="replace an earlier slimgpt output at --out / --report")
     pr.add_argument("--report", default=None, help="also write the JSON report to this file")
 

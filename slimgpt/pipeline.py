@@ -14,6 +14,14 @@ A and F are cached between the passes when they fit in `cache_mb` (then each lay
 and FFN run once); otherwise they are recomputed from X, so memory stays at one copy of the
 model plus one layer boundary (N × T × D float32) plus per-batch temporaries.
 
+One loop serves every way of running it: `setup` (ratios, plan, target, options, budget) →
+`prune_layers` (a layer source, `prune_layer`, a sink) → `summarize`. `prune_model` is the
+in-memory run (the model's own layers, pruned in place; X one tensor, `activations.Resident`);
+`streaming.prune_streaming` reads one layer at a time, writes each when it is done and keeps a
+resumable state (X in memory or `activations.OnDisk`). With torch.distributed each rank runs the
+same loop on its shard of the windows: `_collect` sums the statistics over the ranks and the
+selection runs on rank 0 and is broadcast (`run.comm`, distributed.py).
+
 Where things live: per-layer counts and the parameter budget in schedule.py, GQA granularity
 in gqa.py, the selection and compensation in methods/, the statistics in stats.py, the removal
 of rows and columns in shrink.py. This file is the data path.
@@ -27,17 +35,19 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from slimgpt import gqa, methods, schedule
+from slimgpt import distributed, gqa, methods, schedule
+from slimgpt.activations import Resident
 from slimgpt.evaluate import NonFiniteError
 from slimgpt.methods import MethodOptions
-from slimgpt.model import LlamaForCausalLM
+from slimgpt.model import LlamaForCausalLM, rope_cos_sin
 from slimgpt.ops import resolve_backend
-from slimgpt.schedule import Budget, LayerPlan, PruneError
+from slimgpt.schedule import Budget, LayerPlan, PruneError, layer_ratios, param_costs  # noqa: F401 (re-exported)
 from slimgpt.shrink import add_bias, apply_channels, apply_heads, sync_config, uniform_biases
 from slimgpt.stats import ActivationStats
 from slimgpt.textdata import check_calibration
 
 GQA_MODES = gqa.GQA_MODES
+planned_heads = gqa.planned_heads
 SCHEDULES = schedule.SCHEDULES + ("auto",)      # "auto": chosen from the calibration data (autoschedule.py)
 
 
@@ -105,13 +115,28 @@ class PruneResult:
 
 @dataclass
 class _Run:
-    """What every layer step needs: settings, method, options, RoPE tables, the budget."""
+    """What every layer step needs: settings, method, options, RoPE tables, the budget, and the
+    collective steps (distributed.LOCAL in a single process)."""
     settings: PruneSettings
     method: methods.Method
     options: MethodOptions
     cos: torch.Tensor
     sin: torch.Tensor
     budget: Budget
+    comm: object = distributed.LOCAL
+
+
+@dataclass
+class Job:
+    """The shared set-up of a run (in memory or streamed): ratios, plan, target and the _Run."""
+    settings: PruneSettings
+    config: object
+    ratios: list
+    plan: list
+    target: int
+    prunable: int
+    run: _Run
+    t_start: float
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,66 +144,116 @@ class _Run:
 
 @torch.no_grad()
 def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSettings,
-                log=None, progress: bool = True) -> PruneResult:
-    """Prune `model` in place with calibration token windows `calib` (N × T int64)."""
-    s = settings
-    s.validate()
+                log=None, progress: bool = True, comm=distributed.LOCAL) -> PruneResult:
+    """Prune `model` in place with calibration token windows `calib` (N × T int64). With a
+    distributed `comm`, this rank forwards only its shard of the windows (distributed.py)."""
+    settings.validate()
     check_calibration(calib, model, allow_long_context=True)   # the caller decides about the context
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    t_start = time.perf_counter()
-    method = methods.METHODS[s.method]
-    dev = torch.device(s.device)
-    model.to(dev)
-    cfg = model.config
-    L = cfg.num_hidden_layers
+    model.to(torch.device(settings.device))
+    job = setup(model.config, model, calib, settings, comm=comm)
+    params_before = model.num_parameters()
+    X = Resident(embed_calibration(model.embed, comm.shard(calib), settings))   # one layer boundary
+    records = prune_layers(job, lambda i: model.model.layers[i], X, log=log, progress=progress)
+    if settings.shrink:
+        sync_config(model)
+    else:
+        model.config.o_proj_bias, model.config.mlp_bias = uniform_biases(model)
+    after = model.num_parameters() if settings.shrink else params_before - job.run.budget.pruned
+    return PruneResult(model, records, summarize(job, records, params_before, after, calib.shape))
+
+
+def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=distributed.LOCAL,
+          saved: tuple | None = None) -> Job:
+    """Per-layer ratios and plan (the schedule, a method's whole-model plan or --schedule auto,
+    computed on rank 0 over all windows; `saved` = (ratios, plan) of a resumed run), the target,
+    the method options, the RoPE tables and the budget. `model` is only read by whole-model plans."""
+    s, t_start = settings, time.perf_counter()
+    s.validate()
+    method, dev, L = methods.METHODS[s.method], torch.device(s.device), cfg.num_hidden_layers
     if s.ratios is not None and len(s.ratios) != L:
         raise PruneError(f"{len(s.ratios)} per-layer ratios for a model of {L} layers")
-    if s.schedule == "auto" and s.ratios is None and s.first is None:
-        from slimgpt.autoschedule import auto_plan
-        ratios, plan = auto_plan(model, calib, s)
-    else:
-        ratios = [float(r) for r in s.ratios] if s.ratios is not None else \
-            schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
-        plan = method.plan(model, calib, s) or [_scheduled(cfg, i, r, s) for i, r in enumerate(ratios)]
+    if saved is None:
+        saved = comm.broadcast_object(_plan(cfg, model, calib, s) if comm.is_root else None)
+    ratios, plan = saved
     prunable = sum(schedule.prunable_params(cfg, i) for i in range(L))
     explicit = s.ratios is not None or s.first is not None
     target = round(sum(r * schedule.prunable_params(cfg, i) for i, r in enumerate(ratios))) if explicit \
         else round(s.ratio * prunable)
-    options = MethodOptions(percdamp=s.percdamp, backend=resolve_backend(s.backend, next(model.parameters())), gcd=s.gcd,
-                            compensate=s.compensate, extra=dict(s.method_options))
-    run = _Run(s, method, options, *model.rope(calib.shape[1], dev, torch.float32), Budget(cfg, ratios, plan, target))
-    params_before = model.num_parameters()
+    options = MethodOptions(percdamp=s.percdamp, backend=resolve_backend(s.backend, torch.empty(0, device=dev)),
+                            gcd=s.gcd, compensate=s.compensate, extra=dict(s.method_options))
+    cos, sin = rope_cos_sin(calib.shape[1], cfg.head_dim, cfg.rope_theta, dev, torch.float32, cfg.rope_scaling)
+    run = _Run(s, method, options, cos, sin, Budget(cfg, ratios, plan, target), comm)
+    return Job(s, cfg, ratios, plan, target, prunable, run, t_start)
 
-    X = torch.cat([model.embed(b.to(dev)).float() for b in calib.split(s.batch_size)])   # one layer boundary
-    if not torch.isfinite(X).all():
-        raise NonFiniteError("the token embedding of the calibration windows is not finite")
-    layers = range(L)
+
+def _plan(cfg, model, calib, s: PruneSettings):
+    """(ratios, per-layer LayerPlan): --schedule auto, a method's whole-model plan, or the schedule."""
+    L = cfg.num_hidden_layers
+    if s.schedule == "auto" and s.ratios is None and s.first is None:
+        from slimgpt.autoschedule import auto_plan
+        return auto_plan(model, calib, s)
+    ratios = [float(r) for r in s.ratios] if s.ratios is not None else \
+        schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
+    return ratios, method_plan(cfg, model, calib, s, ratios)
+
+
+def method_plan(cfg, model, calib, s: PruneSettings, ratios) -> list:
+    plan = methods.METHODS[s.method].plan(model, calib, s) if model is not None else None
+    return plan or [_scheduled(cfg, i, r, s) for i, r in enumerate(ratios)]
+
+
+def embed_calibration(embed, calib: torch.Tensor, s: PruneSettings, into=None) -> torch.Tensor | None:
+    """The layer-0 inputs: float32 embeddings of the windows (N × T × D) on the device; with
+    `into` (an activations.OnDisk), written batch by batch into its input slot instead."""
+    dev, parts = torch.device(s.device), []
+    for b, ids in zip(range(0, calib.shape[0], s.batch_size), calib.split(s.batch_size)):
+        x = embed(ids.to(dev)).float()
+        if not torch.isfinite(x).all():
+            raise NonFiniteError("the token embedding of the calibration windows is not finite")
+        if into is None:
+            parts.append(x)
+        else:
+            into.write_input(b, x)
+    return torch.cat(parts) if into is None else None
+
+
+def prune_layers(job: Job, layer_at, X, *, start: int = 0, before=None, after=None, log=None,
+                 progress: bool = True) -> list:
+    """Layers start..L−1 in order: layer_at(i) gives the layer, `before(i, layer)` sees it dense,
+    prune_layer prunes it in place and advances the boundary X, `after(i, layer, rec)` sees it
+    pruned (the streaming sink writes it there). Returns the records."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    layers = range(start, job.config.num_hidden_layers)
     if progress:
         from tqdm import tqdm
-        layers = tqdm(layers, desc=f"prune {s.method}", unit="layer", file=sys.stderr)
+        layers = tqdm(layers, desc=f"prune {job.settings.method}", unit="layer", file=sys.stderr,
+                      initial=start, total=job.config.num_hidden_layers)
     records = []
     with _no_tf32():
         for i in layers:
-            records.append(prune_layer(model.model.layers[i], i, X, ratios[i], plan[i], run))
+            layer = layer_at(i)
+            if before is not None:
+                before(i, layer)
+            records.append(prune_layer(layer, i, X, job.ratios[i], job.plan[i], job.run))
+            if after is not None:
+                after(i, layer, records[-1])
             log(_layer_line(records[-1]))
-    if s.shrink:
-        sync_config(model)
-    else:
-        cfg.o_proj_bias, cfg.mlp_bias = uniform_biases(model)
-    pruned = run.budget.pruned
-    summary = {
-        "method": s.method, "settings": asdict(s), "ratios": ratios,
-        "params_before": params_before,
-        "params_after": model.num_parameters() if s.shrink else params_before - pruned,
-        "prunable_before": prunable, "pruned_params": pruned, "target_pruned_params": target,
-        "pruned_fraction_of_prunable": pruned / prunable if prunable else 0.0,
+    return records
+
+
+def summarize(job: Job, records: list, params_before: int, params_after: int, calib_shape) -> dict:
+    s, pruned = job.settings, job.run.budget.pruned
+    return {
+        "method": s.method, "settings": asdict(s), "ratios": job.ratios,
+        "params_before": params_before, "params_after": params_after,
+        "prunable_before": job.prunable, "pruned_params": pruned, "target_pruned_params": job.target,
+        "pruned_fraction_of_prunable": pruned / job.prunable if job.prunable else 0.0,
         "pruned_fraction_of_total": pruned / params_before,
         "heads_kept": [r["heads_kept"] for r in records], "kv_kept": [r["kv_kept"] for r in records],
         "channels_kept": [r["channels_kept"] for r in records],
-        "seconds": time.perf_counter() - t_start,
-        "calibration": {"n_samples": calib.shape[0], "seqlen": calib.shape[1], "seed": s.seed},
+        "seconds": time.perf_counter() - job.t_start,
+        "calibration": {"n_samples": calib_shape[0], "seqlen": calib_shape[1], "seed": s.seed},
     }
-    return PruneResult(model, records, summary)
 
 
 def _scheduled(cfg, i: int, r: float, s: PruneSettings) -> LayerPlan:
@@ -191,35 +266,38 @@ def _scheduled(cfg, i: int, r: float, s: PruneSettings) -> LayerPlan:
 # ----------------------------------------------------------------------------------------------
 # One layer
 
-def prune_layer(layer, i: int, X: torch.Tensor, ratio: float, plan: LayerPlan, run: _Run) -> dict:
-    """Prune decoder layer i in place (attention, then FFN) and advance X to its output."""
+def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> dict:
+    """Prune decoder layer i in place (attention, then FFN) and advance the boundary X
+    (activations.Resident or OnDisk) from its inputs to its outputs."""
     attn, mlp, s = layer.self_attn, layer.mlp, run.settings
     rec = {"layer": i, "ratio": ratio, "heads_before": attn.n_heads, "kv_before": attn.n_kv,
            "channels_before": mlp.down_proj.in_features}
     t0 = time.perf_counter()
-    cache = X.shape[0] * X.shape[1] * (attn.o_proj.in_features + mlp.down_proj.in_features) * 4 <= s.cache_mb * 2 ** 20
+    N, T = X.shape[:2]
+    cache = N * T * (attn.o_proj.in_features + mlp.down_proj.in_features) * 4 <= s.cache_mb * 2 ** 20
 
     # 1. attention: statistics of o_proj's input, then heads
     stats, A = _collect(f"layer {i} o_proj", attn.o_proj.in_features, X,
                         lambda x, b: attn.heads(layer.input_layernorm(x), run.cos, run.sin), run, cache)
-    t_fwd = time.perf_counter() - t0
+    t_fwd, t_hess = time.perf_counter() - t0 - stats.seconds, stats.seconds
     blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, s.gqa, i)
     heads, kv, t_sel = _prune_heads(layer, stats, blocks, run, rec)
-    keep_cols = _kept(rec["heads_before"] * attn.head_dim, heads, attn.head_dim, X.device) if s.shrink else None
+    keep_cols = _kept(rec["heads_before"] * attn.head_dim, heads, attn.head_dim, run.cos.device) if s.shrink else None
     run.budget.remove(heads=len(heads), kv_heads=len(kv))
+    distributed.test_fault(run.comm.rank, f"layer{i}")
 
-    # 2. FFN: X ← h = X + o_proj(pruned attention); statistics of down_proj's input, then channels
+    # 2. FFN: h = X + o_proj(pruned attention), written to X's outputs; statistics of down_proj's input
     t1 = time.perf_counter()
 
     def ffn_input(x, b):
         a = _cached(A, b, x.shape[0], keep_cols) if cache else attn.heads(layer.input_layernorm(x), run.cos, run.sin)
         h = x + attn.o_proj(a)
-        x.copy_(h)
+        X.write(b, h)
         return mlp.act(layer.post_attention_layernorm(h))
 
     stats, F = _collect(f"layer {i} down_proj", mlp.down_proj.in_features, X, ffn_input, run, cache)
     del A
-    t_fwd += time.perf_counter() - t1
+    t_fwd, t_hess = t_fwd + time.perf_counter() - t1 - stats.seconds, t_hess + stats.seconds
     width = mlp.down_proj.in_features
     n_ch = max(0, min(width, plan.channels if plan.channels is not None else run.budget.channels(i, width)))
     channels, dt = _prune_channels(layer, stats, gqa.Blocks(1, n_ch), run, rec)
@@ -228,15 +306,18 @@ def prune_layer(layer, i: int, X: torch.Tensor, ratio: float, plan: LayerPlan, r
 
     # 3. propagate: X ← h + down_proj(F[kept channels]) (down_proj's inputs did not change)
     t2 = time.perf_counter()
-    keep_ch = _kept(rec["channels_before"], channels, 1, X.device) if s.shrink else None
-    for b, x in _batches(X, s.batch_size):
-        f = _cached(F, b, x.shape[0], keep_ch) if cache else mlp.act(layer.post_attention_layernorm(x))
-        x += mlp.down_proj(f)
-    if not torch.isfinite(X).all():
-        raise NonFiniteError(f"layer {i}: non-finite activations after pruning")
+    keep_ch = _kept(rec["channels_before"], channels, 1, run.cos.device) if s.shrink else None
+    for b in range(0, N, s.batch_size):
+        h = X.output(b, s.batch_size)
+        f = _cached(F, b, h.shape[0], keep_ch) if cache else mlp.act(layer.post_attention_layernorm(h))
+        h += mlp.down_proj(f)
+        if not torch.isfinite(h).all():
+            raise NonFiniteError(f"layer {i}: non-finite activations after pruning")
+        X.write(b, h)
+    X.advance()
     t_fwd += time.perf_counter() - t2
-    rec.update(seconds_forward=t_fwd, seconds_select=t_sel, seconds=time.perf_counter() - t0, cached=cache,
-               channels_planned=round(rec["channels_before"] * ratio))
+    rec.update(seconds_forward=t_fwd, seconds_hessian=t_hess, seconds_select=t_sel,
+               seconds=time.perf_counter() - t0, cached=cache, channels_planned=round(rec["channels_before"] * ratio))
     return rec
 
 
@@ -244,7 +325,8 @@ def _prune_heads(layer, stats, blocks, run: _Run, rec: dict):
     """Select + compensate heads, apply the bias and the removal; fill the record."""
     t = time.perf_counter()
     attn = layer.self_attn
-    sel = run.method.select("heads", attn.o_proj.weight.data, stats, blocks, layer=layer, options=run.options)
+    W = attn.o_proj.weight.data
+    sel = run.comm.selection(lambda: run.method.select("heads", W, stats, blocks, layer=layer, options=run.options), W)
     heads = blocks.query_heads(sel.pruned)
     _compensate_bias(attn.o_proj, attn.o_proj.weight.data, sel, stats, run)
     kv = apply_heads(layer, heads, sel.W, physical=run.settings.shrink)
@@ -259,7 +341,8 @@ def _prune_channels(layer, stats, blocks, run: _Run, rec: dict):
     """Select + compensate FFN channels, apply the bias and the removal; fill the record."""
     t = time.perf_counter()
     down = layer.mlp.down_proj
-    sel = run.method.select("channels", down.weight.data, stats, blocks, layer=layer, options=run.options)
+    W = down.weight.data
+    sel = run.comm.selection(lambda: run.method.select("channels", W, stats, blocks, layer=layer, options=run.options), W)
     _compensate_bias(down, down.weight.data, sel, stats, run)
     apply_channels(layer, sel.pruned, sel.W, physical=run.settings.shrink)
     rec.update(channels_pruned=list(sel.pruned), channels_kept=rec["channels_before"] - len(sel.pruned),
@@ -282,20 +365,16 @@ def _compensate_bias(linear, W, sel, stats, run: _Run) -> None:
 # ----------------------------------------------------------------------------------------------
 # Data-path helpers
 
-def _batches(X: torch.Tensor, bs: int):
-    """(start, view) over batches of the calibration boundary X; views write through to X."""
-    for b in range(0, X.shape[0], bs):
-        yield b, X[b:b + bs]
-
-
-def _collect(where: str, n_features: int, X: torch.Tensor, inputs, run: _Run, cache: bool):
-    """ActivationStats of inputs(x_batch) over all batches of X, and the inputs themselves
-    (N × T × n_features) when `cache`. `inputs(x, start)` may also write into the batch view.
-    Non-finite inputs stop the run, naming `where` (e.g. "layer 3 o_proj")."""
-    stats = ActivationStats(n_features, hessian=run.method.needs_hessian, backend=run.options.backend,
-                            device=X.device)
-    kept = torch.empty(X.shape[0], X.shape[1], n_features, device=X.device) if cache else None
-    for b, x in _batches(X, run.settings.batch_size):
+def _collect(where: str, n_features: int, X, inputs, run: _Run, cache: bool):
+    """ActivationStats of inputs(x_batch, start) over all batches of X's inputs (summed over the
+    ranks), and the inputs themselves (N × T × n_features) when `cache`. Non-finite inputs stop
+    the run, naming `where` (e.g. "layer 3 o_proj"). stats.seconds: time in the statistics."""
+    dev = run.cos.device
+    stats = ActivationStats(n_features, hessian=run.method.needs_hessian, backend=run.options.backend, device=dev)
+    N, T = X.shape[:2]
+    kept = torch.empty(N, T, n_features, device=dev) if cache else None
+    for b in range(0, N, run.settings.batch_size):
+        x = X.read(b, run.settings.batch_size)
         a = inputs(x, b)
         if not torch.isfinite(a).all():
             raise NonFiniteError(f"{where}: the calibration activations are not finite (the model's weights "
@@ -303,6 +382,7 @@ def _collect(where: str, n_features: int, X: torch.Tensor, inputs, run: _Run, ca
         stats.add(a)
         if cache:
             kept[b:b + x.shape[0]] = a
+    run.comm.reduce_stats(stats)
     return stats, kept
 
 
@@ -336,40 +416,83 @@ def _layer_line(r: dict) -> str:
     return (f"layer {r['layer']:3d}  r={r['ratio']:.4f}  heads {r['heads_kept']}/{r['heads_before']}"
             f"  kv {r['kv_kept']}/{r['kv_before']}  ffn {r['channels_kept']}/{r['channels_before']}"
             f"  err attn {err(r['attn_error'])} ffn {err(r['ffn_error'])}"
-            f"  {r['seconds']:.1f}s (fwd {r['seconds_forward']:.1f} sel {r['seconds_select']:.1f})"
+            f"  {r['seconds']:.1f}s (fwd {r['seconds_forward']:.1f} hess {r.get('seconds_hessian', 0.0):.1f}"
+            f" sel {r['seconds_select']:.1f})"
             + (f"  damping retry: {' '.join(damp)}" if damp else ""))
 
 
 # ----------------------------------------------------------------------------------------------
 # Entry points
 
-def estimate(cfg, n_samples: int, seqlen: int, batch_size: int = 8, cache_mb: float = 2048.0) -> dict:
-    """Memory and time estimate of a run before it starts (printed by the CLI).
+# Measured constants of the estimate (docs/scale.md, "Memory model"): the resident set of the
+# process once torch, NumPy, tokenizers, slimgpt and the C++ core are imported; what the
+# tokenizer and the tokenized C4 / WikiText-2 streams add (SmolLM2's 49,152-token BPE); the GGUF
+# loader's peak relative to the float32 model it returns.
+RUNTIME_BYTES = 250 * 2 ** 20
+TEXT_BYTES = 256 * 2 ** 20
+GGUF_LOAD_FACTOR = 1.6
 
-    Memory: float32 model + one boundary N·T·D + caches (if within cache_mb) + the largest H
-    (float64 m²) + one batch of activations. Time: forward FLOPs (2 per weight per token, once
-    per layer with caches, ~1.7× without) at an assumed 60 GFLOP/s (a 2-core CPU; measured in
-    docs/results-smollm2.md) plus H accumulation (2·n·N² per projection).
+
+def estimate(cfg, n_samples: int, seqlen: int, batch_size: int = 8, cache_mb: float = 2048.0, *,
+             eval_tokens: int = 0, eval_seqlen: int = 128, device: str = "cpu", streamed: bool = False,
+             ranks: int = 1, source_kind: str = "folder", stored_bytes: int = 2) -> dict:
+    """Peak memory and work of a run before it starts (printed by the CLI; docs/scale.md).
+
+    Memory is the largest of three phases, each the sum of what is resident then:
+    - loading (in memory): runtime + the loader's peak (GGUF: 1.6× the float32 model; a folder:
+      the float32 model + its stored tensors, whose mapped pages count until the file closes);
+    - pruning: runtime + tokenizer and token streams + the model (in memory: float32, counted
+      twice because shrinking allocates every weight anew and the allocator keeps the freed
+      blocks; streamed: one layer, twice likewise) + the boundary N·T·D·4 (this rank's share)
+      + the caches of A and F (when within cache_mb) + the widest projection's statistics: H in
+      float64 twice (the running mean and its update) and the core's float32 copy and scratch
+      (N_in² · (16 + 8)) + one batch of temporaries (batch · T · (3m + 4D) floats);
+    - evaluating the quick perplexity: a batch of logits (1024 tokens × V, three float32 copies:
+      logits, the shifted copy, log-softmax) on top of the pruning phase (in memory: its blocks
+      stay resident) or, streamed, beside the float32 lm_head and the evaluation's hidden states.
+    On a CUDA device the model, activations and statistics count against the GPU and the
+    runtime, text and loading against host RAM; `memory_bytes` is then the device's figure.
+    Time: forward FLOPs (2 per weight per token, once per layer with caches, ~1.7× without; the
+    streamed perplexity adds two passes of the evaluation tokens) and the Hessians (2·n·N² per
+    projection) at an assumed 60 GFLOP/s (a 2-core CPU), divided over the ranks.
     """
-    from slimgpt.model import param_count
-    D, d = cfg.hidden_size, cfg.head_dim
+    from slimgpt.model import layer_param_count, param_count
+    D, d, L, V = cfg.hidden_size, cfg.head_dim, cfg.num_hidden_layers, cfg.vocab_size
     n = n_samples * seqlen
-    m_max = max(cfg.layer_intermediate) if cfg.num_hidden_layers else 0
-    h_max = max(cfg.layer_heads) * d if cfg.num_hidden_layers else 0
+    n_local = -(-n_samples // max(ranks, 1)) * seqlen
+    m_max = max(cfg.layer_intermediate) if L else 0
+    h_max = max(cfg.layer_heads) * d if L else 0
+    width = max(m_max, h_max)
     model_b = param_count(cfg) * 4
-    boundary = n * D * 4
-    cache_b = n * (h_max + m_max) * 4
+    layer_b = max((layer_param_count(cfg, i) for i in range(L)), default=0) * 4
+    boundary = n_local * D * 4
+    cache_b = n_local * (h_max + m_max) * 4
     cached = cache_b <= cache_mb * 2 ** 20
-    hess = 8 * max(m_max, h_max) ** 2 * 2
+    hess, obs = 16 * width ** 2, 8 * width ** 2
     batch = batch_size * seqlen * (m_max * 3 + D * 4) * 4
-    layer_params = param_count(cfg) - cfg.vocab_size * D * (1 if cfg.tie_word_embeddings else 2)
+    ev_tokens = (eval_tokens // eval_seqlen) * eval_seqlen if eval_tokens > 0 else 0
+    logits = 3 * min(1024, ev_tokens) * V * 4
+    on_gpu = torch.device(device).type == "cuda"
+    host = 0 if on_gpu else RUNTIME_BYTES + TEXT_BYTES
+    resident = 2 * (layer_b if streamed else model_b)
+    prune_phase = host + resident + boundary + (cache_b if cached else 0) + hess + obs + batch
+    if streamed:
+        load = V * D * 4 + boundary                        # the embedding, read once for the layer-0 inputs
+        eval_phase = host + (V * D * 4 + logits + 2 * ev_tokens * D * 4 if ev_tokens else 0)
+    else:
+        load = model_b * (GGUF_LOAD_FACTOR if source_kind == "gguf" else 1 + stored_bytes / 4)
+        eval_phase = prune_phase + logits if ev_tokens else 0
+    phases = {"load": (0 if on_gpu else RUNTIME_BYTES) + load, "prune": prune_phase, "eval": eval_phase}
+    layer_params = param_count(cfg) - V * D * (1 if cfg.tie_word_embeddings else 2)
     flops = 2 * layer_params * n * (1.0 if cached else 1.7)
-    flops += sum(2 * n * ((cfg.layer_heads[i] * d) ** 2 + cfg.layer_intermediate[i] ** 2)
-                 for i in range(cfg.num_hidden_layers))
-    return {"memory_bytes": model_b + boundary + (cache_b if cached else 0) + hess + batch,
-            "model_bytes": model_b, "activation_bytes": boundary, "cache_bytes": cache_b if cached else 0,
-            "hessian_bytes": hess, "forward_flops": flops, "seconds_at_60gflops": flops / 60e9,
-            "cached": cached}
+    flops += sum(2 * n * ((cfg.layer_heads[i] * d) ** 2 + cfg.layer_intermediate[i] ** 2) for i in range(L))
+    if streamed and ev_tokens:
+        flops += 2 * 2 * layer_params * ev_tokens
+    return {"memory_bytes": max(phases.values()), "phases": phases, "runtime_bytes": host,
+            "model_bytes": resident, "activation_bytes": boundary, "cache_bytes": cache_b if cached else 0,
+            "hessian_bytes": hess, "obs_bytes": obs, "batch_bytes": batch, "eval_bytes": logits,
+            "load_bytes": load, "forward_flops": flops, "seconds_at_60gflops": flops / 60e9 / max(ranks, 1),
+            "cached": cached, "streamed": streamed}
 
 
 def prune(name_or_dir: str, settings: PruneSettings, log=None, progress: bool = True):

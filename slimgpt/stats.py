@@ -11,6 +11,8 @@ Shapes: x (..., N) with every leading dimension a token; mean, m2 (N,); H (N, N)
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from slimgpt import ops
@@ -28,6 +30,7 @@ class ActivationStats:
 
     def __init__(self, n_features: int, *, hessian: bool = False, backend: str | None = None, device="cpu"):
         self.n = 0
+        self.seconds = 0.0              # time spent in add() (the Hessian and moments), for the log
         self.backend = backend
         self.mean = torch.zeros(n_features, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(n_features, dtype=torch.float64, device=device)
@@ -42,6 +45,7 @@ class ActivationStats:
         nb = x.shape[0]
         if nb == 0:
             return
+        t0 = time.perf_counter()
         if self.H is not None:
             self.H, _ = ops.accumulate_hessian(self.H, self.n, x, backend=self.backend)
         xd = x.double()
@@ -52,6 +56,9 @@ class ActivationStats:
         self.mean += delta * (nb / n)
         self.m2 += m2_b + delta ** 2 * (self.n * nb / n)
         self.n = n
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - t0
 
     @property
     def var(self) -> torch.Tensor:
