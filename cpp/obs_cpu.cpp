@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -47,6 +48,18 @@ namespace slimgpt {
 namespace {
 
 constexpr int64_t ROWS = 256;  // rows of W (or E) per task
+
+// a float buffer that is not zero-filled (every element is written before it is read)
+struct Floats {
+    std::unique_ptr<float[]> p;
+    size_t n = 0;
+    void resize(size_t size) {
+        if (size != n) p.reset(new float[size]), n = size;
+    }
+    float* data() { return p.get(); }
+    const float* data() const { return p.get(); }
+    size_t size() const { return n; }
+};
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -96,7 +109,7 @@ void prepare_weight(float* W, const float* H, int w_exp, int64_t d_out, int64_t 
 // diagonal entries set to 1, plus damping (spec §2.4). A dead entry is decoupled (its row and
 // column are 0) and its W column is 0, so its value changes neither W, the selection nor the
 // loss: it is 1 in the run's units rather than 4^-h_exp, which could overflow float32.
-int factor_inverse(std::vector<float>& M, const float* H, const Scales& sc, int64_t N) {
+int factor_inverse(Floats& M, const float* H, const Scales& sc, int64_t N) {
     const double s = std::ldexp(1.0, -2 * sc.h_exp);
     M.resize((size_t)(N * N));
     float* A = M.data();
@@ -182,7 +195,7 @@ struct Greedy {
     float* W;
     const float* M;             // L⁻¹ (N x N), read only
     int64_t d_out, N;
-    std::vector<float> U;       // (capacity, N): the Ut of the removed sets; rows [R, R+s) hold
+    Floats U;                   // (capacity, N): the Ut of the removed sets; rows [R, R+s) hold
     int64_t R = 0;              // the current set's rows of G, then its Ut
     std::vector<char> removed;  // columns whose rows/columns of G are gone (never read again)
     std::vector<double> colsq;  // ||W[:,c]||² (kept current when asked)
@@ -190,7 +203,9 @@ struct Greedy {
     double loss = 0.0;
 
     Greedy(float* W_, const float* M_, int64_t d_out_, int64_t N_, int64_t capacity)
-        : W(W_), M(M_), d_out(d_out_), N(N_), U((size_t)(capacity * N_)), removed((size_t)N_, 0) {}
+        : W(W_), M(M_), d_out(d_out_), N(N_), removed((size_t)N_, 0) {
+        U.resize((size_t)(capacity * N_));
+    }
 };
 
 // Remove the column set S (s columns, any order) from W and G: exact OBS for a set
@@ -218,7 +233,7 @@ int remove_set(Greedy& g, const int64_t* S_in, int64_t s, bool compensate, bool 
     });
     parallel_for(n_tiles(R, ROWS), [&](int64_t b, int) {  // US (R, s) = U[:, S]
         for (int64_t q = b * ROWS; q < std::min(R, (b + 1) * ROWS); q++)
-            for (int64_t r = 0; r < s; r++) US[(size_t)(q * s + r)] = g.U[(size_t)(q * N + S[r])];
+            for (int64_t r = 0; r < s; r++) US[(size_t)(q * s + r)] = g.U.data()[q * N + S[r]];
     });
     // rows of M in tile p reach only the S[r] below its end: the first s_below[p] of S
     std::vector<int64_t> s_below((size_t)nt);
@@ -364,7 +379,7 @@ int prune_columns_cpu(float* W, double* loss, const float* H, const int64_t* col
     prepare_weight(W, H, sc.w_exp, d_out, N);
     double loss_run = 0.0;
     if (compensate) {
-        std::vector<float> M;
+        Floats M;
         int st = factor_inverse(M, H, sc, N);
         if (st != OK) return st;
         Greedy g(W, M.data(), d_out, N, n_cols);
@@ -402,7 +417,7 @@ int prune_heads_cpu(float* W, int64_t* pruned, double* loss, const float* H, int
     if (n_prune == 0) return OK;  // W unchanged, as in the reference
     const Scales sc = scales_of(H, N + 1, N, percdamp, max_abs(W, d_out * N));
     prepare_weight(W, H, sc.w_exp, d_out, N);
-    std::vector<float> M;
+    Floats M;
     int st = factor_inverse(M, H, sc, N);
     if (st != OK) return st;
     Greedy g(W, M.data(), d_out, N, n_prune * d);
@@ -505,7 +520,7 @@ int prune_channels_cpu(float* W, int64_t* pruned, double* loss, const float* H, 
     if (n_groups == 0) return OK;  // W unchanged, as in the reference
     const Scales sc = scales_of(H, N + 1, N, percdamp, max_abs(W, d_out * N));
     prepare_weight(W, H, sc.w_exp, d_out, N);
-    std::vector<float> M;
+    Floats M;
     int st = factor_inverse(M, H, sc, N);
     if (st != OK) return st;
     int64_t total = 0;
