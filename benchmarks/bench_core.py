@@ -143,23 +143,20 @@ def executed_flops(d_out, N, sizes, pruned_columns):
     return float(f)
 
 
-def timed(f, reps=1):
-    ts, out = [], None
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), out
-
-
-def run_core(kind, W, H, n_prune, d, sizes):
+def run_core(kind, W, H, n_prune, d, sizes, reps=1):
+    """(median seconds of the core call alone, (W_new, selection)); W is copied outside the timing."""
     C = core()
-    Wc = np.array(W, dtype=np.float32, order="C")
-    if kind == "heads":
-        idx, _ = C.prune_heads(Wc, H, n_prune, d, 0.0, True, True, None)
-    else:
-        idx, _ = C.prune_channels(Wc, H, np.asarray(sizes, np.int64), 0.0, True)
-    return Wc, np.asarray(idx)
+    sizes = np.asarray(sizes, np.int64)
+    ts = []
+    for _ in range(reps):
+        Wc = np.array(W, dtype=np.float32, order="C")
+        t = time.perf_counter()
+        if kind == "heads":
+            idx, _ = C.prune_heads(Wc, H, n_prune, d, 0.0, True, True, None)
+        else:
+            idx, _ = C.prune_channels(Wc, H, sizes, 0.0, True)
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)), (Wc, np.asarray(idx))
 
 
 def load():
@@ -199,7 +196,7 @@ def main():
         for t in threads:
             r = {"load": load(), "sgemm": sgemm_rate(t)}
             C.set_num_threads(t)
-            r["cpp"], (W_cpp, sel_cpp) = timed(lambda: run_core(kind, W, H, n_prune, d, sizes), reps)
+            r["cpp"], (W_cpp, sel_cpp) = run_core(kind, W, H, n_prune, d, sizes, reps)
             sel[("cpp", t)] = (W_cpp, sel_cpp)
             # the published loop, torch float32, same thread count
             torch.set_num_threads(t)
@@ -216,7 +213,7 @@ def main():
                 # the remaining iterations cost at least their inverse + factorisations (same N)
                 r["pub"] += np.mean([x["inverse"] for x in timings]) * (len(sizes) - limit)
                 row["pub_note"] = f"extrapolated from {limit} of {len(sizes)} iterations (a lower bound)"
-                _, sel_k = run_core("channels", W, H, int(sum(sizes[:limit])), 1, sizes[:limit])
+                _, (_, sel_k) = run_core("channels", W, H, int(sum(sizes[:limit])), 1, sizes[:limit])
                 r["agree_pub"] = f"{np.array_equal(sel_k, sel_pub.numpy())} (first {limit} groups)"
             else:
                 r["agree_pub"] = str(np.array_equal(sel_cpp, sel_pub.numpy()))

@@ -62,8 +62,10 @@ int trtri_tiled(float* L, int64_t n) {
     std::vector<float> B((size_t)(n * TILE)), T((size_t)(nth * TILE * TILE));
     for (int64_t j = p - 2; j >= 0; j--) {
         const int64_t j0 = j * TILE, r0 = j0 + TILE, rows = n - r0;
-        for (int64_t r = 0; r < rows; r++)  // B = L[r0:, j0 : j0 + TILE]
-            std::memcpy(&B[(size_t)(r * TILE)], L + (r0 + r) * n + j0, sizeof(float) * TILE);
+        parallel_for(n_tiles(rows), [&](int64_t b, int) {  // B = L[r0:, j0 : j0 + TILE]
+            for (int64_t r = b * TILE; r < std::min(rows, (b + 1) * TILE); r++)
+                std::memcpy(&B[(size_t)(r * TILE)], L + (r0 + r) * n + j0, sizeof(float) * TILE);
+        });
         const float* Mjj = L + j0 * n + j0;
         parallel_for(p - 1 - j, [&](int64_t t, int th) {
             const int64_t i = p - 1 - t, i0 = i * TILE, ib = std::min(TILE, n - i0), k = i0 + ib - r0;

@@ -226,14 +226,16 @@ int remove_set(Greedy& g, const int64_t* S_in, int64_t s, bool compensate, bool 
 
     // Ms (N - i_lo, s) = M[i_lo:, S]: rows below i_lo = min S are 0 (M is lower triangular)
     const int64_t i_lo = S[0];
-    std::vector<float> Ms((size_t)((N - i_lo) * s)), US((size_t)(R * s));
+    Floats Ms, US;
+    Ms.resize((size_t)((N - i_lo) * s));
+    US.resize((size_t)(R * s));
     parallel_for(n_tiles(N - i_lo, ROWS), [&](int64_t b, int) {
         for (int64_t i = i_lo + b * ROWS; i < std::min(N, i_lo + (b + 1) * ROWS); i++)
-            for (int64_t r = 0; r < s; r++) Ms[(size_t)((i - i_lo) * s + r)] = M[i * N + S[r]];
+            for (int64_t r = 0; r < s; r++) Ms.data()[(i - i_lo) * s + r] = M[i * N + S[r]];
     });
     parallel_for(n_tiles(R, ROWS), [&](int64_t b, int) {  // US (R, s) = U[:, S]
         for (int64_t q = b * ROWS; q < std::min(R, (b + 1) * ROWS); q++)
-            for (int64_t r = 0; r < s; r++) US[(size_t)(q * s + r)] = g.U.data()[q * N + S[r]];
+            for (int64_t r = 0; r < s; r++) US.data()[q * s + r] = g.U.data()[q * N + S[r]];
     });
     // rows of M in tile p reach only the S[r] below its end: the first s_below[p] of S
     std::vector<int64_t> s_below((size_t)nt);
@@ -249,7 +251,7 @@ int remove_set(Greedy& g, const int64_t* S_in, int64_t s, bool compensate, bool 
             const int64_t i0 = std::max(p * TILE, i_lo), i1 = std::min(N, (p + 1) * TILE), sb = s_below[(size_t)p];
             if (sb == 0 || i1 <= i0) continue;
             scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)sb, (int)cw, (int)(i1 - i0), 1.0f,
-                              &Ms[(size_t)((i0 - i_lo) * s)], (int)s, M + i0 * N + c0, (int)N, 1.0f, X + c0, (int)N);
+                              Ms.data() + (i0 - i_lo) * s, (int)s, M + i0 * N + c0, (int)N, 1.0f, X + c0, (int)N);
         }
         if (R > 0)
             scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)s, (int)cw, (int)R, -1.0f, US.data(),
@@ -260,21 +262,24 @@ int remove_set(Greedy& g, const int64_t* S_in, int64_t s, bool compensate, bool 
     });
 
     // 2. G_SS = L_S L_Sᵀ (Lemma ii: the leading block of the reordered G's factor)
-    std::vector<float> LS((size_t)(s * s));
-    for (int64_t a = 0; a < s; a++)
-        for (int64_t b = 0; b <= a; b++) LS[(size_t)(a * s + b)] = X[a * N + S[b]];
+    Floats LS;
+    LS.resize((size_t)(s * s));
+    parallel_for(n_tiles(s, ROWS), [&](int64_t b, int) {  // the lower triangle
+        for (int64_t a = b * ROWS; a < std::min(s, (b + 1) * ROWS); a++)
+            for (int64_t c = 0; c <= a; c++) LS.data()[a * s + c] = X[a * N + S[c]];
+    });
     if (potrf_tiled(LS.data(), s, s) != 0) return NOT_POSITIVE_DEFINITE;
 
     // 3. E (d_out, s) = W_S L_S⁻ᵀ: the scaled errors e_i (spec §2.3 step 3); ½Σ||e_i||² is the
     //    Eq. (1) cost of this set = ½ tr(W_S (G_SS)⁻¹ W_Sᵀ)
-    std::vector<float> E;
+    Floats E;
     if (compensate) {
         E.resize((size_t)(d_out * s));
         const int64_t nb = n_tiles(d_out, ROWS);
         std::vector<double> e2((size_t)nb, 0.0);
         parallel_for(nb, [&](int64_t b, int) {
             const int64_t r0 = b * ROWS, rb = std::min(ROWS, d_out - r0);
-            float* Eb = &E[(size_t)(r0 * s)];
+            float* Eb = E.data() + r0 * s;
             for (int64_t r = 0; r < rb; r++)
                 for (int64_t a = 0; a < s; a++) Eb[r * s + a] = g.W[(r0 + r) * N + S[a]];
             scipy_cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, (int)rb, (int)s, 1.0f,
@@ -307,7 +312,7 @@ int remove_set(Greedy& g, const int64_t* S_in, int64_t s, bool compensate, bool 
                 const int64_t rb = std::min(ROWS, d_out - r0);
                 float* Wb = g.W + r0 * N;
                 scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rb, (int)cw, (int)s, -1.0f,
-                                  &E[(size_t)(r0 * s)], (int)s, X + c0, (int)N, 1.0f, Wb + c0, (int)N);
+                                  E.data() + r0 * s, (int)s, X + c0, (int)N, 1.0f, Wb + c0, (int)N);
                 for (int64_t r = 0; r < rb; r++)
                     for (const int64_t* z = z0; z < z1; z++) Wb[r * N + *z] = 0.0f;
                 if (track_colsq) add_col_sq(acc, Wb, N, 0, rb, c0, c1);
