@@ -28,6 +28,10 @@ above --skip-reference-above, reference.downdate, its one-inverse float64 twin).
     python benchmarks/bench_core.py                 # all cases, 1 and 2 threads (~30 min on 2 busy cores)
     python benchmarks/bench_core.py --quick         # SmolLM2 sizes only
     python benchmarks/bench_core.py --cases "LLaMA-7B o_proj" --threads 2
+    python benchmarks/bench_core.py --no-published --no-reference   # the C++ core and the roofline only
+
+A core without `set_num_threads` (before the core had its own threads) runs with OpenBLAS's own
+threads set to t instead.
 
 H is synthetic and well conditioned: H = 2 XᵀX / n with n = 2·d_in token rows whose features
 have log-normal scales (as activations do); W has column scales spread over a decade so that
@@ -143,6 +147,15 @@ def executed_flops(d_out, N, sizes, pruned_columns):
     return float(f)
 
 
+def set_core_threads(t):
+    """The core's threads; a core without its own (an older build): OpenBLAS's threads."""
+    C = core()
+    if hasattr(C, "set_num_threads"):
+        C.set_num_threads(t)
+    else:
+        _openblas().scipy_openblas_set_num_threads(t)
+
+
 def run_core(kind, W, H, n_prune, d, sizes, reps=1):
     """(median seconds of the core call alone, (W_new, selection)); W is copied outside the timing."""
     C = core()
@@ -172,6 +185,8 @@ def main():
     ap.add_argument("--baseline-iters", type=int, default=2,
                     help="at LLaMA-7B down_proj run only this many published iterations and extrapolate "
                          "(the full run takes hours on 2 cores); 0 = run all")
+    ap.add_argument("--no-published", action="store_true", help="do not run the published loop")
+    ap.add_argument("--no-reference", action="store_true", help="do not run the float64 reference")
     ap.add_argument("--skip-reference-above", type=int, default=4096,
                     help="above this d_in compare selections with reference.downdate (one float64 inverse) "
                          "instead of the re-inverting float64 reference")
@@ -195,9 +210,17 @@ def main():
         sel = {}
         for t in threads:
             r = {"load": load(), "sgemm": sgemm_rate(t)}
-            C.set_num_threads(t)
+            set_core_threads(t)
             r["cpp"], (W_cpp, sel_cpp) = run_core(kind, W, H, n_prune, d, sizes, reps)
+            if not hasattr(C, "set_num_threads"):
+                set_core_threads(1)  # OpenBLAS back on one thread for the rest of the run
             sel[("cpp", t)] = (W_cpp, sel_cpp)
+            r["load_end"] = load()
+            row["per_t"][t] = r
+            if args.no_published:
+                r["pub"], r["agree_pub"] = float("nan"), "not run"
+                print({"case": name, "threads": t, **r}, flush=True)
+                continue
             # the published loop, torch float32, same thread count
             torch.set_num_threads(t)
             timings = []
@@ -228,6 +251,10 @@ def main():
                                        for t in threads)
         row["executed"] = executed_flops(d_out, d_in, set_sizes,
                                          (sel0[:, None] * d + np.arange(d)).ravel() if kind == "heads" else sel0)
+        row["ref_kind"], row["agree_ref"], row["maxdiff_ref"], row["ref"] = "reference", "not run", float("nan"), 0.0
+        if args.no_reference:
+            rows.append(row)
+            continue
         # the float64 reference
         from slimgpt import reference as ref
         from slimgpt.reference import downdate as ref_downdate
