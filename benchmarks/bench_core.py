@@ -1,51 +1,63 @@
-"""Benchmark of the C++ core against the published SlimGPT loop (not a test).
+"""Benchmark of the C++ core against the published SlimGPT loop and the SGEMM roofline (not a test).
 
-Times, on the same inputs, (a) the NumPy float64 reference (slimgpt.reference), (b) the C++
-CPU core (slimgpt.ops, backend="cpu"), (c) a faithful torch float32 copy of the published loop
-(benchmarks/bench_core_published.py: full inverse every iteration, one head per iteration,
-published DGS group sizes) and (d) the CUDA core when a device is present, at SmolLM2-135M
-and LLaMA-7B sizes of o_proj (heads) and down_proj (FFN channels). Prints seconds, speedups
-against (c), whether the selections agree, and achieved GFLOP/s next to the SGEMM rate
-measured in the same run.
+For each case (SmolLM2-135M and LLaMA-7B sizes of o_proj, heads, and down_proj, FFN channels)
+and each thread count (default 1 and 2), in one run:
 
-    python benchmarks/bench_core.py            # all four cases (long: see --baseline-iters)
-    python benchmarks/bench_core.py --quick    # SmolLM2 sizes only (~1 min)
+- **C++**: the core's whole operation (`slimgpt._core.prune_heads / prune_channels`: checks,
+  normalisation, factorisation, every downdate, compensation, scoring and gather) with
+  `_core.set_num_threads(t)`; median of --reps at small sizes, one run at LLaMA sizes;
+- **published**: `benchmarks/bench_core_published.py`, a torch float32 copy of the published
+  loop (full inverse every iteration), with `torch.set_num_threads(t)`;
+- **SGEMM roofline at t threads**, measured right before the C++ timing: the best of OpenBLAS's
+  own t-threaded sgemm (the core's library, scipy-openblas32) and t concurrent single-threaded
+  sgemm calls (the core's own way of using t threads), 2048³ each;
+- **flops**: *nominal*, the work of "one inverse, then exact block downdates" as specified
+  (N³ for the inverse; per removed set of s columns s·N² for the downdate (not after the last),
+  2·d_out·N·s for the compensation, s²·N + s²·d_out for the triangular solves), and
+  *executed*, what the core actually computes (docs/cpp.md): 2N³/3 for spotrf + strtri, N² − c²
+  per removed column c for its row of G read from M = L⁻¹, 2·s·R·N for the earlier downdates
+  (R columns removed before the set), and the same solves and compensation;
+- **roofline fraction**: (nominal flops / SGEMM rate) / C++ time, i.e. how close the whole
+  operation comes to doing the specified work at the SGEMM rate; and the kernel efficiency,
+  executed flops / time / SGEMM rate.
 
-H is synthetic and well conditioned: H = 2 XᵀX / n with n = 2·d_in token rows whose
-features have log-normal scales (as activations do); W has column scales spread over a
-decade so that saliencies are well separated.
+Selections are compared (exactly) between C++ at every thread count (W bit-identical too), the
+published loop and the float64 reference (slimgpt.reference, which re-inverts every iteration;
+above --skip-reference-above, reference.downdate, its one-inverse float64 twin).
+
+    python benchmarks/bench_core.py                 # all cases, 1 and 2 threads (~30 min on 2 busy cores)
+    python benchmarks/bench_core.py --quick         # SmolLM2 sizes only
+    python benchmarks/bench_core.py --cases "LLaMA-7B o_proj" --threads 2
+    python benchmarks/bench_core.py --no-published --no-reference   # the C++ core and the roofline only
+
+A core without `set_num_threads` (before the core had its own threads) runs with OpenBLAS's own
+threads set to t instead.
+
+H is synthetic and well conditioned: H = 2 XᵀX / n with n = 2·d_in token rows whose features
+have log-normal scales (as activations do); W has column scales spread over a decade so that
+saliencies are well separated.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import time
 
+# NumPy's OpenBLAS (the float64 reference) on one thread, set before NumPy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-def _threads_from_argv(default=1):
-    for i, a in enumerate(sys.argv):
-        if a == "--threads" and i + 1 < len(sys.argv):
-            return int(sys.argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return default
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 
-
-# BLAS threads must be fixed before NumPy/OpenBLAS/torch load: the same count for every
-# implementation (default 1: on a shared 2-core machine threaded BLAS degrades badly).
-_THREADS = _threads_from_argv()
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(_THREADS)
-
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core_published as published  # noqa: E402
 
 from slimgpt import ops  # noqa: E402
-from slimgpt._native import has_cuda  # noqa: E402
+from slimgpt._native import core  # noqa: E402
 
 CASES = [
     # name, kind, d_out, d_in, head_dim, n_prune
@@ -67,58 +79,121 @@ def make_inputs(d_out, d_in, seed=0):
     return W.numpy(), H.numpy()
 
 
-def sgemm_rate(n=2048, reps=3):
-    A = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    A @ A
+# --- the SGEMM roofline, on the core's own BLAS ----------------------------------------------
+
+def _openblas():
+    import scipy_openblas32
+
+    lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so"), mode=ctypes.RTLD_GLOBAL)
+    lib.scipy_cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
+                                                          ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
+                                                          ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def _sgemm(lib, A, B, C):
+    n = A.shape[0]
+    lib.scipy_cblas_sgemm(101, 111, 111, n, n, n, 1.0, A.ctypes.data, n, B.ctypes.data, n, 0.0, C.ctypes.data, n)
+
+
+def sgemm_rate(threads, n=2048, reps=3):
+    """GFLOP/s of SGEMM (n³) at `threads`: the best of OpenBLAS's own threaded sgemm and
+    `threads` concurrent single-threaded calls (ctypes releases the GIL), median of `reps`."""
+    lib = _openblas()
+    rng = np.random.default_rng(0)
+    mats = [[rng.standard_normal((n, n), dtype=np.float32) for _ in range(3)] for _ in range(threads)]
+    own, concurrent = [], []
+    lib.scipy_openblas_set_num_threads(threads)
+    try:
+        _sgemm(lib, *mats[0])
+        for _ in range(reps):
+            t = time.perf_counter()
+            _sgemm(lib, *mats[0])
+            own.append(2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    finally:
+        lib.scipy_openblas_set_num_threads(1)  # the core's setting (cpp/parallel.h)
+    for _ in range(reps):
+        ts = [threading.Thread(target=_sgemm, args=(lib, *m)) for m in mats]
+        t = time.perf_counter()
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        concurrent.append(threads * 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return max(float(np.median(own)), float(np.median(concurrent)))
+
+
+# --- flop counts --------------------------------------------------------------------------------
+
+def nominal_flops(d_out, N, sizes):
+    """One inverse, then per set: downdate s·N² (not after the last), compensation
+    2·d_out·N·s, triangular solves s²·N + s²·d_out."""
+    f = N ** 3
+    for i, s in enumerate(sizes):
+        f += 2 * d_out * N * s + s * s * N + s * s * d_out + (s * N * N if i + 1 < len(sizes) else 0)
+    return float(f)
+
+
+def executed_flops(d_out, N, sizes, pruned_columns):
+    """What the core computes (docs/cpp.md): spotrf + strtri 2N³/3; the row of G of each removed
+    column c read from M = L⁻¹ below c, N² − c²; per set 2·s·R·N for the downdates of the R
+    columns removed before it, s²·N + s²·d_out for the solves, 2·d_out·N·s for W −= E Ut."""
+    c = np.asarray(pruned_columns, dtype=np.float64)
+    f = 2 * N ** 3 / 3 + float(np.sum(N * N - c * c))
+    R = 0
+    for s in sizes:
+        f += 2 * s * R * N + s * s * N + s * s * d_out + 2 * d_out * N * s
+        R += s
+    return float(f)
+
+
+def set_core_threads(t):
+    """The core's threads; a core without its own (an older build): OpenBLAS's threads."""
+    C = core()
+    if hasattr(C, "set_num_threads"):
+        C.set_num_threads(t)
+    else:
+        _openblas().scipy_openblas_set_num_threads(t)
+
+
+def run_core(kind, W, H, n_prune, d, sizes, reps=1):
+    """(median seconds of the core call alone, (W_new, selection)); W is copied outside the timing."""
+    C = core()
+    sizes = np.asarray(sizes, np.int64)
     ts = []
     for _ in range(reps):
+        Wc = np.array(W, dtype=np.float32, order="C")
         t = time.perf_counter()
-        A @ A
+        if kind == "heads":
+            idx, _ = C.prune_heads(Wc, H, n_prune, d, 0.0, True, True, None)
+        else:
+            idx, _ = C.prune_channels(Wc, H, sizes, 0.0, True)
         ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / np.median(ts) / 1e9
+    return float(np.median(ts)), (Wc, np.asarray(idx))
 
 
-def timed(f, reps=1):
-    ts, out = [], None
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), out
-
-
-def core_flops(kind, d_out, d_in, sizes):
-    """Flops of the C++ core's dense kernels: inverse (spotrf + spotri ≈ N³), then per group
-    of s columns: strsm s²N, ssyrk (downdate) s·N², strsm s²·d_out, sgemm 2·d_out·N·s."""
-    N = d_in
-    inv = N ** 3
-    loop = 0
-    for i, s in enumerate(sizes):
-        loop += s * s * N + 2 * d_out * N * s + s * s * d_out
-        if i + 1 < len(sizes):
-            loop += s * N * N
-    return inv, loop
+def load():
+    return os.getloadavg()[0]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="SmolLM2 sizes only")
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names to run (default all)")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions (median) of the fast paths at small sizes")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (median) of the C++ core at small sizes")
     ap.add_argument("--baseline-iters", type=int, default=2,
-                    help="at LLaMA-7B down_proj run only this many published iterations and "
-                         "extrapolate (the full run takes hours on 2 cores); 0 = run all")
+                    help="at LLaMA-7B down_proj run only this many published iterations and extrapolate "
+                         "(the full run takes hours on 2 cores); 0 = run all")
+    ap.add_argument("--no-published", action="store_true", help="do not run the published loop")
+    ap.add_argument("--no-reference", action="store_true", help="do not run the float64 reference")
     ap.add_argument("--skip-reference-above", type=int, default=4096,
-                    help="skip the float64 reference when d_in is larger (it would take > 10 min)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="threads for every implementation (OpenBLAS, MKL, torch); default 1")
+                    help="above this d_in compare selections with reference.downdate (one float64 inverse) "
+                         "instead of the re-inverting float64 reference")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
-    print(f"# load average at start: {os.getloadavg()}; cores: {os.cpu_count()}; torch threads: "
-          f"{torch.get_num_threads()}")
-    rate = sgemm_rate()
-    print(f"# SGEMM (NumPy/OpenBLAS, 2048^3) in this run: {rate:.1f} GFLOP/s")
+    threads = [int(t) for t in args.threads.split(",")]
+    C = core()
+    print(f"# load average at start: {os.getloadavg()}; cores: {os.cpu_count()}; threads: {threads}", flush=True)
     rows = []
     for name, kind, d_out, d_in, d, n_prune in CASES:
         if args.quick and d_in > 2000:
@@ -129,94 +204,109 @@ def main():
         reps = 1 if big else args.reps
         W, H = make_inputs(d_out, d_in)
         sizes = [1] * n_prune if kind == "heads" else ops.dgs_group_sizes(n_prune)
-        row = {"case": name, "shape": f"{d_out}x{d_in}", "prune": n_prune, "iters": len(sizes)}
+        set_sizes = [d] * n_prune if kind == "heads" else sizes
+        row = {"case": name, "shape": f"{d_out}x{d_in}", "prune": n_prune, "iters": len(sizes),
+               "nominal": nominal_flops(d_out, d_in, set_sizes), "per_t": {}}
+        sel = {}
+        for t in threads:
+            r = {"load": load(), "sgemm": sgemm_rate(t)}
+            set_core_threads(t)
+            r["cpp"], (W_cpp, sel_cpp) = run_core(kind, W, H, n_prune, d, sizes, reps)
+            if not hasattr(C, "set_num_threads"):
+                set_core_threads(1)  # OpenBLAS back on one thread for the rest of the run
+            sel[("cpp", t)] = (W_cpp, sel_cpp)
+            r["load_end"] = load()
+            row["per_t"][t] = r
+            if args.no_published:
+                r["pub"], r["agree_pub"] = float("nan"), "not run"
+                print({"case": name, "threads": t, **r}, flush=True)
+                continue
+            # the published loop, torch float32, same thread count
+            torch.set_num_threads(t)
+            timings = []
+            limit = args.baseline_iters if (big and kind == "channels" and args.baseline_iters) else None
+            Wt, Ht = torch.from_numpy(W), torch.from_numpy(H)
+            t0 = time.perf_counter()
+            if kind == "heads":
+                W_pub, sel_pub = published.prune_heads(Wt, Ht, n_prune, d, timings=timings)
+            else:
+                W_pub, sel_pub = published.prune_channels(Wt, Ht, sizes, max_iters=limit, timings=timings)
+            r["pub"] = time.perf_counter() - t0
+            if limit is not None and limit < len(sizes):
+                # the remaining iterations cost at least their inverse + factorisations (same N)
+                r["pub"] += np.mean([x["inverse"] for x in timings]) * (len(sizes) - limit)
+                row["pub_note"] = f"extrapolated from {limit} of {len(sizes)} iterations (a lower bound)"
+                _, (_, sel_k) = run_core("channels", W, H, int(sum(sizes[:limit])), 1, sizes[:limit])
+                r["agree_pub"] = f"{np.array_equal(sel_k, sel_pub.numpy())} (first {limit} groups)"
+            else:
+                r["agree_pub"] = str(np.array_equal(sel_cpp, sel_pub.numpy()))
+                r["maxdiff_pub"] = float(np.abs(W_cpp - W_pub.numpy()).max() / np.abs(W_pub.numpy()).max())
+            r["load_end"] = load()
+            row["per_t"][t] = r
+            print({"case": name, "threads": t, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}},
+                  flush=True)
+        torch.set_num_threads(threads[0])
+        W0, sel0 = sel[("cpp", threads[0])]
+        row["threads_identical"] = all(np.array_equal(W0, sel[("cpp", t)][0]) and np.array_equal(sel0, sel[("cpp", t)][1])
+                                       for t in threads)
+        row["executed"] = executed_flops(d_out, d_in, set_sizes,
+                                         (sel0[:, None] * d + np.arange(d)).ravel() if kind == "heads" else sel0)
+        row["ref_kind"], row["agree_ref"], row["maxdiff_ref"], row["ref"] = "reference", "not run", float("nan"), 0.0
+        if args.no_reference:
+            rows.append(row)
+            continue
+        # the float64 reference
+        from slimgpt import reference as ref
+        from slimgpt.reference import downdate as ref_downdate
 
-        if kind == "heads":
-            f_cpu = lambda: ops.prune_heads(W, H, n_prune, d, backend="cpu")
-        else:
-            f_cpu = lambda: ops.prune_channels(W, H, n_prune, backend="cpu")
-        t_cpu, (W_cpu, sel_cpu) = timed(f_cpu, reps)
-        t_inv, _ = timed(lambda: ops.prune_columns(W, H, [0], backend="cpu"), reps)
-        inv_fl, loop_fl = core_flops(kind, d_out, d_in, [d] * n_prune if kind == "heads" else sizes)
-        row["sgemm"] = sgemm_rate()  # measured next to the C++ timings (the load drifts)
-        row.update(cpu=t_cpu, inv_gflops=inv_fl / t_inv / 1e9,
-                   loop_gflops=loop_fl / max(t_cpu - t_inv, 1e-9) / 1e9,
-                   all_gflops=(inv_fl + loop_fl) / t_cpu / 1e9)
-
-        # (c) the published loop in torch float32
-        Wt, Ht = torch.from_numpy(W), torch.from_numpy(H)
-        timings = []
-        limit = args.baseline_iters if (big and kind == "channels" and args.baseline_iters) else None
+        W64, H64 = W.astype(np.float64), H.astype(np.float64)
+        use_twin = d_in > args.skip_reference_above
+        mod = ref_downdate if use_twin else ref
         t0 = time.perf_counter()
         if kind == "heads":
-            W_pub, sel_pub = published.prune_heads(Wt, Ht, n_prune, d, timings=timings)
+            W_ref, sel_ref = mod.prune_heads(W64, H64, n_prune, d)
         else:
-            W_pub, sel_pub = published.prune_channels(Wt, Ht, sizes, max_iters=limit, timings=timings)
-        t_pub = time.perf_counter() - t0
-        if limit is not None and limit < len(sizes):
-            # remaining iterations cost at least their inverse + factorisations (same N each time)
-            mean_inv = np.mean([t["inverse"] for t in timings])
-            t_pub += mean_inv * (len(sizes) - limit)
-            row["pub_note"] = f"extrapolated from {limit} of {len(sizes)} iterations (lower bound)"
-            # selections: compare the first `limit` groups with a C++ run on the same groups
-            _, sel_cpu_k = ops.prune_channels(W, H, int(sum(sizes[:limit])), group_sizes=sizes[:limit],
-                                              backend="cpu")
-            row["agree_pub"] = f"{np.array_equal(sel_cpu_k, sel_pub.numpy())} (first {limit} groups)"
-        else:
-            row["agree_pub"] = str(np.array_equal(sel_cpu, sel_pub.numpy()))
-            row["maxdiff_pub"] = float(np.abs(W_cpu - W_pub.numpy()).max() / np.abs(W_pub.numpy()).max())
-        row["pub"] = t_pub
-
-        # (a) the float64 reference
-        if d_in <= args.skip_reference_above:
-            from slimgpt import reference as ref
-
-            if kind == "heads":
-                t_ref, (W_ref, sel_ref) = timed(lambda: ref.prune_heads(W.astype(np.float64), H.astype(np.float64),
-                                                                       n_prune, d), 1)
-            else:
-                t_ref, (W_ref, sel_ref) = timed(lambda: ref.prune_channels(W.astype(np.float64),
-                                                                          H.astype(np.float64), n_prune), 1)
-            row["ref"] = t_ref
-            row["agree_ref"] = str(np.array_equal(sel_cpu, np.asarray(sel_ref)))
-            row["maxdiff_ref"] = float(np.abs(W_cpu - W_ref).max() / np.abs(W_ref).max())
-        else:
-            row["ref"] = None
-            row["agree_ref"] = "skipped (> 10 min)"
-
-        # (d) CUDA
-        if has_cuda():
-            Wc, Hc = Wt.cuda(), Ht.cuda()
-            if kind == "heads":
-                f_cuda = lambda: ops.prune_heads(Wc, Hc, n_prune, d, backend="cuda")
-            else:
-                f_cuda = lambda: ops.prune_channels(Wc, Hc, n_prune, backend="cuda")
-            f_cuda()
-            t_cuda, (W_cu, sel_cu) = timed(lambda: (f_cuda(), torch.cuda.synchronize())[0], 3)
-            row["cuda"] = t_cuda
-            row["agree_cuda"] = str(np.array_equal(sel_cpu, sel_cu.cpu().numpy()))
+            W_ref, sel_ref = mod.prune_channels(W64, H64, n_prune)
+        row["ref"] = time.perf_counter() - t0
+        row["ref_kind"] = "reference.downdate" if use_twin else "reference"
+        row["agree_ref"] = str(np.array_equal(sel0, np.asarray(sel_ref)))
+        row["maxdiff_ref"] = float(np.abs(W0 - W_ref).max() / np.abs(W_ref).max())
         rows.append(row)
-        print_row(row, flush=True)
+        print({k: v for k, v in row.items() if k != "per_t"}, flush=True)
 
-    print("\n| case | W | pruned (iters) | reference f64 s | C++ CPU s | published torch f32 s | CUDA s "
-          "| speedup C++ vs published | selections C++ = published / = reference "
-          "| C++ inverse GFLOP/s | C++ loop GFLOP/s | SGEMM GFLOP/s (same moment) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print_table(rows, threads)
+    print(f"\nload average at end: {os.getloadavg()}")
+
+
+def print_table(rows, threads):
+    ts = threads
+    head = ["case", "W", "pruned (sets)", "nominal / executed GFLOP"]
+    for t in ts:
+        head += [f"C++ {t}t s", f"published {t}t s", f"SGEMM {t}t GFLOP/s", f"roofline {t}t", f"kernels {t}t"]
+    head += ["speedup C++ vs published (" + "/".join(f"{t}t" for t in ts) + ")",
+             "selections C++ = published / = reference; C++ threads bit-identical", "load avg"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for r in rows:
-        ref_s = f"{r['ref']:.2f}" if r["ref"] is not None else "skipped"
-        cuda_s = f"{r['cuda']:.3f}" if "cuda" in r else "n/a"
-        pub = f"{r['pub']:.2f}" + (" *" if "pub_note" in r else "")
-        print(f"| {r['case']} | {r['shape']} | {r['prune']} ({r['iters']}) | {ref_s} | {r['cpu']:.3f} | {pub} "
-              f"| {cuda_s} | {r['pub'] / r['cpu']:.1f}x | {r['agree_pub']} / {r['agree_ref']} "
-              f"| {r['inv_gflops']:.0f} | {r['loop_gflops']:.0f} | {r['sgemm']:.0f} |")
-    print(f"\nSGEMM rate in this run: {rate:.1f} GFLOP/s; load average at end: {os.getloadavg()}")
+        cells = [r["case"], r["shape"], f"{r['prune']} ({r['iters']})", f"{r['nominal'] / 1e9:.3g} / {r['executed'] / 1e9:.3g}"]
+        for t in ts:
+            p = r["per_t"][t]
+            roof = r["nominal"] / p["sgemm"] / 1e9 / p["cpp"]
+            kern = r["executed"] / p["sgemm"] / 1e9 / p["cpp"]
+            pub = f"{p['pub']:.2f}" + (" *" if "pub_note" in r else "")
+            cells += [f"{p['cpp']:.3f}", pub, f"{p['sgemm']:.0f}", f"{roof:.0%}", f"{kern:.0%}"]
+        cells.append(" / ".join(f"{r['per_t'][t]['pub'] / r['per_t'][t]['cpp']:.1f}x" for t in ts))
+        agree = " ".join(f"{t}t: {r['per_t'][t]['agree_pub']}" for t in ts)
+        cells.append(f"{agree} / {r['agree_ref']} ({r['ref_kind']}); {r['threads_identical']}")
+        cells.append(" → ".join(f"{r['per_t'][t]['load']:.1f}" for t in ts) + f" → {r['per_t'][ts[-1]]['load_end']:.1f}")
+        print("| " + " | ".join(cells) + " |")
     for r in rows:
         if "pub_note" in r:
             print(f"* {r['case']}: published time {r['pub_note']}")
-
-
-def print_row(row, flush=False):
-    print({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()}, flush=flush)
+    for r in rows:
+        diffs = ", ".join(f"{t}t {r['per_t'][t]['maxdiff_pub']:.1e}" for t in ts if "maxdiff_pub" in r["per_t"][t])
+        print(f"- {r['case']}: max|C++ − {r['ref_kind']}|/max = {r['maxdiff_ref']:.1e}"
+              + (f"; vs published: {diffs}" if diffs else "") + f"; {r['ref_kind']} {r['ref']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -35,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel.h"
 #include "slimgpt.h"
 #ifdef SLIMGPT_WITH_CUDA
 #include "obs_cuda.h"
@@ -266,10 +269,18 @@ static void run(const char* what, F&& call) {
 struct Cpu {
     using device = nb::device::cpu;
     template <class T>
-    static bool finite(const T* p, size_t n) {
-        for (size_t i = 0; i < n; i++)
-            if (!std::isfinite(p[i])) return false;
-        return true;
+    static bool finite(const T* p, size_t n) {  // on the core's threads, 2^20 entries per task
+        const int64_t chunk = int64_t(1) << 20, n_chunks = ((int64_t)n + chunk - 1) / chunk;
+        std::atomic<bool> ok{true};
+        nb::gil_scoped_release release;
+        slimgpt::parallel_for(n_chunks, [&](int64_t c, int) {
+            const T* q = p + c * chunk;
+            const int64_t m = std::min<int64_t>(chunk, (int64_t)n - c * chunk);
+            bool f = true;
+            for (int64_t i = 0; i < m; i++) f &= std::isfinite(q[i]);
+            if (!f) ok = false;
+        });
+        return ok;
     }
     static void set_device(int) {}
     static const char* last_error() { return ""; }
@@ -422,6 +433,11 @@ static IdxOut dgs_group_sizes(Count T) {
     return make_index_array(std::move(sizes));
 }
 
+static void set_num_threads(Count n) {
+    check_count(n.value, "n (threads)", 1, 256);
+    slimgpt::set_num_threads((int)n.value);
+}
+
 static bool has_cuda() {
 #ifdef SLIMGPT_WITH_CUDA
     return slimgpt::cuda_device_count() > 0;
@@ -539,6 +555,8 @@ NB_MODULE(_core, m) {
     m.doc() = "slimgpt C++ core (CPU, and CUDA when built): the fast path of slimgpt.reference.\n"
               "W is updated in place; index results are NumPy int64 arrays; losses are floats.";
     m.def("has_cuda", &has_cuda, "True when built with CUDA and a CUDA device is visible.");
+    // OpenBLAS always runs on one thread: the core splits its work over its own threads
+    slimgpt::single_threaded_blas();
 #ifdef SLIMGPT_WITH_CUDA
     m.attr("built_with_cuda") = true;
 #else
@@ -608,6 +626,11 @@ NB_MODULE(_core, m) {
                 "(pruned channels as sorted int64, loss).");
 #undef SLIMGPT_DEF
 #undef SLIMGPT_DEF_CUDA
+    m.def("get_num_threads", &slimgpt::num_threads,
+          "Threads of the CPU core (default: SLIMGPT_NUM_THREADS, else the CPUs this process may use).");
+    m.def("set_num_threads", &set_num_threads, "n"_a,
+          "Set the threads of the CPU core (1-256). Results do not depend on it; OpenBLAS stays on one thread.");
+    m.def("set_num_threads", explainer("set_num_threads", {{"n", K::COUNT, false}}), EXPLAIN_DOC);
     m.def("dgs_group_sizes", &dgs_group_sizes, "T"_a, "The published DGS schedule for T channels (spec §4.2).");
     m.def("dgs_group_sizes", explainer("dgs_group_sizes", {{"T", K::COUNT, false}}), EXPLAIN_DOC);
 }

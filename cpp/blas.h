@@ -15,6 +15,8 @@ void SLIMGPT_LAPACK(spotrf)(const char* uplo, const int* n, float* A, const int*
                             size_t uplo_len);
 void SLIMGPT_LAPACK(spotri)(const char* uplo, const int* n, float* A, const int* lda, int* info,
                             size_t uplo_len);
+void SLIMGPT_LAPACK(strtri)(const char* uplo, const char* diag, const int* n, float* A, const int* lda,
+                            int* info, size_t uplo_len, size_t diag_len);
 }
 
 namespace slimgpt::blas {
@@ -34,6 +36,15 @@ inline int potri_lower(float* A, int n, int lda) {
     int info = 0;
     const char uplo = 'U';
     SLIMGPT_LAPACK(spotri)(&uplo, &n, A, &lda, &info, 1);
+    return info;
+}
+
+// Given a row-major lower triangular A (non-unit diagonal), overwrite that triangle with A⁻¹;
+// the strict upper triangle is not touched. Returns LAPACK info (0 = ok, > 0 = singular).
+inline int trtri_lower(float* A, int n, int lda) {
+    int info = 0;
+    const char uplo = 'U', diag = 'N';
+    SLIMGPT_LAPACK(strtri)(&uplo, &diag, &n, A, &lda, &info, 1, 1);
     return info;
 }
 

@@ -11,14 +11,22 @@
 // dimension limits the matrix sizes.
 //
 // Layout: cuBLAS is column-major, our matrices row-major, so a row-major (r, c) matrix is a
-// column-major (c, r) one. G's row-major lower triangle is the column-major UPPER triangle,
-// hence CUBLAS_FILL_MODE_UPPER for G throughout. The remove-set step, in column-major terms:
-//   V (N, s) = G[:, S]               (gather)     same memory as Ut (s, N) row-major
-//   L_S = chol(G_SS) (lower)                      potrf
-//   V ← V L_S⁻ᵀ   = Utᵀ                           trsm right, lower, transposed
-//   Ec (s, d_out) = L_S⁻¹ W_Sᵀ       = Eᵀ         trsm left, lower; loss += ½ Σ Ec²
-//   Wc (N, d_out) −= V Ec            (W −= E Ut)  gemm
-//   G −= V Vᵀ                        (downdate)   syrk, upper
+// column-major (c, r) one. H's row-major lower triangle is the column-major UPPER triangle,
+// hence CUBLAS_FILL_MODE_UPPER for the factorisation.
+//
+// G and the downdates (the CPU core's "lazy" scheme, obs_cpu.cpp): G0 = H'⁻¹ is computed once
+// (potrf + potri) and mirrored into FULL symmetric storage, so that a row of it is contiguous;
+// it is never written again. The Ut of the removed sets are stacked in U (R x N, row-major),
+// so the current G = G0 − UᵀU, and a removed set reads only its own rows:
+//   X (s, N) = G0[S, :] − U[:, S]ᵀ U   (row copy + gemm)   same memory as Xᶜ (N, s)
+//   X[:, removed] = 0
+//   L_S = chol(X[:, S]) (lower)                                potrf
+//   Xᶜ ← Xᶜ L_S⁻ᵀ, i.e. X ← L_S⁻¹ X = Ut, appended to U          trsm right, lower, transposed
+//   Ec (s, d_out) = L_S⁻¹ W_Sᵀ = Eᵀ                            trsm left, lower; loss += ½ Σ Ec²
+//   Wc (N, d_out) −= Xᶜ Ec            (W −= E Ut)               gemm
+// and the scores' view of G is kept current from each new Ut: its diagonal (channels, −GCD)
+// and its diagonal head blocks (GCD), one small kernel each. The CPU core gets G0's rows from
+// M = L⁻¹ instead of potri (fewer flops on a CPU); the results are the same up to rounding.
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
@@ -294,14 +302,65 @@ __device__ inline float sym_get(const float* G, int64_t N, int64_t i, int64_t j)
     return i >= j ? G[i * N + j] : G[j * N + i];
 }
 
-// Ut (s, N) row-major = G[S, :]
-__global__ void gather_rows_kernel(float* Ut, const float* G, const int64_t* S, int64_t s, int64_t N) {
-    FOR_EACH(k, s * N) Ut[k] = sym_get(G, N, S[k / N], k % N);
+// the row-major N x N float32 A: its lower triangle copied onto its upper one (full storage)
+__global__ void mirror_lower_f32_kernel(float* A, int64_t N) {
+    FOR_EACH(k, N * N) {
+        const int64_t i = k / N, j = k % N;
+        if (j > i) A[k] = A[j * N + i];
+    }
 }
 
-// LS (s, s) = G[S, S]
-__global__ void gather_block_kernel(float* LS, const float* G, const int64_t* S, int64_t s, int64_t N) {
-    FOR_EACH(k, s * s) LS[k] = sym_get(G, N, S[k / s], S[k % s]);
+// X (s, N) row-major = G[S, :] of the full symmetric G (contiguous rows)
+__global__ void copy_rows_kernel(float* X, const float* G, const int64_t* S, int64_t s, int64_t N) {
+    FOR_EACH(k, s * N) X[k] = G[S[k / N] * N + k % N];
+}
+
+// US (R, s) row-major = U[:, S]
+__global__ void gather_cols_kernel(float* US, const float* U, const int64_t* S, int64_t R, int64_t s, int64_t N) {
+    FOR_EACH(k, R * s) US[k] = U[(k / s) * N + S[k % s]];
+}
+
+// X[:, c] = 0 for the removed columns c (their rows/columns of G are gone)
+__global__ void zero_removed_cols_kernel(float* X, const char* removed, int64_t s, int64_t N) {
+    FOR_EACH(k, s * N) {
+        if (removed[k % N]) X[k] = 0.0f;
+    }
+}
+
+// LS (s, s) = X[:, S] (= G_SS)
+__global__ void gather_set_block_kernel(float* LS, const float* X, const int64_t* S, int64_t s, int64_t N) {
+    FOR_EACH(k, s * s) LS[k] = X[(k / s) * N + S[k % s]];
+}
+
+__global__ void mark_removed_kernel(char* removed, const int64_t* S, int64_t s) {
+    FOR_EACH(k, s) removed[S[k]] = 1;
+}
+
+// diag[c] = G[c, c] (double)
+__global__ void diag_init_kernel(double* diag, const float* G, int64_t N) {
+    FOR_EACH(c, N) diag[c] = G[c * (N + 1)];
+}
+
+// diag G −= column norms² of the new Ut (s, N)
+__global__ void diag_downdate_kernel(double* diag, const float* Ut, int64_t s, int64_t N) {
+    FOR_EACH(c, N) {
+        double acc = 0.0;
+        for (int64_t r = 0; r < s; r++) {
+            const double u = Ut[r * N + c];
+            acc += u * u;
+        }
+        diag[c] -= acc;
+    }
+}
+
+// B[j] (d, d) −= Ut[:, C_j]ᵀ Ut[:, C_j] for every head j (the pruned heads' blocks are never read)
+__global__ void blocks_downdate_kernel(float* B, const float* Ut, int64_t s, int64_t d, int64_t N) {
+    FOR_EACH(k, N * d) {
+        const int64_t j = k / (d * d), a = (k / d) % d, b = k % d;
+        float acc = 0.0f;
+        for (int64_t r = 0; r < s; r++) acc += Ut[r * N + j * d + a] * Ut[r * N + j * d + b];
+        B[k] -= acc;
+    }
 }
 
 // Ec (s, d_out) column-major = W_Sᵀ: Ec[a + r*s] = W[r, S[a]]
@@ -320,16 +379,6 @@ __global__ void sum_sq_kernel(double* out, const float* A, int64_t n) {
 // W[:, S] = 0
 __global__ void zero_W_cols_kernel(float* W, const int64_t* S, int64_t s, int64_t d_out, int64_t N) {
     FOR_EACH(k, s * d_out) W[(k / s) * N + S[k % s]] = 0.0f;
-}
-
-// rows/cols S of G (lower triangle) = 0, then G[q,q] = 1
-__global__ void zero_G_kernel(float* G, const int64_t* S, int64_t s, int64_t N) {
-    FOR_EACH(k, s * N) {
-        const int64_t q = S[k / N], j = k % N;
-        if (j == q) G[q * N + q] = 1.0f;
-        else if (j < q) G[q * N + j] = 0.0f;
-        else G[j * N + q] = 0.0f;
-    }
 }
 
 // colsq[c] = ||W[:,c]||² (double accumulation; consecutive threads read consecutive columns)
@@ -352,9 +401,9 @@ __global__ void gather_head_blocks_kernel(float* B, const float* G, double g_sca
     }
 }
 
-// err[j] = Σ_k colsq[j d + k] / ĝ, ĝ = L_j[k,k]² (gcd) or g_scale·G[c,c]; NaN when ĝ <= 0
-__global__ void head_err_kernel(double* err, const double* colsq, const float* B, const float* G, bool gcd,
-                                double g_scale, int64_t d, int64_t n_heads, int64_t N) {
+// err[j] = Σ_k colsq[j d + k] / ĝ, ĝ = L_j[k,k]² (gcd) or g_scale·diag[c]; NaN when ĝ <= 0
+__global__ void head_err_kernel(double* err, const double* colsq, const float* B, const double* diag, bool gcd,
+                                double g_scale, int64_t d, int64_t n_heads) {
     FOR_EACH(j, n_heads) {
         double e = 0.0;
         for (int64_t k = 0; k < d; k++) {
@@ -363,7 +412,7 @@ __global__ void head_err_kernel(double* err, const double* colsq, const float* B
                 const double l = B[j * d * d + k * d + k];
                 g = l * l;
             } else {
-                g = g_scale * (double)G[(j * d + k) * (N + 1)];
+                g = g_scale * diag[j * d + k];
             }
             if (!(g > 0.0)) {
                 e = nan("");
@@ -375,10 +424,10 @@ __global__ void head_err_kernel(double* err, const double* colsq, const float* B
     }
 }
 
-// err[c] = colsq[c] / G[c,c]; NaN when G[c,c] <= 0 (not positive definite, as obs_cpu.cpp)
-__global__ void channel_err_kernel(double* err, const double* colsq, const float* G, int64_t N) {
+// err[c] = colsq[c] / diag[c]; NaN when diag[c] <= 0 (not positive definite, as obs_cpu.cpp)
+__global__ void channel_err_kernel(double* err, const double* colsq, const double* diag, int64_t N) {
     FOR_EACH(c, N) {
-        const double g = G[c * (N + 1)];
+        const double g = diag[c];
         err[c] = g > 0.0 ? colsq[c] / g : nan("");
     }
 }
@@ -484,7 +533,7 @@ static int prepare_weight(float* W, const float* H, const Scales& sc, int64_t d_
     return OK;
 }
 
-// G ← (H'·4^-h_exp)⁻¹, kept in the row-major lower triangle (obs_cpu.cpp prepare_inverse)
+// G ← (H'·4^-h_exp)⁻¹ in full symmetric storage (obs_cpu.cpp factor_inverse prepares the same H')
 static int prepare_inverse(const Handles& h, float* G, const float* H, const Scales& sc, int64_t N,
                            cudaStream_t stream) {
     scale_kernel<<<blocks_for(N * N), THREADS, 0, stream>>>(G, H, std::ldexp(1.0, -2 * sc.h_exp), N * N);
@@ -499,6 +548,8 @@ static int prepare_inverse(const Handles& h, float* G, const float* H, const Sca
     CK(work.alloc((size_t)lwork));
     CK(dinfo.alloc(1));
     CK_LIB(L.cusolverDnSpotri(h.solver, CUBLAS_FILL_MODE_UPPER, (int)N, G, (int)N, work.p, lwork, dinfo.p));
+    mirror_lower_f32_kernel<<<blocks_for(N * N), THREADS, 0, stream>>>(G, N);
+    CK_CUDA(cudaGetLastError());
     CK_CUDA(cudaMemcpyAsync(&info, dinfo.p, sizeof(int), cudaMemcpyDeviceToHost, stream));
     CK_CUDA(cudaStreamSynchronize(stream));
     return info == 0 ? OK : NOT_POSITIVE_DEFINITE;
@@ -547,22 +598,61 @@ static int finish(float* W, double* loss, double loss_run, const Scales& sc, int
     return bad == 0 && std::isfinite(*loss) ? OK : NOT_FINITE;
 }
 
+// The greedy state on the device (obs_cpu.cpp Greedy): G0 = H'⁻¹ (full, read only), the
+// stacked Ut of the removed sets, and the scores' view of the current G = G0 − UᵀU
+struct Greedy {
+    const float* G = nullptr;  // G0 (N x N)
+    DevBuf<float> U;           // (capacity, N); rows [R, R+s) hold the current set's rows, then its Ut
+    int64_t R = 0;
+    DevBuf<char> removed;      // (N): columns whose rows/columns of G are gone
+    DevBuf<double> diag;       // (N): diag G, when kept (channels, −GCD)
+    DevBuf<float> blocks;      // (n_heads, d, d): G[C_j, C_j], when kept (GCD)
+    int64_t d = 0;
+    double loss = 0.0;
+    int init(const float* G0, int64_t capacity, int64_t N, bool keep_diag, int64_t head_dim, cudaStream_t stream) {
+        G = G0;
+        CK(U.alloc((size_t)(capacity * N)));
+        CK(removed.alloc((size_t)N));
+        CK_CUDA(cudaMemsetAsync(removed.p, 0, (size_t)N, stream));
+        if (keep_diag) {
+            CK(diag.alloc((size_t)N));
+            diag_init_kernel<<<blocks_for(N), THREADS, 0, stream>>>(diag.p, G0, N);
+        }
+        if (head_dim) {
+            d = head_dim;
+            CK(blocks.alloc((size_t)(N * d)));
+            gather_head_blocks_kernel<<<blocks_for(N * d), THREADS, 0, stream>>>(blocks.p, G0, 1.0, d, N);
+        }
+        CK_CUDA(cudaGetLastError());
+        return OK;
+    }
+};
+
 // remove_set of obs_cpu.cpp; S is a device array of s indices
-static int remove_set(const Handles& h, float* W, double* loss, float* G, const int64_t* S, int64_t s,
-                      bool compensate, bool downdate, int64_t d_out, int64_t N, cudaStream_t stream) {
+static int remove_set(const Handles& h, Greedy& g, float* W, const int64_t* S, int64_t s, bool compensate,
+                      bool downdate, int64_t d_out, int64_t N, cudaStream_t stream) {
     if (s == 0 || !(compensate || downdate)) return OK;
     Lib& L = lib();
     const float one = 1.0f, minus_one = -1.0f;
-    DevBuf<float> V, LS;
-    CK(V.alloc((size_t)(s * N)));
+    float* X = g.U.p + g.R * N;  // G[S,:], then Ut; column-major it is Xᶜ (N, s)
+    DevBuf<float> LS, US;
     CK(LS.alloc((size_t)(s * s)));
-    gather_rows_kernel<<<blocks_for(s * N), THREADS, 0, stream>>>(V.p, G, S, s, N);
-    gather_block_kernel<<<blocks_for(s * s), THREADS, 0, stream>>>(LS.p, G, S, s, N);
+    copy_rows_kernel<<<blocks_for(s * N), THREADS, 0, stream>>>(X, g.G, S, s, N);
+    CK_CUDA(cudaGetLastError());
+    if (g.R > 0) {  // X −= U[:, S]ᵀ U, i.e. Xᶜ (N, s) −= Uᶜ (N, R) · US (R, s)
+        CK(US.alloc((size_t)(g.R * s)));
+        gather_cols_kernel<<<blocks_for(g.R * s), THREADS, 0, stream>>>(US.p, g.U.p, S, g.R, s, N);
+        CK_CUDA(cudaGetLastError());
+        CK_LIB(L.cublasSgemm(h.blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)s, (int)g.R, &minus_one, g.U.p, (int)N,
+                             US.p, (int)s, &one, X, (int)N));
+    }
+    zero_removed_cols_kernel<<<blocks_for(s * N), THREADS, 0, stream>>>(X, g.removed.p, s, N);
+    gather_set_block_kernel<<<blocks_for(s * s), THREADS, 0, stream>>>(LS.p, X, S, s, N);
     CK_CUDA(cudaGetLastError());
     CK(potrf(h, CUBLAS_FILL_MODE_LOWER, LS.p, (int)s, stream));  // G_SS = L_S L_Sᵀ
-    // V (N, s) col-major ← V L_S⁻ᵀ = Utᵀ
+    // Xᶜ (N, s) ← Xᶜ L_S⁻ᵀ, i.e. X ← L_S⁻¹ G[S,:] = Ut
     CK_LIB(L.cublasStrsm(h.blas, CUBLAS_SIDE_RIGHT, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_T, CUBLAS_DIAG_NON_UNIT,
-                         (int)N, (int)s, &one, LS.p, (int)s, V.p, (int)N));
+                         (int)N, (int)s, &one, LS.p, (int)s, X, (int)N));
     if (compensate) {
         DevBuf<float> Ec;
         DevBuf<double> e2;
@@ -577,31 +667,33 @@ static int remove_set(const Handles& h, float* W, double* loss, float* G, const 
         CK_CUDA(cudaMemsetAsync(e2.p, 0, sizeof(double), stream));
         sum_sq_kernel<<<blocks_for(s * d_out), THREADS, 0, stream>>>(e2.p, Ec.p, s * d_out);
         CK_CUDA(cudaGetLastError());
-        // Wc (N, d_out) −= V Ec, i.e. W −= E Ut (Eq. 4 for a set), then W[:, S] = 0 exactly
-        CK_LIB(L.cublasSgemm(h.blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, (int)d_out, (int)s, &minus_one, V.p, (int)N,
+        // Wc (N, d_out) −= Xᶜ Ec, i.e. W −= E Ut (Eq. 4 for a set), then W[:, S] = 0 exactly
+        CK_LIB(L.cublasSgemm(h.blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, (int)d_out, (int)s, &minus_one, X, (int)N,
                              Ec.p, (int)s, &one, W, (int)N));
         zero_W_cols_kernel<<<blocks_for(s * d_out), THREADS, 0, stream>>>(W, S, s, d_out, N);
         CK_CUDA(cudaGetLastError());
         double e2_host = 0.0;
         CK_CUDA(cudaMemcpyAsync(&e2_host, e2.p, sizeof(double), cudaMemcpyDeviceToHost, stream));
         CK_CUDA(cudaStreamSynchronize(stream));  // Ec, e2 are freed at scope exit
-        *loss += 0.5 * e2_host;
+        g.loss += 0.5 * e2_host;
     }
-    if (downdate) {
-        // Eq. 3 for a set: G −= V Vᵀ (column-major upper = our lower triangle)
-        CK_LIB(L.cublasSsyrk(h.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, (int)N, (int)s, &minus_one, V.p, (int)N,
-                             &one, G, (int)N));
-        zero_G_kernel<<<blocks_for(s * N), THREADS, 0, stream>>>(G, S, s, N);
+    if (downdate) {  // Eq. 3 for a set: G −= Utᵀ Ut, kept as the new rows of U
+        if (g.diag.p) diag_downdate_kernel<<<blocks_for(N), THREADS, 0, stream>>>(g.diag.p, X, s, N);
+        if (g.blocks.p) blocks_downdate_kernel<<<blocks_for(N * g.d), THREADS, 0, stream>>>(g.blocks.p, X, s, g.d, N);
+        mark_removed_kernel<<<blocks_for(s), THREADS, 0, stream>>>(g.removed.p, S, s);
         CK_CUDA(cudaGetLastError());
+        g.R += s;
     }
-    CK_CUDA(cudaStreamSynchronize(stream));  // V, LS are freed at scope exit
+    CK_CUDA(cudaStreamSynchronize(stream));  // LS, US are freed at scope exit
     return OK;
 }
 
-// Eq. 5 into host err (n_heads) on G·g_scale; gcd: batched Cholesky of the diagonal blocks.
+// Eq. 5 into host err (n_heads) on G·g_scale; gcd: batched Cholesky of the diagonal blocks
+// G[C_j, C_j] given in `blocks` (n_heads, d, d; copied, not changed), else ĝ from `diag`.
 // Heads with alive[j] == 0 (already pruned) get +inf and their factorisations are not checked.
-static int score_heads(const Handles& h, double* err, const float* W, const float* G, const char* alive, bool gcd,
-                       double g_scale, int64_t d, int64_t d_out, int64_t N, cudaStream_t stream) {
+static int score_heads(const Handles& h, double* err, const float* W, const float* blocks, const double* diag,
+                       const char* alive, bool gcd, double g_scale, int64_t d, int64_t d_out, int64_t N,
+                       cudaStream_t stream) {
     const int64_t n_heads = N / d;
     DevBuf<double> colsq, derr;
     DevBuf<float> B;
@@ -612,7 +704,7 @@ static int score_heads(const Handles& h, double* err, const float* W, const floa
     CK_CUDA(cudaGetLastError());
     if (gcd) {
         CK(B.alloc((size_t)(N * d)));
-        gather_head_blocks_kernel<<<blocks_for(N * d), THREADS, 0, stream>>>(B.p, G, g_scale, d, N);
+        CK_CUDA(cudaMemcpyAsync(B.p, blocks, sizeof(float) * (size_t)(N * d), cudaMemcpyDeviceToDevice, stream));
         DevBuf<float*> P;
         DevBuf<int> infos;
         CK(P.alloc((size_t)n_heads));
@@ -625,8 +717,8 @@ static int score_heads(const Handles& h, double* err, const float* W, const floa
                                 stream));
         CK_CUDA(cudaStreamSynchronize(stream));  // P, infos are freed at scope exit
     }
-    head_err_kernel<<<blocks_for(n_heads), THREADS, 0, stream>>>(derr.p, colsq.p, B.p, G, gcd, g_scale, d, n_heads,
-                                                                 N);
+    head_err_kernel<<<blocks_for(n_heads), THREADS, 0, stream>>>(derr.p, colsq.p, B.p, diag, gcd, g_scale, d,
+                                                                 n_heads);
     CK_CUDA(cudaGetLastError());
     CK_CUDA(cudaMemcpyAsync(err, derr.p, sizeof(double) * (size_t)n_heads, cudaMemcpyDeviceToHost, stream));
     CK_CUDA(cudaStreamSynchronize(stream));
@@ -694,7 +786,10 @@ int prune_columns_cuda(float* W, double* loss, const float* H, const int64_t* co
         DevBuf<float> G;
         CK(G.alloc((size_t)(N * N)));
         CK(prepare_inverse(h, G.p, H, sc, N, stream));
-        CK(remove_set(h, W, &loss_run, G.p, S.p, n_cols, true, false, d_out, N, stream));
+        Greedy g;
+        CK(g.init(G.p, n_cols, N, false, 0, stream));
+        CK(remove_set(h, g, W, S.p, n_cols, true, false, d_out, N, stream));
+        loss_run = g.loss;
     } else {
         CK(objective(&loss_run, h, W, H, S.p, n_cols, sc, d_out, N, stream));
         zero_W_cols_kernel<<<blocks_for(n_cols * d_out), THREADS, 0, stream>>>(W, S.p, n_cols, d_out, N);
@@ -711,7 +806,17 @@ int head_errors_cuda(float* err, const float* W, const float* Hinv, int64_t head
     CK(scales(sc, nullptr, Hinv, 0.0f, d_out, N, stream));
     const double g_scale = std::ldexp(1.0, -2 * sc.h_exp);
     std::vector<double> e((size_t)(N / head_dim));
-    CK(score_heads(h, e.data(), W, Hinv, nullptr, gcd, g_scale, head_dim, d_out, N, stream));
+    DevBuf<float> B;  // the diagonal blocks Hinv[C_j, C_j]·g_scale (GCD) or Hinv's diagonal (−GCD)
+    DevBuf<double> diag;
+    if (gcd) {
+        CK(B.alloc((size_t)(N * head_dim)));
+        gather_head_blocks_kernel<<<blocks_for(N * head_dim), THREADS, 0, stream>>>(B.p, Hinv, g_scale, head_dim, N);
+    } else {
+        CK(diag.alloc((size_t)N));
+        diag_init_kernel<<<blocks_for(N), THREADS, 0, stream>>>(diag.p, Hinv, N);
+    }
+    CK_CUDA(cudaGetLastError());
+    CK(score_heads(h, e.data(), W, B.p, diag.p, nullptr, gcd, g_scale, head_dim, d_out, N, stream));
     bool finite = true;
     for (size_t j = 0; j < e.size(); j++) {
         err[j] = (float)(e[j] * g_scale);
@@ -740,9 +845,10 @@ int prune_heads_cuda(float* W, int64_t* pruned, double* loss, const float* H, in
     std::vector<int64_t> group_count((size_t)std::max<int64_t>(n_groups, 1), 0), hS((size_t)d);
     const int64_t quota = head_groups ? n_prune / n_groups : n_prune;
     std::vector<double> err((size_t)n_heads);
-    double loss_run = 0.0;
+    Greedy g;  // the scores read G's diagonal blocks (GCD) or its diagonal (−GCD), kept current
+    CK(g.init(G.p, n_prune * d, N, !gcd, gcd ? d : 0, stream));
     for (int64_t it = 0; it < n_prune; it++) {
-        CK(score_heads(h, err.data(), W, G.p, alive.data(), gcd, 1.0, d, d_out, N, stream));
+        CK(score_heads(h, err.data(), W, g.blocks.p, g.diag.p, alive.data(), gcd, 1.0, d, d_out, N, stream));
         int64_t best = -1;
         for (int64_t j = 0; j < n_heads; j++) {
             if (!alive[j] || (head_groups && group_count[head_groups[j]] >= quota)) continue;
@@ -750,7 +856,7 @@ int prune_heads_cuda(float* W, int64_t* pruned, double* loss, const float* H, in
         }
         std::iota(hS.begin(), hS.end(), best * d);
         CK_CUDA(cudaMemcpyAsync(S.p, hS.data(), sizeof(int64_t) * (size_t)d, cudaMemcpyHostToDevice, stream));
-        CK(remove_set(h, W, &loss_run, G.p, S.p, d, compensate, it + 1 < n_prune, d_out, N, stream));
+        CK(remove_set(h, g, W, S.p, d, compensate, it + 1 < n_prune, d_out, N, stream));
         CK_CUDA(cudaStreamSynchronize(stream));  // hS is reused
         alive[best] = 0;
         if (head_groups) group_count[head_groups[best]]++;
@@ -758,6 +864,7 @@ int prune_heads_cuda(float* W, int64_t* pruned, double* loss, const float* H, in
     int64_t k = 0;
     for (int64_t j = 0; j < n_heads; j++)
         if (!alive[j]) pruned[k++] = j;
+    double loss_run = g.loss;
     if (!compensate) {  // the cost of zeroing every pruned column at once
         std::vector<int64_t> P((size_t)(n_prune * d));
         for (int64_t a = 0; a < n_prune; a++) std::iota(&P[a * d], &P[a * d] + d, pruned[a] * d);
@@ -790,12 +897,14 @@ int prune_channels_cuda(float* W, int64_t* pruned, double* loss, const float* H,
     std::vector<char> alive((size_t)N, 1);
     std::vector<double> err((size_t)N);
     std::vector<int64_t> order((size_t)N);
-    double loss_run = 0.0;
     int64_t total = 0;
+    for (int64_t k = 0; k < n_groups; k++) total += group_sizes[k];
+    Greedy gr;  // the scores read G's diagonal, kept current
+    CK(gr.init(G.p, total, N, true, 0, stream));
     for (int64_t k = 0; k < n_groups; k++) {
         const int64_t g = group_sizes[k];
         column_sq_norms_kernel<<<blocks_for(N), THREADS, 0, stream>>>(colsq.p, W, d_out, N);
-        channel_err_kernel<<<blocks_for(N), THREADS, 0, stream>>>(derr.p, colsq.p, G.p, N);
+        channel_err_kernel<<<blocks_for(N), THREADS, 0, stream>>>(derr.p, colsq.p, gr.diag.p, N);
         CK_CUDA(cudaGetLastError());
         CK_CUDA(cudaMemcpyAsync(err.data(), derr.p, sizeof(double) * (size_t)N, cudaMemcpyDeviceToHost, stream));
         CK_CUDA(cudaStreamSynchronize(stream));
@@ -808,14 +917,14 @@ int prune_channels_cuda(float* W, int64_t* pruned, double* loss, const float* H,
             return err[a] < err[b] || (err[a] == err[b] && a < b);
         });
         CK_CUDA(cudaMemcpyAsync(S.p, order.data(), sizeof(int64_t) * (size_t)g, cudaMemcpyHostToDevice, stream));
-        CK(remove_set(h, W, &loss_run, G.p, S.p, g, compensate, k + 1 < n_groups, d_out, N, stream));
+        CK(remove_set(h, gr, W, S.p, g, compensate, k + 1 < n_groups, d_out, N, stream));
         CK_CUDA(cudaStreamSynchronize(stream));  // order is reused
         for (int64_t a = 0; a < g; a++) alive[order[a]] = 0;
-        total += g;
     }
     int64_t k = 0;
     for (int64_t c = 0; c < N; c++)
         if (!alive[c]) pruned[k++] = c;
+    double loss_run = gr.loss;
     if (!compensate) {  // the cost of zeroing every pruned column at once
         CK_CUDA(cudaMemcpyAsync(S.p, pruned, sizeof(int64_t) * (size_t)total, cudaMemcpyHostToDevice, stream));
         CK(objective(&loss_run, h, W, H, S.p, total, sc, d_out, N, stream));

@@ -32,7 +32,7 @@ rm -rf "$stage" && mkdir -p "$stage/slimgpt"
 for f in "$root"/slimgpt/*; do
   case $f in *.so) ;; *) ln -s "$f" "$stage/slimgpt/" ;; esac
 done
-ln -s "$root/reference" "$stage/slimgpt/reference"
+ln -sfn "$root/reference" "$stage/slimgpt/reference"  # -n: replace the link the loop made, not write into it
 cp "$build"/_core*.so "$stage/slimgpt/"
 
 # a venv that sees the staged slimgpt first, then this environment's packages (not its .pth hooks)

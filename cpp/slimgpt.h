@@ -11,8 +11,12 @@
 //   H     (N, N)       Hessian 2 XᵀX / n (symmetric positive semi-definite); float64 when
 //                      written by hessian / accumulate_hessian, float32 when read by pruning
 //   X     (n, N)       calibration inputs, one token per row
-//   G     (N, N)       H⁻¹, kept as its lower triangle (row-major) inside the core
+//   M     (N, N)       inside the CPU core: L⁻¹ with H' = L Lᵀ (lower triangular); the current
+//                      H⁻¹ is G = MᵀM − UᵀU with U the stacked Ut of the sets removed so far
+//                      (obs_cpu.cpp; the CUDA core keeps H⁻¹ itself, in full)
 //   N = d_in, n_heads = N / head_dim
+// Threads: the CPU functions split their work into tiles over the core's own threads
+// (parallel.h; OpenBLAS runs on one thread); results do not depend on the thread count.
 // Argument order follows llm.c: outputs, then inputs, then sizes.
 //
 // Scale: the pruning functions are exactly invariant to W → sw·W, H → sh·H (the loss scales

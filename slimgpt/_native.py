@@ -4,6 +4,13 @@ The core links against scipy-openblas32's `libscipy_openblas.so`; its RPATH poin
 sibling site-packages folder, and this module preloads the library as well so that editable
 installs and unusual layouts work too. `core()` returns None when the extension is missing,
 so the NumPy reference always works.
+
+Threads: the core runs OpenBLAS on ONE thread (set when `_core` loads) and splits its work into
+tiles over its own threads, which block between calls instead of spinning (OpenBLAS's idle
+workers spin after each call and starved torch's threads in the pipeline: a 20% SmolLM2 prune
+went from 6 min 22 s to 55 s when OpenBLAS was pinned to one thread). The core uses as many
+threads as the process may run on; `SLIMGPT_NUM_THREADS` or `core().set_num_threads(n)` change
+that. Results do not depend on the number of threads (docs/cpp.md).
 """
 from __future__ import annotations
 
@@ -20,11 +27,7 @@ def core():
 
         lib = os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so")
         if os.path.exists(lib):
-            blas = ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-            # One BLAS thread unless the user asks otherwise: idle OpenBLAS workers spin and
-            # starve torch's threads between calls (a 20% SmolLM2 prune: 39 s -> 23 s).
-            threads = os.environ.get("OPENBLAS_NUM_THREADS", "1")
-            blas.scipy_openblas_set_num_threads(int(threads) if threads.isdigit() else 1)
+            ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
     except ImportError:
         pass
     try:

@@ -146,6 +146,70 @@ def test_core_equals_reference_downdate(case, device):
     assert_same_run(prune(op, W, H, device, **kw), reference(op, W, H, **kw), case)
 
 
+# shapes over several of the core's tiles (cpp/dense.h TILE = 256, Hessian tiles of 128; sizes
+# not multiples of them), where the tiled factorisation, the rows of G read from M = L⁻¹ below
+# max(S), the stacked Ut of earlier sets and the tiles of W −= E Ut all come into play
+BIG_CASES = {
+    "columns-tiles": ("columns", dict(d_in=530, d_out=70), dict(columns=[529, 3, 260, 261, 255, 256, 400, 17])),
+    "heads-tiles": ("heads", dict(d_in=600, d_out=90, block=40), dict(n_prune=4, head_dim=40, percdamp=0.01)),
+    "heads-tiles-no-gcd": ("heads", dict(d_in=600, d_out=90, block=40), dict(n_prune=3, head_dim=40, gcd=False)),
+    "heads-tiles-no-compensate": ("heads", dict(d_in=520, d_out=33, block=65, dead=(70, 300)),
+                                  dict(n_prune=3, head_dim=65, compensate=False)),
+    "channels-tiles": ("channels", dict(d_in=700, d_out=300, spread=(0.1, 10.0), dead=(5, 511)),
+                       dict(n_prune=390, group_sizes=[260, 70, 30, 30], percdamp=0.01)),
+    "channels-tiles-no-compensate": ("channels", dict(d_in=700, d_out=40, spread=(0.1, 10.0)),
+                                     dict(n_prune=300, group_sizes=[200, 100], compensate=False)),
+}
+
+
+@pytest.mark.parametrize("case", BIG_CASES)
+def test_core_equals_reference_downdate_over_several_tiles(case):
+    op, pkw, kw = BIG_CASES[case]
+    W, _, H = problem(31, n_per_input=3, **pkw)
+    assert_same_run(prune(op, W, H, **kw), reference(op, W, H, **kw), case)
+
+
+@pytest.fixture
+def core_threads():
+    """Restores the core's thread count after the test."""
+    before = C.get_num_threads()
+    yield
+    C.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", ["columns-tiles", "heads-tiles", "heads-tiles-no-gcd", "channels-tiles"])
+def test_results_do_not_depend_on_the_number_of_threads(case, core_threads):
+    """Every tile is one single-threaded BLAS call whose output no other task writes: W, the
+    selection and the loss are bit-identical with 1, 2 and 3 threads (cpp/parallel.h)."""
+    op, pkw, kw = BIG_CASES[case]
+    W, X, H = problem(32, n_per_input=3, **pkw)
+    runs = []
+    for t in (1, 2, 3):
+        C.set_num_threads(t)
+        assert C.get_num_threads() == t
+        Hh = np.zeros(H.shape)
+        C.hessian(Hh, f32(X[:700]))
+        C.accumulate_hessian(Hh, f32(X[700:]), 700)
+        runs.append((prune(op, W, H, **kw), Hh))
+    for (W_t, idx_t, loss_t), H_t in runs[1:]:
+        (W_1, idx_1, loss_1), H_1 = runs[0]
+        np.testing.assert_array_equal(W_t, W_1)
+        np.testing.assert_array_equal(H_t, H_1)
+        assert loss_t == loss_1
+        if idx_1 is not None:
+            np.testing.assert_array_equal(idx_t, idx_1)
+
+
+def test_thread_count_is_checked(core_threads):
+    for bad in (0, -1, 257):
+        with pytest.raises(ValueError, match="threads"):
+            C.set_num_threads(bad)
+    with pytest.raises(TypeError):
+        C.set_num_threads(True)
+    C.set_num_threads(np.int64(2))
+    assert C.get_num_threads() == 2
+
+
 @pytest.mark.parametrize("op", ["columns", "heads", "channels"])
 def test_no_compensation_leaves_survivors_bit_identical(op):
     """compensate=False only zeroes the pruned and dead columns: the normalisation round trip
