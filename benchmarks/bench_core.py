@@ -165,9 +165,10 @@ def run_core(kind, W, H, n_prune, d, sizes, reps=1):
         Wc = np.array(W, dtype=np.float32, order="C")
         t = time.perf_counter()
         if kind == "heads":
-            idx, _ = C.prune_heads(Wc, H, n_prune, d, 0.0, True, True, None)
+            out = C.prune_heads(Wc, H, n_prune, d, 0.0, True, True, None)
         else:
-            idx, _ = C.prune_channels(Wc, H, sizes, 0.0, True)
+            out = C.prune_channels(Wc, H, sizes, 0.0, True)
+        idx = out[0] if isinstance(out, tuple) else out     # an older core returns the indices alone
         ts.append(time.perf_counter() - t)
     return float(np.median(ts)), (Wc, np.asarray(idx))
 

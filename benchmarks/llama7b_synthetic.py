@@ -1,10 +1,10 @@
 """A synthetic checkpoint with LLaMA-7B's exact shape, for the scale measurements (docs/scale.md).
 
-    python benchmarks/llama7b_synthetic.py write /work/llama7b-synthetic          # 32 layers, ~13.8 GB
-    python benchmarks/llama7b_synthetic.py write /tmp/llama7b-2l --layers 2       # a few layers of the shape
-    /usr/bin/time -v slimgpt prune --model /work/llama7b-synthetic --ratio 0.2 --nsamples 32 --seqlen 256 \\
-        --eval-tokens 512 --out /work/llama7b-pruned --report /work/llama7b-report.json
-    python benchmarks/llama7b_synthetic.py breakdown /work/llama7b-report.json   # where the time went
+    python benchmarks/llama7b_synthetic.py write llama7b-synthetic          # 32 layers, ~13.8 GB
+    python benchmarks/llama7b_synthetic.py write llama7b-2l --layers 2       # a few layers of the shape
+    /usr/bin/time -v slimgpt prune --model llama7b-synthetic --ratio 0.2 --nsamples 32 --seqlen 256 \\
+        --eval-tokens 512 --out llama7b-pruned --report llama7b-report.json
+    python benchmarks/llama7b_synthetic.py breakdown llama7b-report.json   # where the time went
 
 The config is LLaMA-7B's (32 layers, hidden 4096, 32 heads of 128, FFN 11008, RMSNorm eps 1e-6,
 RoPE theta 10000, untied embeddings, context 2048) with the vocabulary of the tokenizer shipped

@@ -128,9 +128,9 @@ def finish_folder(tmp: Path, out: Path) -> None:
     (tmp / MARKER).unlink()
     for p in tmp.iterdir():
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
-        _fsync(p)
+        fsync(p)
     os.chmod(tmp, 0o777 & ~mask)
-    _fsync(tmp)
+    fsync(tmp)
     replace_folder(tmp, out)
 
 
@@ -154,7 +154,7 @@ def replace_folder(new: Path, out: Path) -> None:
         os.rename(out, old / out.name)
         os.rename(new, out)
         shutil.rmtree(old, ignore_errors=True)
-    _fsync(out.parent)
+    fsync(out.parent)
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -205,9 +205,18 @@ def _umask() -> int:
     return mask
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def durable_replace(tmp: Path, dst: Path) -> None:
+    """Rename a finished temporary file over `dst` once its data is on the disk, so that a
+    crash leaves either the old file or the whole new one, never a torn one."""
+    fsync(tmp)
+    os.replace(tmp, dst)
+    fsync(Path(dst).parent)

@@ -47,7 +47,7 @@ class ActivationStats:
             return
         t0 = time.perf_counter()
         if self.H is not None:
-            self.H, _ = ops.accumulate_hessian(self.H, self.n, x, backend=self.backend)
+            self.H, _ = ops.accumulate_hessian(self.H, self.n, x, backend=self.backend, overwrite_H=True)
         xd = x.double()
         mean_b = xd.mean(0)
         m2_b = ((xd - mean_b) ** 2).sum(0)

@@ -342,12 +342,7 @@ def write_tensors(tensors: dict, path: Path, where: str) -> int:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     kill_point(where, partial=tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    paths.durable_replace(tmp, path)
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -523,9 +518,9 @@ def _make_durable(folder: Path) -> None:
     mask = paths._umask()
     for p in folder.iterdir():
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
-        paths._fsync(p)
+        paths.fsync(p)
     os.chmod(folder, 0o777 & ~mask)
-    paths._fsync(folder)
+    paths.fsync(folder)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -649,12 +644,7 @@ def _boundary(folder: StateFolder, st: State, src, local, s: PruneSettings, stor
 def _save_eval(ev: StreamEval, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save({k: v.cpu() for k, v in ev.hidden.items()}, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    paths.durable_replace(tmp, path)
 
 
 def _final_modules(src, cfg, dev):

@@ -3,6 +3,7 @@ helpers, and every method and SlimGPT ablation through the pipeline and the CLI 
 
 Every expected number in the hand-computed tests is worked out in the comment beside it.
 """
+import copy
 import json
 from types import SimpleNamespace
 
@@ -12,15 +13,17 @@ from torch import nn
 
 from slimgpt import pipeline as P
 from slimgpt.gqa import Blocks
-from slimgpt.loaders.tiny import tiny_model
+from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
 from slimgpt.methods import METHODS, Method, Selection, register
 from slimgpt.methods.base import block_columns, per_block, select_lowest, select_lowest_grouped
 from slimgpt.methods.flap import fluctuation_column_scores, global_select, standardize, structure_scores
 from slimgpt.methods.magnitude import magnitude_scores, owns_kv
 from slimgpt.methods.wanda_sp import wanda_sp_column_scores
+from slimgpt.pipeline import PruneSettings, prune_model
 from slimgpt.schedule import param_costs
 from slimgpt.stats import ActivationStats
 from slimgpt.testing import assert_close
+from slimgpt.textdata import calibration_windows
 
 torch.set_grad_enabled(False)
 
@@ -167,6 +170,40 @@ def test_flap_bias_keeps_the_mean_output():
     assert_close(down.bias, [10.0, 10.0], "float64")
     down.weight.copy_(sel.W)
     assert_close(down(X).mean(0), dense_mean, "float64")      # the mean output is kept exactly
+
+
+@pytest.mark.parametrize("method,wanted,biased", [("slimgpt", True, True), ("slimgpt", None, False),
+                                                   ("flap", None, True), ("flap", False, False)])
+def test_bias_compensation_setting_overrides_the_methods_default(method, wanted, biased):
+    """--bias-compensation turns FLAP's mean-shift bias on for SlimGPT (beyond the paper); False
+    turns it off for FLAP; None keeps each method's default."""
+    down = nn.Linear(3, 2, bias=False).double()
+    down.weight.copy_(t([[1, 5, 2], [0, 5, -1]]))
+    stats = ActivationStats(3)
+    stats.add(t([[0.0, 1.0, 3.0], [2.0, 3.0, 3.0]]))
+    sel = Selection(down.weight.clone().index_fill_(1, torch.tensor([1]), 0), [1])
+    run = SimpleNamespace(method=METHODS[method], options=SimpleNamespace(compensate=True),
+                          settings=SimpleNamespace(bias_compensation=wanted))
+    P._compensate_bias(down, down.weight.data.clone(), sel, stats, run)
+    assert (down.bias is not None) == biased
+    if biased:
+        assert_close(down.bias, [10.0, 10.0], "float64")
+
+
+def test_bias_compensation_through_the_pipeline_keeps_the_heads_of_layer_0():
+    """SlimGPT with the bias: every o_proj/down_proj gets a bias (counted in the parameters); layer
+    0's attention sees the same inputs, so it prunes exactly the heads plain SlimGPT prunes (its
+    FFN then sees the biased attention output, so the channels may differ)."""
+    model = tiny_model("tiny-gqa")
+    calib = calibration_windows(byte_tokenizer(), 8, 32, 0)
+    plain = prune_model(copy.deepcopy(model), calib, PruneSettings(ratio=0.4), progress=False, log=lambda m: None)
+    biased = prune_model(model, calib, PruneSettings(ratio=0.4, bias_compensation=True), progress=False,
+                         log=lambda m: None)
+    a, b = plain.layers[0], biased.layers[0]
+    assert a["heads_pruned"] == b["heads_pruned"]
+    for layer in biased.model.model.layers:
+        assert layer.self_attn.o_proj.bias is not None and layer.mlp.down_proj.bias is not None
+    assert biased.model.num_parameters() > plain.model.num_parameters()
 
 
 # --- selection helpers ----------------------------------------------------------------------------

@@ -77,6 +77,28 @@ def test_accumulate_hessian_equals_one_shot(backend):
     assert_close(_np(H), reference.hessian(X), "float32")
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch", "float32", "strided"])
+def test_accumulate_hessian_overwrite_H(kind):
+    """overwrite_H=True updates a float64 C-contiguous CPU H in place (same values as the
+    functional form); any other H is copied as usual and left untouched."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    X0, X1 = rng.standard_normal((40, 9)), rng.standard_normal((30, 9))
+    H0, _ = ops.accumulate_hessian(None, 0, X0, backend="cpu")
+    want, _ = ops.accumulate_hessian(H0, 40, X1, backend="cpu")
+    H = {"numpy": H0.copy(), "torch": torch.from_numpy(H0.copy()), "float32": H0.astype(np.float32),
+         "strided": np.asfortranarray(H0)}[kind]
+    before = np.array(_np(H), copy=True)
+    got, n = ops.accumulate_hessian(H, 40, X1, backend="cpu", overwrite_H=True)
+    assert n == 70
+    assert_close(_np(got), want, "float32")
+    if kind in ("numpy", "torch"):
+        assert got is H                                   # updated in place, no N x N copy
+    else:
+        assert_close(_np(H), before, "float64")           # not writable as float64 C order: untouched
+
+
 # --- prune_columns ------------------------------------------------------------------------
 
 COLUMN_CASES = {

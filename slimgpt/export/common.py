@@ -385,14 +385,4 @@ def _finish_file(tmp_file: Path, dst: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(tmp_file, 0o666 & ~mask)
-    fd = os.open(tmp_file, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp_file, dst)
-    fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    paths.durable_replace(tmp_file, dst)
