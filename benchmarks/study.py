@@ -72,6 +72,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # hypotheses for FLAP's lead at 20%
     "slimgpt/flap-plan": ({"method": "slimgpt-flap-plan"},
                           {"doc": "SlimGPT OBS with FLAP's per-layer counts (allocation hypothesis)"}),
+    "slimgpt/flap-plan/c16x2048": ({"method": "slimgpt-flap-plan"},
+                                   {"calib": (16, 2048), "doc": "SlimGPT OBS with FLAP's per-layer counts, "
+                                                               "16 x 2048 calibration"}),
     "slimgpt+bias": ({"method": "slimgpt", "bias_compensation": True},
                      {"doc": "SlimGPT + mean-shift bias compensation (bias hypothesis)"}),
     "flap-nobias": ({"method": "flap", "compensate": False}, {"doc": "FLAP without its bias (bias hypothesis)"}),
@@ -138,20 +141,25 @@ def queue() -> list[tuple[str, float, int]]:
     # 2. hypotheses for FLAP's lead at 20% (seed 0)
     q += [(v, 0.2, 0) for v in ("slimgpt/flap-plan", "slimgpt+bias", "flap-nobias", "auto", "slimgpt/c64x2048",
                                 "slimgpt/c128x512", "slimgpt/damp0.1", "slimgpt/gqa-group", "slimgpt/damp0.001")]
-    # 3. the candidates over seeds, recovery
+    # 3. recovery of the paper's SlimGPT at 20%, the allocation hypothesis with longer calibration,
+    #    then the ratio sweep (10-60%) for the plot
+    q += [("slimgpt+lora", 0.2, 0), ("slimgpt/flap-plan/c16x2048", 0.2, 0)]
+    q += [(v, r, 0) for r in (0.1, 0.3, 0.4, 0.6) for v in ("slimgpt", "flap", "auto+bias")]
+    q += [("slimgpt+lora", 0.5, 0), ("slimgpt/flap-plan/c16x2048", 0.5, 0)]
+    # 4. the candidates over seeds, recovery
     q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in ("auto+bias",)]
     q += [(v, r, 0) for r in (0.2, 0.5) for v in ("auto+bias+lora", "slimgpt+lora")]
     q += [("auto", 0.5, 0), ("slimgpt+bias", 0.5, 0), ("slimgpt/flap-plan", 0.5, 0)]
     q += [("wanda-sp", r, s) for s in SEEDS[1:] for r in (0.2, 0.5)]
     q += [(v, 0.2, s) for s in SEEDS[1:] for v in ("slimgpt/flap-plan", "slimgpt+bias", "auto")]
     q += [("auto/gqa-group", 0.2, 0), ("auto+bias/c128x512", 0.2, 0), ("auto+bias/c128x512", 0.5, 0)]
-    # 4. the ratio sweep (10-60%), then recovery on it, then the remaining seeds of recovery
+    # 5. the ratio sweep (10-60%), then recovery on it, then the remaining seeds of recovery
     sweep = (0.1, 0.3, 0.4, 0.6)
     q += [(v, r, 0) for r in sweep for v in ("slimgpt", "auto+bias", "flap")]
     q += [(v, r, 0) for r in sweep for v in ("auto+bias+lora", "slimgpt+lora")]
     q += [("flap+lora", 0.2, 0), ("flap+lora", 0.5, 0), ("dense+lora", 0.0, 0)]
     q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in ("auto+bias+lora",)]
-    # 5. the paper's ablations and schedules
+    # 6. the paper's ablations and schedules
     q += [(v, r, 0) for r in (0.2, 0.5) for v in ("magnitude", "no-compensation", "no-gcd", "no-dgs")]
     q += [(v, 0.5, 0) for v in ("slimgpt/uniform", "slimgpt/log-decrease", "slimgpt/linear",
                                 "slimgpt/linear-decrease")]

@@ -45,6 +45,8 @@ def as_tokens(name: str, X) -> np.ndarray:
         X = X.reshape(-1, X.shape[-1])
     if X.ndim != 2:
         raise ValueError(f"{name} must be (n, d_in) or (batch, seq, d_in), got shape {X.shape}")
+    if X.shape[1] == 0:
+        raise ValueError(f"{name} has no features (d_in = 0): there is no layer input to prune")
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or Inf")
     return X

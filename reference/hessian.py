@@ -68,8 +68,9 @@ def accumulate_hessian(H, n_seen: int, X) -> tuple[np.ndarray, int]:
         n_seen + n.
     """
     X = _checks.as_tokens("X", X)
-    n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max)
     n, d_in = X.shape
+    # n_seen + n must fit in int64, as in every implementation that counts tokens in int64
+    n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max - n)
     if n_seen == 0:
         if H is not None:
             _square("H", _checks.as_matrix("H", H), d_in)

@@ -128,10 +128,12 @@ def _magnitude(x, what: str) -> float:
     """max|x| or mean(diag x), computed on x's device in float64 (NaN for non-finite input)."""
     if _is_torch(x):
         x = x.detach()
+        if x.is_complex() or not (x.is_floating_point() or str(x.dtype).startswith(("torch.int", "torch.uint"))):
+            raise ValueError(f"input must be a real floating-point or integer array, got dtype {x.dtype}")
         if x.numel() == 0:
             return 0.0
         return float(x.double().abs().max() if what == "max" else x.diagonal().double().mean())
-    a = np.asarray(x, dtype=np.float64)
+    a = np.asarray(_checks.real_array("input", x), dtype=np.float64)
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a)) if what == "max" else np.mean(np.diag(a)))
@@ -248,6 +250,8 @@ def accumulate_hessian(H, n_seen, X, *, backend=None, overwrite_H=False):
     if not hasattr(X, "shape") or len(X.shape) not in (2, 3):
         raise ValueError(f"X must be (n, d_in) or (batch, seq, d_in), got shape {tuple(getattr(X, 'shape', ()))}")
     d_in = X.shape[-1]
+    if d_in == 0:
+        raise ValueError("X has no features (d_in = 0): there is no layer input to prune")
     if H is not None and tuple(H.shape) != (d_in, d_in):
         raise ValueError(f"H must be ({d_in}, {d_in}) to match X, got shape {tuple(H.shape)}")
     n = math.prod(X.shape[:-1])
@@ -289,10 +293,12 @@ def _accumulate_hessian_torch(H, n_seen, X, like):
     float64 accumulation, on X's device."""
     import torch
 
-    n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max)
     Xt = X if _is_torch(X) else torch.from_numpy(np.asarray(_checks.real_array("X", X)))
+    if Xt.shape[-1] == 0:
+        raise ValueError("X has no features (d_in = 0): there is no layer input to prune")
     Xt = Xt.detach().reshape(-1, Xt.shape[-1])
     n = Xt.shape[0]
+    n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max - n)
     if n_seen == 0 and n == 0:
         raise ValueError("X has no tokens (n = 0): the Hessian is undefined")
     if n == 0:

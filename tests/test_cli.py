@@ -127,19 +127,65 @@ def test_nan_model_is_refused_naming_the_layer(tmp_path, capsys):
     assert "layer 2" in _err(capsys)
 
 
-def test_save_errors_are_one_line(tmp_path, capsys, monkeypatch):
-    """Issue: disk full, permission denied, ... gave tracebacks."""
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EIO", "EACCES", "EROFS", "EFBIG"])
+def test_save_errors_are_one_line(tmp_path, capsys, monkeypatch, code):
+    """Issue: disk full, quota, I/O error, permission denied, read-only file system, file too
+    large (ulimit -f) gave tracebacks."""
     import errno
     import safetensors.torch as st
 
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def fail(*a, **k):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
-    monkeypatch.setattr(st, "save_file", full)
+    monkeypatch.setattr(st, "save_file", fail)
     rc = main(["prune", "--model", "tiny-llama", "--nsamples", "2", "--seqlen", "16", "--eval-tokens", "0",
                "--backend", "reference", "--out", str(tmp_path / "o"), "--quiet"])
-    assert rc == 2 and "No space left" in _err(capsys)
+    err = _err(capsys)
+    assert rc == 2 and os.strerror(getattr(errno, code)) in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if "error" in ln]) == 1
     assert os.listdir(tmp_path) == []
+
+
+def test_prune_of_a_model_whose_activations_overflow_names_the_layer(tmp_path, capsys):
+    """Issue: NaN inside a layer stopped the prune with "H contains NaN or Inf", naming no layer."""
+    import torch
+    from slimgpt.checkpoint import save_pretrained
+    from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
+    m = tiny_model("tiny-llama")
+    with torch.no_grad():
+        m.model.layers[2].mlp.up_proj.weight.mul_(1e20)
+        m.model.layers[2].mlp.gate_proj.weight.mul_(1e20)
+    save_pretrained(m, tmp_path / "m", byte_tokenizer())
+    rc = main(["prune", "--model", str(tmp_path / "m"), "--nsamples", "4", "--seqlen", "16", "--eval-tokens", "0",
+               "--out", str(tmp_path / "o"), "--quiet"])
+    err = _err(capsys)
+    assert rc == 2 and "layer 2" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_cli_stops_at_the_context(capsys):
+    """Issue: generate --max-new-tokens 100000 ran past 90 s; now capped by the model's context."""
+    import json
+    assert main(["generate", "tiny-llama", "Hi", "--max-new-tokens", "100000", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["new_tokens"] <= 512
+
+
+@pytest.mark.parametrize("case", ["missing folder", "not a golden folder", "unimportable impl", "unknown op"])
+def test_oracle_errors_are_one_line(case, tmp_path, capsys):
+    """Issue: every error path of slimgpt oracle gave a traceback."""
+    (tmp_path / "empty").mkdir()
+    golden = tmp_path / "golden"
+    if case in ("unimportable impl", "unknown op"):
+        assert main(["oracle", "export", str(golden)]) == 0
+        capsys.readouterr()
+    argv = {"missing folder": ["oracle", "check", str(tmp_path / "nope"), "--impl", "slimgpt.ops"],
+            "not a golden folder": ["oracle", "check", str(tmp_path / "empty"), "--impl", "slimgpt.ops"],
+            "unimportable impl": ["oracle", "check", str(golden), "--impl", "no_such_module_xyz"],
+            "unknown op": ["oracle", "check", str(golden), "--impl", "slimgpt.ops", "--op", "no_such_op"]}[case]
+    assert main(argv) != 0
+    err = _err(capsys)
+    assert err.strip() and "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
 def test_non_utf8_prompt_is_one_line(capsys):

@@ -373,3 +373,36 @@ def test_read_only_inputs_are_accepted():
         A.flags.writeable = False
     W_new, heads = ops.prune_heads(W32, H32, 1, 4, backend="cpu")
     np.testing.assert_array_equal(heads, reference.prune_heads(W, H, 1, 4)[1])
+
+
+# --- inputs every backend refuses alike (reliability issue, items 10-12) ---------------------------
+
+def _refusals():
+    rng = np.random.default_rng(0)
+    W, X = rng.standard_normal((4, 8)), rng.standard_normal((20, 8))
+    H = reference.hessian(X)
+    return {
+        "n_seen + n beyond int64": (lambda b: ops.accumulate_hessian(H, 2**63 - 1, X, backend=b), "n_seen"),
+        "n_seen True": (lambda b: ops.accumulate_hessian(H, True, X, backend=b), "boolean"),
+        "n_prune True": (lambda b: ops.prune_heads(W, H, True, 2, backend=b), "boolean"),
+        "head_dim True": (lambda b: ops.prune_heads(W, H, 1, True, backend=b), "boolean"),
+        "head_groups True": (lambda b: ops.prune_heads(W, H, 1, 2, head_groups=True, backend=b), "boolean"),
+        "string W": (lambda b: ops.prune_columns(W.astype(str), H, [1], backend=b), "real"),
+        "datetime W": (lambda b: ops.prune_columns(np.zeros((4, 8), "datetime64[s]"), H, [1], backend=b), "real"),
+        "complex W": (lambda b: ops.prune_columns(W.astype(complex), H, [1], backend=b), "real"),
+        "zero-width X": (lambda b: ops.hessian(np.zeros((5, 0)), backend=b), "d_in = 0"),
+        "percdamp None": (lambda b: ops.prune_columns(W, H, [1], percdamp=None, backend=b), "percdamp"),
+    }
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "torch"])
+@pytest.mark.parametrize("case", list(_refusals()))
+def test_every_backend_refuses_alike(case, backend):
+    """The hostile-input corpus found the backends disagreeing about acceptance (the reference
+    summed past int64 and took d_in = 0; the cpu backend failed with a reshape error and warned
+    about complex casts): each is now one clear ValueError on every backend, without warnings."""
+    call, words = _refusals()[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=words):
+            call(backend)

@@ -170,3 +170,15 @@ W8, H8 = np.ones((3, 8)), np.eye(8)
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_dgs_schedule_of_a_huge_count_is_refused_at_once():
+    """Reliability issue: reference.dgs_group_sizes(2**40) looped for minutes; counts beyond the
+    largest layer width the bindings accept (2**31 - 1) are refused, and that bound is fast."""
+    import time
+
+    with pytest.raises(ValueError, match="2147483647"):
+        R.dgs_group_sizes(2**40)
+    t0 = time.perf_counter()
+    assert sum(R.dgs_group_sizes(2**31 - 1)) == 2**31 - 1
+    assert time.perf_counter() - t0 < 5.0

@@ -185,6 +185,10 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     cases = load_cases(directory)
+    known = sorted({entry["operation"] for entry, _, _ in cases})
+    unknown = sorted(set(operations or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown operation(s) {', '.join(unknown)}; the cases cover {', '.join(known)}")
     module, label = _load_impl(impl)
     if backend is not None:
         label += f" (backend={backend})"
