@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from slimgpt import gqa
 from slimgpt.schedule import LayerPlan, PruneError, param_costs, prunable_params
 from slimgpt.stats import ActivationStats
 

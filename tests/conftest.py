@@ -23,3 +23,14 @@ def golden(tmp_path_factory):
     d = tmp_path_factory.mktemp("golden")
     oracle.export(d)
     return d
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one torch thread is faster (and steadier on a shared machine) than several."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

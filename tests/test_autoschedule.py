@@ -14,13 +14,7 @@ torch.set_grad_enabled(False)
 QUIET = dict(progress=False, log=lambda m: None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster (and steadier on a shared machine) than several."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def calib(n=8, T=32, seed=0):

@@ -6,7 +6,6 @@ tokenizer metadata, the q/k row permutation (un-permuted rows equal the checkpoi
 whole model read back into slimgpt giving the checkpoint's logits.
 """
 import importlib.util
-import json
 
 import gguf
 import numpy as np
@@ -20,20 +19,14 @@ from slimgpt.export.gguf import layer_plan, permute_qk, read_gguf, regroup
 from slimgpt.loaders import load_model
 from slimgpt.loaders.gguf_loader import load_gguf, unpermute_qk
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-from slimgpt.pipeline import PruneSettings, prune_model
-from slimgpt.testing import assert_close
-from slimgpt.textdata import calibration_windows
+from slimgpt.testing import assert_close, tiny_checkpoint
 
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                      reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
 
 
-def _checkpoint(root, name, tiny, ratio=None, overrides=None, **kw):
-    m = tiny_model(tiny, **(overrides or {}))
-    if ratio:
-        prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0),
-                    PruneSettings(ratio=ratio, backend="reference", **kw), progress=False, log=lambda s: None)
-    return save_pretrained(m, root / name, byte_tokenizer(), {"source_model": tiny})
+def _checkpoint(root, name, tiny, ratio=None, **kw):
+    return tiny_checkpoint(root / name, tiny, ratio, **kw)
 
 
 @pytest.fixture(scope="module")

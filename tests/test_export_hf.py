@@ -17,21 +17,14 @@ from slimgpt.export import ExportError, export_checkpoint
 from slimgpt.export.hf import CODE_FILES, standard_kv_map
 from slimgpt.loaders import load_model
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-from slimgpt.pipeline import PruneSettings, prune_model
-from slimgpt.testing import assert_close
-from slimgpt.textdata import calibration_windows
+from slimgpt.testing import assert_close, tiny_checkpoint
 
 CHAT = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<a>{% endif %}")
 
 
 def _checkpoint(root, name, tiny, ratio=None, **kw):
-    overrides = kw.pop("overrides", {})
-    m = tiny_model(tiny, **overrides)
-    if ratio:
-        prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0),
-                    PruneSettings(ratio=ratio, backend="reference", **kw), progress=False, log=lambda s: None)
-    return save_pretrained(m, root / name, byte_tokenizer(), {"source_model": tiny})
+    return tiny_checkpoint(root / name, tiny, ratio, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from slimgpt.testing import assert_close
 IDS = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(7))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stream(n=6000, seed=0):

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from slimgpt import pipeline as P
-from slimgpt.gqa import Blocks
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
 from slimgpt.methods import METHODS, Method, Selection, register
 from slimgpt.methods.base import block_columns, per_block, select_lowest, select_lowest_grouped

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from slimgpt.loaders.tiny import TINY_CONFIGS, tiny_config, tiny_model
-from slimgpt.model import LlamaConfig, apply_rope, build_model, param_count, rope_cos_sin
+from slimgpt.model import apply_rope, build_model, param_count, rope_cos_sin
 from slimgpt.testing import assert_close
 
 torch.set_grad_enabled(False)

@@ -21,7 +21,7 @@ PRUNE = ["prune", "--model", "tiny-llama", "--ratio", "0.2", "--nsamples", "2", 
 def model_dir(tmp_path):
     """A user's model folder, with a note of theirs beside it."""
     (tmp_path / "models").mkdir()
-    d = save_pretrained(tiny_model("tiny-llama"), tmp_path / "models" / "m", byte_tokenizer())
+    save_pretrained(tiny_model("tiny-llama"), tmp_path / "models" / "m", byte_tokenizer())
     (tmp_path / "models" / "notes.txt").write_text("mine")
     return tmp_path / "models" / "m"
 

@@ -3,13 +3,11 @@ the streamed run selects what the in-memory run selects, with weights within flo
 in less memory, and the estimate is not below what was measured. (LLaMA-7B's full shape is the
 benchmark of docs/scale.md, benchmarks/llama7b_synthetic.py.)"""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from slimgpt.testing import assert_close
