@@ -445,8 +445,9 @@ def estimate(cfg, n_samples: int, seqlen: int, batch_size: int = 8, cache_mb: fl
       twice because shrinking allocates every weight anew and the allocator keeps the freed
       blocks; streamed: one layer, twice likewise) + the boundary N·T·D·4 (this rank's share)
       + the caches of A and F (when within cache_mb) + the widest projection's statistics: H in
-      float64 twice (the running mean and its update) and the core's float32 copy and scratch
-      (N_in² · (16 + 8)) + one batch of temporaries (batch · T · (3m + 4D) floats);
+      float64 (updated in place on the CPU; on a GPU twice while a batch is added) and the
+      core's float32 copy and scratch (N_in² · (8 or 16, + 8)) + one batch of temporaries
+      (batch · T · (3m + 4D) floats);
     - evaluating the quick perplexity: a batch of logits (1024 tokens × V, three float32 copies:
       logits, the shifted copy, log-softmax) on top of the pruning phase (in memory: its blocks
       stay resident) or, streamed, beside the float32 lm_head and the evaluation's hidden states.
@@ -468,11 +469,11 @@ def estimate(cfg, n_samples: int, seqlen: int, batch_size: int = 8, cache_mb: fl
     boundary = n_local * D * 4
     cache_b = n_local * (h_max + m_max) * 4
     cached = cache_b <= cache_mb * 2 ** 20
-    hess, obs = 16 * width ** 2, 8 * width ** 2
+    on_gpu = torch.device(device).type == "cuda"
+    hess, obs = (16 if on_gpu else 8) * width ** 2, 8 * width ** 2
     batch = batch_size * seqlen * (m_max * 3 + D * 4) * 4
     ev_tokens = (eval_tokens // eval_seqlen) * eval_seqlen if eval_tokens > 0 else 0
     logits = 3 * min(1024, ev_tokens) * V * 4
-    on_gpu = torch.device(device).type == "cuda"
     host = 0 if on_gpu else RUNTIME_BYTES + TEXT_BYTES
     resident = 2 * (layer_b if streamed else model_b)
     prune_phase = host + resident + boundary + (cache_b if cached else 0) + hess + obs + batch
