@@ -25,6 +25,7 @@ LABELS = {
     "auto+bias": "SlimGPT, auto schedule + bias",
     "slimgpt+bias": "SlimGPT + bias",
     "slimgpt/flap-plan": "SlimGPT with FLAP's per-layer counts",
+    "slimgpt/flap-plan/c16x2048": "SlimGPT with FLAP's per-layer counts, 16 x 2048 calibration",
     "slimgpt/gqa-group": "SlimGPT, whole KV groups (--gqa group)",
     "auto/gqa-group": "SlimGPT, auto + whole KV groups",
     "slimgpt/damp0.001": "SlimGPT, percdamp 0.001",
@@ -56,7 +57,7 @@ LABELS = {
 }
 PROTOCOLS = (("ppl128", "PPL@128"), ("ppl2048", "PPL@2048"))
 FAMILY = ("slimgpt", "auto", "auto+bias", "slimgpt/c16x2048", "auto/c16x2048", "auto+bias/c16x2048", "auto/relative",
-          "auto/output", "auto/relative/c16x2048", "slimgpt+bias", "slimgpt/flap-plan", "slimgpt/gqa-group", "auto/gqa-group",
+          "auto/output", "auto/relative/c16x2048", "slimgpt+bias", "slimgpt/flap-plan", "slimgpt/flap-plan/c16x2048", "slimgpt/gqa-group", "auto/gqa-group",
           "slimgpt/damp0.001", "slimgpt/damp0.1", "slimgpt/c128x512", "slimgpt/c64x2048", "auto+bias/c128x512")
 TARGETS = {  # (ratio, fine-tuned, protocol, factor of dense): the targets
     "20% without fine-tuning: PPL@2048 ≤ 1.6 × dense": (0.2, False, "ppl2048", 1.6),
@@ -243,6 +244,8 @@ HYPOTHESES = [
     ("slimgpt/flap-plan", "slimgpt", 0.2, "FLAP's per-layer allocation (its global threshold) instead of the log "
                                           "schedule, SlimGPT's OBS kept"),
     ("slimgpt/flap-plan", "slimgpt", 0.5, "FLAP's per-layer allocation at 50%"),
+    ("slimgpt/flap-plan/c16x2048", "slimgpt/flap-plan", 0.2, "16 x 2048 calibration with FLAP's per-layer counts"),
+    ("slimgpt/flap-plan/c16x2048", "slimgpt/flap-plan", 0.5, "16 x 2048 calibration with FLAP's counts at 50%"),
     ("auto", "slimgpt", 0.2, "the data-driven schedule (--schedule auto) instead of the log schedule"),
     ("auto", "slimgpt", 0.5, "the data-driven schedule at 50%"),
     ("slimgpt+bias", "slimgpt", 0.2, "FLAP's mean-shift bias compensation added to SlimGPT's OBS"),

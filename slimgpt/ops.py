@@ -127,8 +127,10 @@ def _pow2(x, *, even: bool = False) -> float:
 def _magnitude(x, what: str) -> float:
     """max|x| or mean(diag x), computed on x's device in float64 (NaN for non-finite input)."""
     if _is_torch(x):
+        import torch
+
         x = x.detach()
-        if x.is_complex() or not (x.is_floating_point() or str(x.dtype).startswith(("torch.int", "torch.uint"))):
+        if x.is_complex() or x.dtype == torch.bool:
             raise ValueError(f"input must be a real floating-point or integer array, got dtype {x.dtype}")
         if x.numel() == 0:
             return 0.0
