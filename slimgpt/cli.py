@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=DEFAULT_MODEL, help=f"{', '.join(NAMES)}, or a model folder (default {DEFAULT_MODEL})")
     pr.add_argument("--ratio", type=float, default=None,
                     help="global target: fraction of prunable decoder parameters (default 0.2)")
-    pr.add_argument("--schedule", default="log", choices=SCHEDULES, help="per-layer ratio schedule (IPR; default log)")
+    pr.add_argument("--schedule", default="log", choices=SCHEDULES, help="per-layer ratio schedule (IPR; default log); beyond the paper: auto (from OBS error "
+                    "curves) and flap (FLAP's per-layer counts)")
     pr.add_argument("--first", type=float, default=None, help="explicit first-layer ratio (instead of --ratio)")
     pr.add_argument("--last", type=float, default=None, help="explicit last-layer ratio (with --first)")
     pr.add_argument("--nsamples", type=_positive_int, default=64, help="calibration windows (default 64)")

@@ -48,7 +48,9 @@ from slimgpt.textdata import check_calibration
 
 GQA_MODES = gqa.GQA_MODES
 planned_heads = gqa.planned_heads
-SCHEDULES = schedule.SCHEDULES + ("auto",)      # "auto": chosen from the calibration data (autoschedule.py)
+# beyond the paper, both chosen from the calibration data: "auto" (autoschedule.py) and "flap"
+# (the per-layer counts of FLAP's global threshold, methods/flap.py)
+SCHEDULES = schedule.SCHEDULES + ("auto", "flap")
 
 
 @dataclass
@@ -192,6 +194,11 @@ def _plan(cfg, model, calib, s: PruneSettings):
     if s.schedule == "auto" and s.ratios is None and s.first is None:
         from slimgpt.autoschedule import auto_plan
         return auto_plan(model, calib, s)
+    if s.schedule == "flap" and s.ratios is None and s.first is None:
+        # FLAP's allocation (its global threshold over standardised fluctuation scores) for any
+        # method's selection; ratios record each layer's FFN fraction, as for "auto"
+        plan = methods.METHODS["flap"].plan(model, calib, s)
+        return [p.channels / cfg.layer_intermediate[i] for i, p in enumerate(plan)], plan
     ratios = [float(r) for r in s.ratios] if s.ratios is not None else \
         schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
     return ratios, method_plan(cfg, model, calib, s, ratios)

@@ -18,7 +18,7 @@ from slimgpt.methods.base import block_columns, per_block, select_lowest, select
 from slimgpt.methods.flap import fluctuation_column_scores, global_select, standardize, structure_scores
 from slimgpt.methods.magnitude import magnitude_scores, owns_kv
 from slimgpt.methods.wanda_sp import wanda_sp_column_scores
-from slimgpt.pipeline import PruneSettings, prune_model
+from slimgpt.pipeline import PruneError, PruneSettings, prune_model
 from slimgpt.schedule import param_costs
 from slimgpt.stats import ActivationStats
 from slimgpt.testing import assert_close
@@ -343,3 +343,21 @@ def test_python_api_prune_applies_the_flap_plan():
     assert [r["heads_before"] - r["heads_kept"] for r in res.layers] == [p.heads for p in plan]
     assert [r["channels_before"] - r["channels_kept"] for r in res.layers] == [p.channels for p in plan]
     assert loaded.model.config.o_proj_bias and loaded.model.config.mlp_bias
+
+
+@pytest.mark.parametrize("method", ["slimgpt", "wanda-sp"])
+def test_flap_schedule_gives_any_method_flaps_per_layer_counts(method):
+    """--schedule flap (beyond the paper): FLAP's plan decides how many heads and channels each
+    layer loses, the method decides which; so the per-layer counts equal FLAP's own run, and the
+    recorded ratios are each layer's FFN fraction."""
+    calib = calibration_windows(byte_tokenizer(), 8, 32, 0)
+    quiet = dict(progress=False, log=lambda m: None)
+    flap = prune_model(tiny_model("tiny-gqa"), calib, PruneSettings(ratio=0.4, method="flap"), **quiet)
+    ours = prune_model(tiny_model("tiny-gqa"), calib, PruneSettings(ratio=0.4, method=method, schedule="flap"),
+                       **quiet)
+    assert [(r["heads_kept"], r["channels_kept"]) for r in ours.layers] == \
+        [(r["heads_kept"], r["channels_kept"]) for r in flap.layers]
+    assert ours.summary["ratios"] == [len(r["channels_pruned"]) / r["channels_before"] for r in ours.layers]
+    with pytest.raises(PruneError, match="--schedule flap"):
+        prune_model(tiny_model("tiny-gqa"), calib,
+                    PruneSettings(ratio=0.4, schedule="flap", gqa="balanced"), **quiet)

@@ -105,7 +105,7 @@ class FLAP(Method):
         and one channel.
         """
         if settings.gqa not in ("query", "group"):
-            raise PruneError("--method flap supports --gqa query or group")
+            raise PruneError("FLAP's plan (--method flap, --schedule flap) supports --gqa query or group")
         cfg = model.config
         cost = param_costs(cfg)
         dev = next(model.parameters()).device
