@@ -38,23 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import study_report as R  # noqa: E402
 
-from slimgpt import methods  # noqa: E402
 from slimgpt.evaluate import perplexity  # noqa: E402
 from slimgpt.loaders import load_model  # noqa: E402
-from slimgpt.methods.flap import FLAP  # noqa: E402
-from slimgpt.methods.slimgpt import SlimGPT  # noqa: E402
 from slimgpt.pipeline import PruneSettings, prune_model  # noqa: E402
 from slimgpt.textdata import calibration_windows, wikitext2_tokens  # noqa: E402
 
-
-class SlimGPTWithFLAPPlan(SlimGPT):
-    """Hypothesis row: SlimGPT's OBS selection and compensation with FLAP's per-layer counts
-    (FLAP's global fluctuation threshold decides how many heads/channels each layer loses)."""
-    name = "slimgpt-flap-plan"
-    plan = FLAP.plan
-
-
-methods.register(SlimGPTWithFLAPPlan())
 
 SEEDS = (0, 1, 2)
 CALIB = (32, 256)           # the study's default calibration: windows x tokens
@@ -70,9 +58,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "wanda-sp": ({"method": "wanda-sp", "schedule": "log"}, {"doc": "Wanda-sp on the log schedule"}),
     "magnitude": ({"method": "magnitude", "schedule": "log"}, {"doc": "structure weight norms"}),
     # hypotheses for FLAP's lead at 20%
-    "slimgpt/flap-plan": ({"method": "slimgpt-flap-plan"},
+    "slimgpt/flap-plan": ({"method": "slimgpt", "schedule": "flap"},
                           {"doc": "SlimGPT OBS with FLAP's per-layer counts (allocation hypothesis)"}),
-    "slimgpt/flap-plan/c16x2048": ({"method": "slimgpt-flap-plan"},
+    "slimgpt/flap-plan/c16x2048": ({"method": "slimgpt", "schedule": "flap"},
                                    {"calib": (16, 2048), "doc": "SlimGPT OBS with FLAP's per-layer counts, "
                                                                "16 x 2048 calibration"}),
     "slimgpt+bias": ({"method": "slimgpt", "bias_compensation": True},
@@ -182,9 +170,7 @@ def command(variant: str, ratio: float, seed: int) -> str:
     else:
         m = over.get("method", "slimgpt")
         cmd = f"slimgpt prune --model smollm2-135m --ratio {ratio:g} --nsamples {n} --seqlen {T} --seed {seed}"
-        if m == "slimgpt-flap-plan":
-            cmd = "(API only: PruneSettings(method='slimgpt-flap-plan'), registered in benchmarks/study.py) " + cmd
-        elif m != "slimgpt":
+        if m != "slimgpt":
             cmd += f" --method {m}"
         if over.get("schedule", "log") != "log":
             cmd += f" --schedule {over['schedule']}"
