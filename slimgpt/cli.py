@@ -186,7 +186,8 @@ def _prune_in_memory(a, *, s, comm, out, inputs, calib_src, dtype, evaluated, t0
     from slimgpt.pipeline import estimate, prune_model
     from slimgpt.textdata import calibration_windows
 
-    _eprint(f"loading {a.model} ...") if comm.is_root else None
+    if comm.is_root:
+        _eprint(f"loading {a.model} ...")
     loaded = load_model(a.model)
     model, tok = loaded.model, loaded.tokenizer
     if tok is None:
