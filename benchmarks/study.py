@@ -204,9 +204,9 @@ def run_row(variant, ratio, seed, base, tok, ids, calib_cache, args) -> dict:
         if (n, T, seed) not in calib_cache:
             calib_cache[(n, T, seed)] = calibration_windows(tok, n, T, seed)
         calib = calib_cache[(n, T, seed)]
-        s = PruneSettings(ratio=ratio, n_samples=n, seqlen=T, seed=seed, percdamp=args.percdamp,
-                          backend=args.backend, batch_size=4 if T > 1024 else 8,
-                          **{k: copy.deepcopy(v) for k, v in over.items()})
+        s = PruneSettings(**{"ratio": ratio, "n_samples": n, "seqlen": T, "seed": seed, "percdamp": args.percdamp,
+                             "backend": args.backend, "batch_size": 4 if T > 1024 else 8,
+                             **{k: copy.deepcopy(v) for k, v in over.items()}})      # a variant's own values win
         t1 = time.time()
         res = prune_model(model, calib, s, log=lambda m: None, progress=False)
         sm = res.summary
