@@ -63,6 +63,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "slimgpt/flap-plan/c16x2048": ({"method": "slimgpt", "schedule": "flap"},
                                    {"calib": (16, 2048), "doc": "SlimGPT OBS with FLAP's per-layer counts, "
                                                                "16 x 2048 calibration"}),
+    "slimgpt/flap-plan/c16x2048+lora": ({"method": "slimgpt", "schedule": "flap"},
+                                        {"calib": (16, 2048), "finetune": LORA,
+                                         "doc": "SlimGPT with FLAP's counts, 16 x 2048 calibration, then LoRA recovery"}),
+    "flap/c16x2048": ({"method": "flap"}, {"calib": (16, 2048), "doc": "FLAP with 16 x 2048 calibration (control)"}),
     "slimgpt+bias": ({"method": "slimgpt", "bias_compensation": True},
                      {"doc": "SlimGPT + mean-shift bias compensation (bias hypothesis)"}),
     "flap-nobias": ({"method": "flap", "compensate": False}, {"doc": "FLAP without its bias (bias hypothesis)"}),
@@ -134,6 +138,8 @@ def queue() -> list[tuple[str, float, int]]:
     q += [("slimgpt+lora", 0.2, 0), ("slimgpt/flap-plan/c16x2048", 0.2, 0)]
     q += [(v, r, 0) for r in (0.1, 0.3, 0.4, 0.6) for v in ("slimgpt", "flap", "auto+bias")]
     q += [("slimgpt+lora", 0.5, 0), ("slimgpt/flap-plan/c16x2048", 0.5, 0)]
+    q += [("slimgpt/flap-plan/c16x2048", 0.2, s) for s in SEEDS[1:]]
+    q += [("flap/c16x2048", 0.2, 0), ("slimgpt/flap-plan/c16x2048+lora", 0.2, 0)]
     # 4. the candidates over seeds, recovery
     q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in ("auto+bias",)]
     q += [(v, r, 0) for r in (0.2, 0.5) for v in ("auto+bias+lora", "slimgpt+lora")]
