@@ -7,7 +7,7 @@ from slimgpt import autoschedule as A
 from slimgpt import reference
 from slimgpt.loaders.tiny import tiny_model
 from slimgpt.pipeline import PruneError, PruneSettings, prune_model
-from slimgpt.schedule import param_costs
+from slimgpt.schedule import param_costs, prunable_params
 from slimgpt.testing import assert_close
 
 torch.set_grad_enabled(False)
@@ -165,3 +165,23 @@ def test_bad_options():
     with pytest.raises(PruneError, match="group"):
         prune_model(tiny_model("tiny-hetero"), calib(), PruneSettings(ratio=0.3, schedule="auto", gqa="group"),
                     **QUIET)
+
+
+@pytest.mark.parametrize("schedule", ["auto", "flap"])
+def test_cli_records_the_chosen_counts(tmp_path, schedule):
+    """slimgpt prune --schedule auto|flap: the run hits the parameter target (within one FFN
+    channel) and the manifest records the chosen per-layer ratios and counts."""
+    import json
+
+    from slimgpt.cli import main
+    out = tmp_path / "o"
+    assert main(["prune", "--model", "tiny-gqa", "--ratio", "0.3", "--schedule", schedule, "--nsamples", "8",
+                 "--seqlen", "32", "--eval-tokens", "0", "--quiet", "--out", str(out)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    cfg = tiny_model("tiny-gqa").config
+    assert man["settings"]["schedule"] == schedule and len(man["ratios"]) == cfg.num_hidden_layers
+    assert [round(len(r["channels_pruned"]) / r["channels_before"], 12) for r in man["layers"]] == \
+        [round(r, 12) for r in man["ratios"]]
+    pruned = man["params_before"] - man["params_after"]
+    target = 0.3 * sum(prunable_params(cfg, i) for i in range(cfg.num_hidden_layers))
+    assert abs(pruned - target) <= param_costs(cfg)["channel"] + param_costs(cfg)["kv_head"]
