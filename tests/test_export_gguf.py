@@ -25,21 +25,17 @@ needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is No
                                      reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
 
 
-def _checkpoint(root, name, tiny, ratio=None, **kw):
-    return tiny_checkpoint(root / name, tiny, ratio, **kw)
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     c = {
-        "gqa_query": _checkpoint(root, "gqa_query", "tiny-gqa", 0.5, gqa="query"),
-        "uniform_mha": _checkpoint(root, "uniform_mha", "tiny-llama"),
-        "qwen2_pruned": _checkpoint(root, "qwen2_pruned", "tiny-qwen2", 0.5),
-        "flap": _checkpoint(root, "flap", "tiny-llama", 0.3, method="flap"),
-        "hetero": _checkpoint(root, "hetero", "tiny-hetero"),
-        "llama3_pruned": _checkpoint(root, "llama3_pruned", "tiny-llama3", 0.5),    # llama3 rope scaling
-        "qwen3": _checkpoint(root, "qwen3", "tiny-qwen3"),
+        "gqa_query": tiny_checkpoint(root / "gqa_query", "tiny-gqa", 0.5, gqa="query"),
+        "uniform_mha": tiny_checkpoint(root / "uniform_mha", "tiny-llama"),
+        "qwen2_pruned": tiny_checkpoint(root / "qwen2_pruned", "tiny-qwen2", 0.5),
+        "flap": tiny_checkpoint(root / "flap", "tiny-llama", 0.3, method="flap"),
+        "hetero": tiny_checkpoint(root / "hetero", "tiny-hetero"),
+        "llama3_pruned": tiny_checkpoint(root / "llama3_pruned", "tiny-llama3", 0.5),    # llama3 rope scaling
+        "qwen3": tiny_checkpoint(root / "qwen3", "tiny-qwen3"),
     }
     m = tiny_model("tiny-hetero", layer_heads=[8, 0, 3], layer_kv_heads=[4, 0, 1],
                    layer_kv_map=[[0, 0, 1, 1, 2, 2, 3, 3], [], [0, 0, 0]], layer_intermediate=[96, 0, 33],

@@ -23,27 +23,23 @@ CHAT = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<a>{% endif %}")
 
 
-def _checkpoint(root, name, tiny, ratio=None, **kw):
-    return tiny_checkpoint(root / name, tiny, ratio, **kw)
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     c = {
         # GQA query mode at 50%: uneven query→KV maps and dropped KV heads
-        "gqa_query": _checkpoint(root, "gqa_query", "tiny-gqa", 0.5, gqa="query"),
-        "gqa_balanced": _checkpoint(root, "gqa_balanced", "tiny-gqa", 0.4, gqa="balanced"),
-        "uniform_gqa": _checkpoint(root, "uniform_gqa", "tiny-gqa"),             # tied, dense
-        "uniform_mha": _checkpoint(root, "uniform_mha", "tiny-llama"),           # untied, dense
-        "untied_pruned": _checkpoint(root, "untied_pruned", "tiny-llama", 0.4),
-        "qwen2": _checkpoint(root, "qwen2", "tiny-qwen2"),
-        "mistral": _checkpoint(root, "mistral", "tiny-gqa", overrides={"architecture": "mistral"}),
-        "qwen2_pruned": _checkpoint(root, "qwen2_pruned", "tiny-qwen2", 0.5),
-        "flap": _checkpoint(root, "flap", "tiny-llama", 0.3, method="flap"),
-        "qwen3": _checkpoint(root, "qwen3", "tiny-qwen3"),                       # q/k norms, head_dim != D/H
-        "qwen3_pruned": _checkpoint(root, "qwen3_pruned", "tiny-qwen3", 0.5),
-        "llama3_pruned": _checkpoint(root, "llama3_pruned", "tiny-llama3", 0.5),  # llama3 rope scaling
+        "gqa_query": tiny_checkpoint(root / "gqa_query", "tiny-gqa", 0.5, gqa="query"),
+        "gqa_balanced": tiny_checkpoint(root / "gqa_balanced", "tiny-gqa", 0.4, gqa="balanced"),
+        "uniform_gqa": tiny_checkpoint(root / "uniform_gqa", "tiny-gqa"),             # tied, dense
+        "uniform_mha": tiny_checkpoint(root / "uniform_mha", "tiny-llama"),           # untied, dense
+        "untied_pruned": tiny_checkpoint(root / "untied_pruned", "tiny-llama", 0.4),
+        "qwen2": tiny_checkpoint(root / "qwen2", "tiny-qwen2"),
+        "mistral": tiny_checkpoint(root / "mistral", "tiny-gqa", overrides={"architecture": "mistral"}),
+        "qwen2_pruned": tiny_checkpoint(root / "qwen2_pruned", "tiny-qwen2", 0.5),
+        "flap": tiny_checkpoint(root / "flap", "tiny-llama", 0.3, method="flap"),
+        "qwen3": tiny_checkpoint(root / "qwen3", "tiny-qwen3"),                       # q/k norms, head_dim != D/H
+        "qwen3_pruned": tiny_checkpoint(root / "qwen3_pruned", "tiny-qwen3", 0.5),
+        "llama3_pruned": tiny_checkpoint(root / "llama3_pruned", "tiny-llama3", 0.5),  # llama3 rope scaling
     }
     # a layer without heads and a layer without FFN channels, with output biases
     m = tiny_model("tiny-hetero", layer_heads=[8, 0, 3], layer_kv_heads=[4, 0, 1],
