@@ -2,8 +2,6 @@
 activations in memory and on disk; resume after a kill at several points equals an uninterrupted
 run byte for byte; a mismatched or foreign state is refused with one line and kept."""
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from slimgpt.checkpoint import save_pretrained
 from slimgpt.loaders import load_model
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
 from slimgpt.pipeline import PruneError, PruneSettings, prune_model
-from slimgpt.testing import assert_close
+from slimgpt.testing import assert_close, cli_child
 from slimgpt.textdata import calibration_windows, wikitext2_tokens
 
 torch.set_grad_enabled(False)
@@ -161,7 +159,7 @@ def cli(tmp_path_factory):
     def run(*args, env=None, check=True):
         count[0] += 1
         err = logs / f"{count[0]}.err"
-        p = ctx.Process(target=_child, args=([str(a) for a in args], dict(env or {}), str(err)))
+        p = ctx.Process(target=cli_child, args=(["prune"] + [str(a) for a in args], dict(env or {}), str(err)))
         p.start()
         p.join(300)
         text = err.read_text() if err.exists() else ""
@@ -170,16 +168,6 @@ def cli(tmp_path_factory):
         return p.exitcode, text
     return run
 
-
-def _child(args, env, err):
-    os.environ.update(env)
-    fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(fd, 2)
-    torch.set_num_threads(1)
-    from slimgpt.cli import main
-    rc = main(["prune"] + args)
-    sys.stderr.flush()
-    os._exit(rc)
 
 
 def manifest_without_timings(folder: Path) -> dict:
