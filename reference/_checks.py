@@ -21,7 +21,10 @@ def real_array(name: str, A) -> np.ndarray:
     """`A` as a NumPy array of a real number dtype (float, signed or unsigned int); ValueError
     for booleans, complex numbers, strings, dates and objects, which would be cast silently."""
     if type(A).__module__.startswith("torch"):
-        A = A.detach().cpu().numpy()
+        A = A.detach().cpu()
+        if str(A.dtype) == "torch.bfloat16":   # no NumPy dtype: widened to float32, exactly
+            A = A.float()
+        A = A.numpy()
     A = np.asarray(A)
     if A.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be a real floating-point or integer array, got dtype {A.dtype}")

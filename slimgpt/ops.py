@@ -125,7 +125,9 @@ def _pow2(x, *, even: bool = False) -> float:
 
 
 def _magnitude(x, what: str) -> float:
-    """max|x| or mean(diag x), computed on x's device in float64 (NaN for non-finite input)."""
+    """max|x| or mean(diag x), computed on x's device (NaN for non-finite input). max|x| of a
+    floating array is exact in its own dtype, so only integers are widened to float64 (a float64
+    copy of a calibration batch cost more than the core's XᵀX at SmolLM2's widths)."""
     if _is_torch(x):
         import torch
 
@@ -134,11 +136,15 @@ def _magnitude(x, what: str) -> float:
             raise ValueError(f"input must be a real floating-point or integer array, got dtype {x.dtype}")
         if x.numel() == 0:
             return 0.0
-        return float(x.double().abs().max() if what == "max" else x.diagonal().double().mean())
-    a = np.asarray(_checks.real_array("input", x), dtype=np.float64)
+        if what == "max":
+            return float((x if x.is_floating_point() else x.double()).abs().max())
+        return float(x.diagonal().double().mean())
+    a = np.asarray(_checks.real_array("input", x))
     if a.size == 0:
         return 0.0
-    return float(np.max(np.abs(a)) if what == "max" else np.mean(np.diag(a)))
+    if what == "max":
+        return float(np.max(np.abs(a if a.dtype.kind == "f" else a.astype(np.float64))))
+    return float(np.mean(np.diag(a).astype(np.float64)))
 
 
 def _to_core(x, backend, *, scale: float = 1.0, copy: bool = False):

@@ -77,6 +77,30 @@ def test_accumulate_hessian_equals_one_shot(backend):
     assert_close(_np(H), reference.hessian(X), "float32")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64", "int8", "int64", "huge-float32"])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_hessian_of_any_dtype_equals_the_float64_values(dtype, kind):
+    """max|X| (which picks the power-of-two scale) is taken in X's own floating dtype, and
+    integers are widened first (|-128| overflows int8): H is bit-identical to the H of the same
+    values given as float64."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((40, 9)) * (3e37 if dtype == "huge-float32" else 40.0)
+    X[0, 0] = -128.0 if dtype.startswith("int") else X[0, 0]
+    if dtype == "bfloat16" and kind == "numpy":
+        pytest.skip("NumPy has no bfloat16")
+    if kind == "torch":
+        Xd = torch.from_numpy(X).to(getattr(torch, dtype.replace("huge-", "")))
+        values = Xd.double().numpy()
+    else:
+        Xd = X.astype(dtype.replace("huge-", ""))
+        values = Xd.astype(np.float64)
+    got, _ = ops.accumulate_hessian(None, 0, Xd, backend="cpu")
+    want, _ = ops.accumulate_hessian(None, 0, values, backend="cpu")
+    np.testing.assert_array_equal(_np(got), want)
+
+
 @pytest.mark.parametrize("kind", ["numpy", "torch", "float32", "strided"])
 def test_accumulate_hessian_overwrite_H(kind):
     """overwrite_H=True updates a float64 C-contiguous CPU H in place (same values as the
