@@ -87,13 +87,14 @@ def _float64(x):
 
 
 def _like(result, like):
-    """`result` (NumPy or torch) as the kind, dtype and device of `like`."""
+    """`result` (NumPy or torch) as the kind, dtype and device of `like`; integer inputs come
+    back as float64 (compensated weights are not integers)."""
     if _is_torch(like):
         import torch
 
         if not _is_torch(result):
             result = torch.from_numpy(np.ascontiguousarray(result))
-        return result.to(device=like.device, dtype=like.dtype)
+        return result.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float64)
     if _is_torch(result):
         result = result.detach().cpu().numpy()
     dtype = np.asarray(like).dtype
@@ -310,7 +311,7 @@ def _accumulate_hessian_torch(H, n_seen, X, like):
     if n_seen == 0 and n == 0:
         raise ValueError("X has no tokens (n = 0): the Hessian is undefined")
     if n == 0:
-        return _like(H, like), n_seen
+        return _errors_like(_float64(H), like), n_seen
     if not torch.isfinite(Xt).all():
         raise ValueError("X contains NaN or Inf")
     sx = _pow2(_magnitude(Xt, "max"))

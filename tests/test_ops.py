@@ -102,6 +102,20 @@ def test_hessian_of_any_dtype_equals_the_float64_values(dtype, kind):
     np.testing.assert_array_equal(_np(got), want)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_accumulate_hessian_of_no_tokens_is_H_as_float64(backend, kind):
+    """An empty batch leaves H as it is, returned as float64 on every backend (the torch
+    backend returned a float32 H as float32)."""
+    import torch
+
+    H0 = reference.hessian(np.random.default_rng(5).standard_normal((20, 6))).astype(np.float32)
+    H, X = (H0, np.zeros((0, 6))) if kind == "numpy" else (torch.from_numpy(H0), torch.zeros(0, 6))
+    got, n = ops.accumulate_hessian(_dev(H, backend), 20, _dev(X, backend), backend=backend)
+    assert n == 20 and got.dtype in (np.float64, torch.float64)
+    np.testing.assert_array_equal(_np(got), H0.astype(np.float64))
+
+
 @pytest.mark.parametrize("kind", ["numpy", "torch", "float32", "strided"])
 def test_accumulate_hessian_overwrite_H(kind):
     """overwrite_H=True updates a float64 C-contiguous CPU H in place (same values as the
@@ -274,6 +288,21 @@ def test_numpy_dtype_kept_and_input_not_mutated():
     np.testing.assert_array_equal(W, W0)
     W32, _ = ops.prune_heads(W.astype(np.float32), H.astype(np.float32), 1, 4, backend="cpu")
     assert W32.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_weights_come_back_as_float64(backend):
+    """Compensated weights are not integers: an integer W (NumPy or torch) gives float64, the
+    same values either way (a torch int W came back truncated to integers)."""
+    import torch
+
+    W, H = make_head_case(8, 4, 4, seed=9)
+    Wi = np.round(W * 10).astype(np.int32)
+    want, _ = ops.prune_heads(Wi, H, 1, 4, backend=backend)
+    got, _ = ops.prune_heads(torch.from_numpy(Wi), torch.from_numpy(H), 1, 4, backend=backend)
+    assert want.dtype == np.float64 and got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert not np.array_equal(want, np.round(want))                # really compensated
 
 
 def test_backend_none_picks_cpu_and_bad_backend_raises():
