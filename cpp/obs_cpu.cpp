@@ -327,15 +327,17 @@ int remove_set(Greedy& g, const int64_t* S_in, int64_t s, bool compensate, bool 
     return OK;
 }
 
-// Eq. 5 for every head j with alive[j]: err[j] = Σ_k colsq[j·d+k] / ĝ_{j,k}, on G·g_scale
+// Eq. 5 for every head j with alive[j] (all when alive is null): err[j] = Σ_k colsq[j·d+k] / ĝ_{j,k}
 //   gcd:  ĝ_{j,k} = L_j[k,k]², L_j = chol(G[C_j, C_j])   (grouped Cholesky)
 //   else: ĝ_{j,k} = G[j·d+k, j·d+k]                        (the "−GCD" ablation)
-// G is read through its lower triangle (the public head_errors: a given H⁻¹).
-int score_heads(double* err, const double* colsq, const float* G, const char* alive, bool gcd, double g_scale,
-                int64_t d, int64_t N) {
+// The caller says where G's pieces are: block(j, B) writes the lower triangle of G[C_j, C_j]
+// into the d x d scratch B, diag(c) returns G[c, c]; pruned heads get +inf.
+template <class Block, class Diag>
+int score_heads(double* err, const double* colsq, const char* alive, bool gcd, int64_t d, int64_t N, Block block,
+                Diag diag) {
     const int64_t n_heads = N / d;
     const int nth = num_threads();
-    std::vector<float> B((size_t)(nth * d * d));
+    std::vector<float> B(gcd ? (size_t)(nth * d * d) : 0);
     std::atomic<bool> pd{true};
     parallel_for(n_heads, [&](int64_t j, int t) {
         if (alive && !alive[j]) {
@@ -346,8 +348,7 @@ int score_heads(double* err, const double* colsq, const float* G, const char* al
         double e = 0.0;
         if (gcd) {
             float* Bt = &B[(size_t)(t * d * d)];
-            for (int64_t a = 0; a < d; a++)  // lower triangle of the diagonal block
-                for (int64_t b = 0; b <= a; b++) Bt[a * d + b] = (float)(g_scale * (double)G[(c0 + a) * N + c0 + b]);
+            block(j, Bt);
             if (blas::potrf_lower(Bt, (int)d, (int)d) != 0) {
                 pd = false;
                 return;
@@ -358,7 +359,7 @@ int score_heads(double* err, const double* colsq, const float* G, const char* al
             }
         } else {
             for (int64_t k = 0; k < d; k++) {
-                const double gk = g_scale * (double)G[(c0 + k) * N + c0 + k];
+                const double gk = diag(c0 + k);
                 if (!(gk > 0.0)) {
                     pd = false;
                     return;
@@ -404,7 +405,15 @@ int head_errors_cpu(float* err, const float* W, const float* Hinv, int64_t head_
     const double g_scale = std::ldexp(1.0, -2 * scales_of(Hinv, N + 1, N, 0.0f, 0.0f).h_exp);
     std::vector<double> colsq((size_t)N), e((size_t)(N / head_dim));
     column_sq_norms(colsq.data(), W, d_out, N);
-    const int st = score_heads(e.data(), colsq.data(), Hinv, nullptr, gcd, g_scale, head_dim, N);
+    const int64_t d = head_dim;
+    // Hinv (a given H⁻¹) is read through its lower triangle, scaled by g_scale
+    const int st = score_heads(
+        e.data(), colsq.data(), nullptr, gcd, d, N,
+        [&](int64_t j, float* B) {
+            for (int64_t a = 0; a < d; a++)
+                for (int64_t b = 0; b <= a; b++) B[a * d + b] = (float)(g_scale * (double)Hinv[(j * d + a) * N + j * d + b]);
+        },
+        [&](int64_t c) { return g_scale * (double)Hinv[c * (N + 1)]; });
     if (st != OK) return st;
     bool finite = true;
     for (size_t j = 0; j < e.size(); j++) {
@@ -430,8 +439,7 @@ int prune_heads_cpu(float* W, int64_t* pruned, double* loss, const float* H, int
     column_sq_norms(g.colsq.data(), W, d_out, N);
 
     // the scores' view of G: its diagonal blocks (GCD) or its diagonal (−GCD)
-    const int nth = num_threads();
-    std::vector<float> blocks, scratch((size_t)(nth * d * d));
+    std::vector<float> blocks;
     if (gcd) {  // G[C_j, C_j] = M[c0:, C_j]ᵀ M[c0:, C_j] (lower triangle)
         blocks.resize((size_t)(n_heads * d * d));
         parallel_for(n_heads, [&](int64_t j, int) {
@@ -450,39 +458,12 @@ int prune_heads_cpu(float* W, int64_t* pruned, double* loss, const float* H, int
     std::vector<double> err((size_t)n_heads);
     std::vector<int64_t> S((size_t)d);
     for (int64_t it = 0; it < n_prune; it++) {
-        // 1. head errors (Eq. 5) on the current W and the current G; pruned heads +inf
-        std::atomic<bool> pd{true};
-        parallel_for(n_heads, [&](int64_t j, int t) {
-            if (!alive[j]) {
-                err[j] = std::numeric_limits<double>::infinity();
-                return;
-            }
-            const int64_t c0 = j * d;
-            double e = 0.0;
-            if (gcd) {
-                float* B = &scratch[(size_t)(t * d * d)];
-                std::copy_n(&blocks[(size_t)(j * d * d)], d * d, B);
-                if (blas::potrf_lower(B, (int)d, (int)d) != 0) {
-                    pd = false;
-                    return;
-                }
-                for (int64_t k = 0; k < d; k++) {
-                    const double l = B[k * d + k];
-                    e += g.colsq[c0 + k] / (l * l);
-                }
-            } else {
-                for (int64_t k = 0; k < d; k++) {
-                    const double gk = g.diag[c0 + k];
-                    if (!(gk > 0.0)) {
-                        pd = false;
-                        return;
-                    }
-                    e += g.colsq[c0 + k] / gk;
-                }
-            }
-            err[j] = e;
-        }, nth);
-        if (!pd) return NOT_POSITIVE_DEFINITE;
+        // 1. head errors (Eq. 5) on the current W and the current G (its downdated head blocks)
+        st = score_heads(
+            err.data(), g.colsq.data(), alive.data(), gcd, d, N,
+            [&](int64_t j, float* B) { std::copy_n(&blocks[(size_t)(j * d * d)], d * d, B); },
+            [&](int64_t c) { return g.diag[(size_t)c]; });
+        if (st != OK) return st;
         // 2. the smallest error among heads whose group is under quota (ties: lowest index)
         int64_t best = -1;
         for (int64_t j = 0; j < n_heads; j++) {

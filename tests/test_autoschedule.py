@@ -8,7 +8,7 @@ from slimgpt import reference
 from slimgpt.loaders.tiny import tiny_model
 from slimgpt.pipeline import PruneError, PruneSettings, prune_model
 from slimgpt.schedule import param_costs, prunable_params
-from slimgpt.testing import assert_close
+from slimgpt.testing import assert_close, calibration, hessian_of
 
 torch.set_grad_enabled(False)
 QUIET = dict(progress=False, log=lambda m: None)
@@ -74,16 +74,20 @@ def test_ratio_zero_prunes_nothing_and_model_is_unchanged_by_planning():
     assert ratios == [0.0] * 4 and all(p.heads == 0 for p in plan)
 
 
+def _layer_and_stats(i: int, which: str, *, n: int, d: int, seed: int):
+    """Decoder layer i of tiny-gqa, its config, H of n correlated inputs of width d, and a
+    stand-in for the auto schedule's per-layer statistics with that H as `which` ("o": o_proj's
+    input, "d": down_proj's)."""
+    m = tiny_model("tiny-gqa")
+    H = hessian_of(calibration(np.random.default_rng(seed), n, d, mix=3.0))
+    stats = type("Stats", (), {which: type("Input", (), {"H": torch.tensor(H)})()})()
+    return m.model.layers[i], m.config, H, stats
+
+
 def test_channel_curve_is_the_obs_loss_of_fixed_group_pruning():
     """With unweighted errors, the curve after k blocks of b channels is the OBS loss of
     SlimGPT's channel pruning in fixed groups of b (the reference, float64)."""
-    m = tiny_model("tiny-gqa")
-    layer, cfg = m.model.layers[1], m.config
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((400, 128)) @ (np.eye(128) + 0.3 * rng.standard_normal((128, 128)))
-    H = 2 * X.T @ X / 400
-    st = type("S", (), {})()
-    st.d = type("D", (), {"H": torch.tensor(H)})()
+    layer, cfg, H, st = _layer_and_stats(1, "d", n=400, d=128, seed=0)
     s = PruneSettings(ratio=0.5, percdamp=0.01)
     opt = A.AutoOptions(channel_block=8, weighting="none")
     c = A._channel_curve(layer, 1, st, s, opt, cfg)
@@ -97,13 +101,7 @@ def test_channel_curve_is_the_obs_loss_of_fixed_group_pruning():
 def test_head_curve_errors_add_up_to_the_joint_obs_error():
     """The greedy steps are H-orthogonal: the curve's loss after k heads equals the OBS error of
     removing those k heads at once, ½ tr(W_P (H⁻¹_PP)⁻¹ W_Pᵀ)."""
-    m = tiny_model("tiny-gqa")
-    layer, cfg = m.model.layers[2], m.config
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((900, 72)) @ (np.eye(72) + 0.2 * rng.standard_normal((72, 72)))
-    H = 2 * X.T @ X / 900
-    st = type("S", (), {})()
-    st.o = type("O", (), {"H": torch.tensor(H)})()
+    layer, cfg, H, st = _layer_and_stats(2, "o", n=900, d=72, seed=1)
     c = A._head_curve(layer, 2, st, PruneSettings(ratio=0.5, percdamp=0.0), A.AutoOptions(weighting="none"), cfg)
     assert c.units == list(range(9))               # query mode: one head at a time, one always kept
     W = layer.self_attn.o_proj.weight.detach().double().numpy()
