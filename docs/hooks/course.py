@@ -32,6 +32,7 @@ MATHJAX = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5" / "tex-sv
 PUBLISHED_SOURCES = {".py", ".toml", ".txt", ".json", ".cpp", ".h", ".cu", ".sh", ".yml", ".yaml", ".cfg"}
 LINK = re.compile(r"(\]\()([^)\s]+)(\s+\"[^\"]*\")?(\))")   # [text](target "title")
 FENCE = re.compile(r"^(```|~~~)", re.M)
+LIST_ITEM = re.compile(r"^ {0,3}([-*+]|\d+\.) ")
 CODE_SPAN = re.compile(r"(`+[^`]*`+)")
 TAG_PAIR = re.compile(r"\[([^\]\n]+)\]\[([^\]\n]+)\]")   # [paper][derived]
 
@@ -151,7 +152,7 @@ def on_page_markdown(markdown, page, config, files):
         return LINK.sub(relink, text)
 
     out, in_fence = [], False
-    for i, chunk in enumerate(FENCE.split(markdown)):   # odd items are the fence markers
+    for i, chunk in enumerate(FENCE.split(_blank_line_before_lists(markdown))):   # odd items are the fence markers
         if i % 2:
             in_fence = not in_fence
             out.append(chunk)
@@ -160,6 +161,20 @@ def on_page_markdown(markdown, page, config, files):
         else:   # leave inline code spans alone
             out += [c if j % 2 else prose(c) for j, c in enumerate(CODE_SPAN.split(chunk))]
     return "".join(out)
+
+
+def _blank_line_before_lists(markdown: str) -> str:
+    """GitHub starts a list right after a paragraph line; Python-Markdown needs a blank line."""
+    out, in_list, in_fence = [], False, False
+    for line in markdown.split("\n"):
+        if FENCE.match(line.lstrip()):
+            in_fence = not in_fence
+        is_item = not in_fence and LIST_ITEM.match(line)
+        if is_item and not in_list and out and out[-1].strip() and not out[-1].lstrip().startswith("|"):
+            out.append("")
+        in_list = bool(is_item) or (in_list and line.strip() != "")
+        out.append(line)
+    return "\n".join(out)
 
 
 def _publish_source(files, config, root: Path, repo: str) -> str | None:
