@@ -21,13 +21,14 @@ from nbclient.exceptions import CellExecutionError
 
 TIMEOUT_S = 600  # per cell; a fast-mode tutorial takes under a minute in all
 
-# Runs in the kernel before the tutorial's first cell, and is not shown: the tutorials import
-# their helper `_tutorial` from their own folder, read --fast/--out from sys.argv, and write
-# their figures with savefig (they never call plt.show()); each saved figure is displayed too.
+# Runs in the kernel before the tutorial's first cell, and is not shown: slimgpt is imported from
+# the checkout being documented, the tutorials' helper `_tutorial` from their own folder; they read
+# --fast/--out from sys.argv and write their figures with savefig (they never call plt.show()),
+# so each saved figure is displayed too.
 SETUP = """\
 import sys
 sys.argv = [{script!r}]
-sys.path.insert(0, {folder!r})
+sys.path[:0] = [{folder!r}, {root!r}]
 import IPython.display, matplotlib.figure
 _savefig = matplotlib.figure.Figure.savefig
 def _savefig_and_display(self, fname, *args, **kwargs):
@@ -56,7 +57,8 @@ def execute(script: Path) -> nbformat.NotebookNode:
     Raises TutorialFailed with the cell and the error when a cell fails.
     """
     nb = notebook_of(script)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(SETUP.format(script=str(script), folder=str(script.parent))))
+    setup = SETUP.format(script=str(script), folder=str(script.parent), root=str(script.parent.parent))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
     env = dict(os.environ, SLIMGPT_TUTORIAL_FAST="1", SLIMGPT_TUTORIAL_OUT="out", MPLBACKEND="Agg",
                OPENBLAS_NUM_THREADS="1", PYDEVD_DISABLE_FILE_VALIDATION="1")
     with tempfile.TemporaryDirectory(prefix="slimgpt-site-") as cwd:
@@ -69,7 +71,8 @@ def execute(script: Path) -> nbformat.NotebookNode:
                     client.execute_cell(cell, index)
                 except CellExecutionError as err:
                     if err.ename == "SystemExit" and err.evalue in ("0", "None", ""):
-                        cell.outputs = [o for o in cell.outputs if o.output_type != "error"]
+                        cell.outputs = [o for o in cell.outputs if o.output_type != "error"
+                                        and "To exit: use 'exit'" not in o.get("text", "")]  # IPython's note
                         cell.metadata["stopped"] = True  # the script ended here, exit status 0
                         break
                     raise TutorialFailed(f"{script.name}, cell {index}:\n{ANSI.sub('', str(err))}") from None
