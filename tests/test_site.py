@@ -168,9 +168,33 @@ def small_copy(tmp_path) -> Path:
     return tmp_path
 
 
-def test_small_copy_builds(small_copy, tmp_path_factory):
-    proc = build(small_copy, tmp_path_factory.mktemp("out"))
+def test_repository_links_point_into_the_site(small_copy, tmp_path_factory):
+    """Links written for the repository (GitHub) lead to the site's page or a copy of the file."""
+    (small_copy / "README.md").write_text("# readme\n")
+    (small_copy / "tutorials" / "README.md").write_text("# tutorials\n")
+    (small_copy / "docs" / "tutorials.md").write_text("# Tutorials\n")
+    (small_copy / "tutorials" / "assignments").mkdir()
+    (small_copy / "tutorials" / "assignments" / "README.md").write_text("# Assignment\n\n[skeleton](student.py)\n")
+    (small_copy / "tutorials" / "assignments" / "student.py").write_text("def f():\n    raise NotImplementedError\n")
+    (small_copy / "tutorials" / "assignments" / "solution.py").write_text("def f():\n    return 1\n")
+    (small_copy / "docs" / "spec.md").write_text(
+        "# Spec\n\n## Part two\nText [paper][derived].\n"
+        "- [tutorial](../tutorials/01_tiny.py)\n- [folder](../tutorials/)\n- [readme](../README.md)\n"
+        "- [assignment](../tutorials/assignments/README.md#assignment)\n- [home](index.md)\n"
+        "- [part two](#part-two)\n")
+    out = tmp_path_factory.mktemp("out")
+    proc = build(small_copy, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    links = Page((out / "spec.html").read_text()).links
+    for href in ("tutorials/01_tiny.html", "tutorials.html", "index.html", "assignments/index.html#assignment",
+                 "#part-two"):
+        assert href in links, href
+    assert "../source/tutorials/assignments/student.py" in Page((out / "assignments" / "index.html").read_text()).links
+    assert (out / "source" / "tutorials" / "assignments" / "student.py").is_file()
+    assert not list(out.rglob("solution*"))
+    assert "[paper][derived]" in (out / "spec.html").read_text()
+    html_tutorial = (out / "tutorials" / "01_tiny.html").read_text()
+    assert "hello from the tiny tutorial" in html_tutorial and "01_tiny_files/01_tiny_1.png" in html_tutorial
 
 
 def test_broken_link_fails_the_build(small_copy, tmp_path_factory):

@@ -8,8 +8,9 @@
 - the navigation is built from the pages present, so a page added or removed elsewhere in the
   repository neither breaks the build nor goes missing;
 - relative links are resolved as in the repository (where the Markdown files live), then pointed
-  at the site's page for that file, or at a plain copy of the file for sources such as
-  `tutorials/assignments/student.py`; a link to nothing stays broken and fails `--strict`.
+  at the site's page for that file (a folder: its README.md; README.md files without a page: see
+  ALIASES), or at a plain copy of the file for sources such as `tutorials/assignments/student.py`;
+  a link to nothing stays broken and fails `--strict`.
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ NAV = [
     ("API reference", ["api/*"]),
     ("About this site", ["site.md"]),
 ]
+
+# Repository files with no page of their own, and the page that stands for them.
+ALIASES = {"README.md": "docs/index.md", "tutorials/README.md": "docs/tutorials.md"}
 
 _repo_path: dict[str, str] = {}   # site src_uri -> the repository file it was made from
 
@@ -136,7 +140,8 @@ def on_page_markdown(markdown, page, config, files):
         path, hash_, anchor = target.partition("#")
         repo = posixpath.normpath(posixpath.join(posixpath.dirname(here), path))
         if (root / repo).is_dir() and (root / repo / "README.md").is_file():
-            repo += "/README.md"
+            repo = posixpath.join(repo, "README.md").removeprefix("./")
+        repo = ALIASES.get(repo, repo)
         uri = site_of.get(repo) or _publish_source(files, config, root, repo)
         if uri is None:
             return m.group(0)   # left as written: MkDocs reports it, and --strict fails

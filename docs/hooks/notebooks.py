@@ -62,7 +62,8 @@ def execute(script: Path) -> nbformat.NotebookNode:
     env = dict(os.environ, SLIMGPT_TUTORIAL_FAST="1", SLIMGPT_TUTORIAL_OUT="out", MPLBACKEND="Agg",
                OPENBLAS_NUM_THREADS="1", PYDEVD_DISABLE_FILE_VALIDATION="1")
     with tempfile.TemporaryDirectory(prefix="slimgpt-site-") as cwd:
-        client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": cwd}})
+        client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": cwd}},
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not its TCP notice
         with client.setup_kernel(env=env, cwd=cwd):
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type != "code":
