@@ -49,7 +49,7 @@ NAV = [
     ("Check your implementation", ["oracle.md"]),
     ("Use it", ["pipeline.md", "export.md", "scale.md", "inference.md"]),
     ("Design and results", ["architecture.md", "cpp.md", "benchmark-core.md", "results-smollm2.md", "study.md"]),
-    ("API reference", ["api/*"]),
+    ("API reference", ["api/reference.md", "api/ops.md", "api/pipeline.md", "api/*"]),
     ("About this site", ["site.md"]),
 ]
 
@@ -71,7 +71,7 @@ def on_files(files, config):
         rel = md.relative_to(root / "tutorials" / "assignments").as_posix()
         if "solution" in rel.lower():
             continue
-        uri = "assignments/" + ("index.md" if md.name == "README.md" else rel)
+        uri = "assignments/" + re.sub(r"(^|/)README\.md$", r"\1index.md", rel)
         _add(files, config, uri, md.read_text(), md.relative_to(root).as_posix())
     files.append(File.generated(config, "assets/mathjax/tex-svg-full.js", abs_src_path=str(MATHJAX)))
     config.nav = _nav(files)
