@@ -47,6 +47,7 @@ class TutorialFailed(RuntimeError):
 def notebook_of(script: Path) -> nbformat.NotebookNode:
     """The `# %%` script as a notebook (what the site offers for download), without outputs."""
     nb = jupytext.read(script, fmt="py:percent")
+    nb.metadata.pop("jupytext", None)   # a plain notebook, not one paired with the script
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
