@@ -19,9 +19,10 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason='the docs extra is not installed (pip install ".[docs]")')
-for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "jupytext", "nbclient", "ipykernel", "mathjax"):
+for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "jupytext", "nbclient", "nbformat", "ipykernel",
+               "mathjax"):
     pytest.importorskip(module, reason='the docs extra is not installed (pip install ".[docs]")')
+import nbformat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
