@@ -163,14 +163,14 @@ def _short(values: list, n: int = 12) -> str:
 
 
 def check(directory, impl, *, profile: str = "float64", operations=None, backend: str | None = None,
-          tags=None, skip_tags=None, debug: bool = False) -> CheckResult:
+          tags=None, skip_tags=None, case_ids=None, debug: bool = False) -> CheckResult:
     """Run `impl`'s functions over the exported cases in `directory`.
 
     impl: module, module name, path to a .py file, or dict of functions (reference names, or the
     shape its ORACLE_MAP declares). profile: "float64" (each case's tolerance), "float32" (looser;
     float64-only cases skipped) or "published-code" (float32, cases tagged project skipped).
     operations / tags: only cases of these operations / with at least one of these tags;
-    skip_tags: leave out cases with any of these tags. backend: passed as backend=... (slimgpt.ops).
+    skip_tags: leave out cases with any of these tags; case_ids: only these cases. backend: passed as backend=... (slimgpt.ops).
     debug: failures carry the implementation's own traceback. A missing function, one that raises
     NotImplementedError or a setting the map declares unsupported counts as not implemented.
     """
@@ -181,13 +181,14 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
     known_tags = {t for e, _, _ in cases for t in e["tags"]}
     _check_names("tag", tags, known_tags)
     _check_names("tag", skip_tags, known_tags)
+    _check_names("case", case_ids, {e["id"] for e, _, _ in cases})
     skip = set(skip_tags or ()) | set(PROFILE_SKIP_TAGS[profile])
     module, label = load_implementation(impl)
     if backend is not None:
         label += f" (backend={backend})"
     adapter = Adapter(module, label, {"backend": backend} if backend is not None else {})
     selected = [(e, a, x) for e, a, x in cases if (operations is None or e["operation"] in operations)
-                and (not tags or set(tags) & set(e["tags"]))]
+                and (not tags or set(tags) & set(e["tags"])) and (case_ids is None or e["id"] in case_ids)]
     return CheckResult(label, profile, [_check_case(*c, adapter, profile, skip, debug) for c in selected])
 
 
