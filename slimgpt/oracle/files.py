@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from slimgpt.oracle.cases import Case, build_cases
-from slimgpt.oracle.operations import ERROR_KINDS, OPERATIONS, OUTPUTS, SIGNATURES
+from slimgpt.oracle.operations import ERROR_KINDS, OPERATIONS
 from slimgpt.testing import tolerance
 
 FORMAT = "slimgpt-oracle"
@@ -41,22 +41,24 @@ TAGS = {
 def call(fn: Callable, operation: str, args: dict[str, Any], extra: dict[str, Any] | None = None):
     """Call `fn` with the case's arguments: the operation's positional ones in order, the rest
     by keyword (plus `extra`, e.g. backend=...)."""
-    pos = [args[name] for name in SIGNATURES[operation]]
-    kw = {k: v for k, v in args.items() if k not in SIGNATURES[operation]}
+    positional = OPERATIONS[operation].positional
+    pos = [args[name] for name in positional]
+    kw = {k: v for k, v in args.items() if k not in positional}
     kw.update(extra or {})
     return fn(*pos, **kw)
 
 
 def as_outputs(operation: str, result) -> list:
     """The result of an operation as a list of its named outputs (OUTPUTS order)."""
-    n = len(OUTPUTS[operation])
+    names = [name for name, _ in OPERATIONS[operation].outputs]
+    n = len(names)
     if n == 1:
         return [result]
     if not isinstance(result, (tuple, list)) or len(result) != n:
         got = f"a {type(result).__name__} of {len(result)}" if isinstance(result, (tuple, list)) \
             else type(result).__name__
         raise TypeError(f"{operation} must return a tuple of {n} values "
-                        f"({', '.join(o for o, _ in OUTPUTS[operation])}), got {got}")
+                        f"({', '.join(names)}), got {got}")
     return list(result)
 
 
@@ -152,7 +154,7 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
     entry = {
         "id": case.id, "operation": case.operation, "description": case.description,
         "tags": case.tags, "spec": OPERATIONS[case.operation].spec, "folder": f"cases/{case.id}",
-        "positional": SIGNATURES[case.operation], "arguments": arguments, "defaults": defaults,
+        "positional": OPERATIONS[case.operation].positional, "arguments": arguments, "defaults": defaults,
         "profiles": ["float64", "float32"] if case.float32 else ["float64"], "outputs": [],
     }
     fn = getattr(expected, case.operation)
@@ -171,7 +173,7 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
         entry["percdamp_used"] = max(damping)
     if case.raises and outs is not None:
         raise RuntimeError(f"case {case.id} expects an error but the reference returned")
-    for (name, kind), value in zip(OUTPUTS[case.operation], outs or []):
+    for (name, kind), value in zip(OPERATIONS[case.operation].outputs, outs or []):
         arr = to_numpy(value)
         arrays[f"out.{name}"] = write_npy(folder / f"out.{name}.npy", arr)
         out = {"name": name, "key": f"out.{name}", "compare": kind}

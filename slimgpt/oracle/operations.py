@@ -99,13 +99,18 @@ OPERATIONS: dict[str, Operation] = {
         "prune_channels does. Returns (W_new, pruned_channels int64, loss as prune_attention_layer)."),
 }
 
-# operation -> names of its positional arguments, in order (everything else is passed by keyword)
-SIGNATURES: dict[str, list[str]] = {op: list(o.positional) for op, o in OPERATIONS.items()}
+# The operations of slimgpt.reference (the layer-level ones are composed from them, layers.py).
+LAYER_OPERATIONS = ("prune_attention_layer", "prune_ffn_layer")
 
-# operation -> (output name, comparison) in the order the function returns them.
+# reference operation -> names of its positional arguments, in order (everything else by keyword)
+SIGNATURES: dict[str, list[str]] = {op: list(o.positional) for op, o in OPERATIONS.items()
+                                    if op not in LAYER_OPERATIONS}
+
+# reference operation -> (output name, comparison) in the order the function returns them.
 #   "float": allclose with the case's rtol/atol;  "exact": equal values and shape (counts, group
 #   sizes);  "index_set": the same set of integer indices (order ignored, duplicates are errors).
-OUTPUTS: dict[str, list[tuple[str, str]]] = {op: list(o.outputs) for op, o in OPERATIONS.items()}
+OUTPUTS: dict[str, list[tuple[str, str]]] = {op: list(o.outputs) for op, o in OPERATIONS.items()
+                                             if op not in LAYER_OPERATIONS}
 
 # Expected errors are kinds, not class names: the reference's class -> kind.
 ERROR_KINDS = {"NotPositiveDefiniteError": "not_positive_definite", "ValueError": "invalid_argument"}
