@@ -159,7 +159,7 @@ def test_template_round_trip(golden, tmp_path):
         assert f"docs/spec.md {o.spec}" in stubs and f"def {op}(" in stubs
 
 
-def test_torch_example_checks_through_its_map(golden):
+def test_torch_example_checks_through_its_map(golden, one_torch_thread):
     pytest.importorskip("torch")
     result = oracle.check(golden, str(EXAMPLES / "torch_slimgpt.py"), skip_tags=["project", "large"])
     assert result.ok and result.count(oracle.ADAPTER) == 0, result.table()
@@ -194,7 +194,7 @@ class SlimGPT:
 """
 
 
-def test_published_class_adapter(golden, tmp_path, monkeypatch):
+def test_published_class_adapter(golden, tmp_path, monkeypatch, one_torch_thread):
     """The adapter for the authors' class, run on a stand-in with the class's shape (a layer
     object fed with add_batch, pruned in place), imported from a path the user gives."""
     pytest.importorskip("torch")
@@ -344,8 +344,12 @@ def test_js_reader(golden, tmp_path):
     (["check", "{golden}", "--impl", "slimgpt.reference", "--tag", "nonsense"], "unknown tag(s) nonsense"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "nonsense"], "unknown operation(s) nonsense"),
     (["template", "--out", "{golden}/index.json"], "a Python module"),
+    (["check", "{golden}", "--impl", "{tmp}/typo.py"], "ORACLE_MAP arguments of hessian name ['Y']"),
+    (["check", "{golden}", "--impl", "{tmp}/gone.py"], "sends hessian to 'gram', which the module lacks"),
 ])
 def test_bad_input_is_one_line_and_exit_2(golden, tmp_path, argv, message):
+    (tmp_path / "typo.py").write_text('ORACLE_MAP = {"arguments": {"hessian": {"Y": "inputs"}}}\n')
+    (tmp_path / "gone.py").write_text('ORACLE_MAP = {"operations": {"hessian": "gram"}}\n')
     argv = [a.format(tmp=tmp_path, golden=golden) for a in argv]
     proc = subprocess.run([sys.executable, "-m", "slimgpt.oracle", *argv], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

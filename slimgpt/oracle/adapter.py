@@ -95,6 +95,14 @@ class Adapter:
         if unknown:
             raise ImplementationError(f"{label}: ORACLE_MAP names unknown operation(s) {', '.join(unknown)}")
         self.map = spec
+        for op, target in spec.get("operations", {}).items():
+            if isinstance(target, str) and not callable(getattr(module, target, None)):
+                raise ImplementationError(f"{label}: ORACLE_MAP sends {op} to {target!r}, which the module lacks")
+        for op, names in spec.get("arguments", {}).items():
+            arguments = set(OPERATIONS[op].positional) | set(OPERATIONS[op].keywords)
+            if set(names) - arguments:
+                raise ImplementationError(f"{label}: ORACLE_MAP arguments of {op} name {sorted(set(names) - arguments)}"
+                                          f"; its arguments are {', '.join(sorted(arguments))}")
         self.errors = [(_resolve_class(k) if isinstance(k, str) else k, k, v) for k, v in spec.get("errors", {}).items()]
         bad = [v for *_, v in self.errors if v not in ERROR_KINDS.values()]
         if bad:
