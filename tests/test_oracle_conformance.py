@@ -291,6 +291,26 @@ def test_all_zero_outputs_get_a_floor_and_removed_columns_must_be_exact_zeros(go
         assert c.status == oracle.FAIL and "must be exactly 0.0" in c.message and "out of tolerance" not in c.message
 
 
+def test_model_trace_names_the_layer_that_differs(golden):
+    """prune_model.tiny_llama: a whole-pipeline implementation whose third layer keeps a different
+    head fails on pruned_heads[2]; weights digests out of tolerance are named too."""
+    folder = golden / "cases" / "prune_model.tiny_llama"
+    heads, channels, traces, norms = (np.load(folder / f"out.{n}.npy") for n in
+                                      ("pruned_heads", "pruned_channels", "hessian_traces", "weight_norms"))
+    entry = json.loads((folder / "case.json").read_text())
+    assert entry["arguments"]["weights"]["arrays"]["model.layers.0.self_attn.o_proj.weight"] == \
+        "in.weights.model.layers.0.self_attn.o_proj.weight"
+
+    def wrong_head(weights, config, token_ids, ratio, *, percdamp=0.01):
+        assert config["num_hidden_layers"] == 4 and token_ids.shape == (4, 32) and len(weights) == 39
+        h = heads.copy()
+        h[2, 0] = next(j for j in range(8) if j not in h[2])
+        return h, channels, traces, norms * 1.01
+    result = oracle.check(golden, {"prune_model": wrong_head}, tags=["model"])
+    msg = result.cases[0].message
+    assert result.cases[0].status == oracle.FAIL and "pruned_heads[2]" in msg and "weight_norms" in msg
+
+
 # --- the planted bugs -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mutation", PLANTED, ids=[m.name for m in PLANTED])

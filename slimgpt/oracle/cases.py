@@ -32,6 +32,7 @@ _OPERATION_PROVENANCE = {
     "dgs_group_sizes": ["published-code"], "prune_channels": ["published-code"],  # the paper's DGS differs
     "ipr_ratios": ["paper"], "ipr_for_target": ["project"],
     "prune_attention_layer": ["paper", "published-code"], "prune_ffn_layer": ["published-code"],
+    "prune_model": ["project"],
 }
 
 @dataclass
@@ -44,6 +45,7 @@ class Case:
     tolerance: str = "float64"    # row of slimgpt.testing.TOLERANCES for the float64 profile
     float32: bool = True          # also meaningful for a float32 implementation
     raises: bool = False          # the reference must raise (the error class is recorded)
+    float32_tolerance: str = "float32"  # row for the float32 profiles
 
     def __post_init__(self):
         self.tags = _provenance(self) + [t for t in self.tags if t not in PROVENANCE]
@@ -69,10 +71,11 @@ def _provenance(case: Case) -> list[str]:
 def build_cases() -> list[Case]:
     """The full, deterministic case table (each group seeded on its own)."""
     from slimgpt.oracle.coverage import coverage_cases
+    from slimgpt.oracle.trace import trace_cases
 
     return (_hessian_cases() + _column_cases() + _cholesky_form_cases() + _head_error_cases()
             + _head_cases() + _dgs_cases() + _channel_cases() + _error_cases() + _ipr_cases()
-            + coverage_cases())
+            + coverage_cases() + trace_cases())
 
 
 def _rng(seed):

@@ -104,6 +104,14 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
         a = to_numpy(actual)
     except Exception as exc:  # noqa: BLE001
         return False, f"{name}: cannot convert the result to an array ({exc})", np.nan, np.nan
+    if compare == "index_sets":
+        if a.ndim != 2 or a.shape[0] != expected.shape[0]:
+            return False, f"{name}: expected {expected.shape[0]} rows of indices, got shape {a.shape}", np.nan, np.nan
+        for row, (ar, er) in enumerate(zip(a, expected)):
+            ok, msg, _, _ = compare_output(f"{name}[{row}]", "index_set", ar, er, None)
+            if not ok:
+                return False, msg, np.nan, np.nan
+        return True, "", np.nan, np.nan
     if compare == "index_set":
         a = a.astype(np.int64).ravel() if a.size else np.zeros(0, np.int64)
         e = expected.astype(np.int64).ravel()
@@ -296,7 +304,7 @@ def _check_kinds(entry: dict, outs: list, expected: dict) -> None:
             raise AdapterProblem(f"{o['name']}: cannot convert {type(value).__name__} to an array ({e})") from None
         if a.dtype == object:
             raise AdapterProblem(f"{o['name']}: {type(value).__name__} is not a numeric array")
-        if o["compare"] == "index_set":
+        if o["compare"] in ("index_set", "index_sets"):
             e = expected[o["name"]]
             mask_like = a.dtype == bool or (a.size > max(e.size, 2) and set(np.unique(a).tolist()) <= {0, 1})
             if mask_like:

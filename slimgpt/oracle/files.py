@@ -70,8 +70,8 @@ def to_numpy(x) -> np.ndarray:
 
 def copy_args(args: dict[str, Any]) -> dict[str, Any]:
     """Fresh copies so an implementation that writes into its inputs cannot corrupt a case."""
-    return {k: (v.copy() if isinstance(v, np.ndarray) else (list(v) if isinstance(v, list) else v))
-            for k, v in args.items()}
+    return {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list)
+                else copy_args(v) if isinstance(v, dict) else v) for k, v in args.items()}
 
 
 def full_arguments(case: Case) -> tuple[dict[str, Any], list[str]]:
@@ -149,6 +149,10 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
         if isinstance(value, np.ndarray):
             arrays[f"in.{name}"] = write_npy(folder / f"in.{name}.npy", value)
             arguments[name] = {"array": f"in.{name}"}
+        elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+            for key, v in value.items():  # a dict of arrays (a model's weights)
+                arrays[f"in.{name}.{key}"] = write_npy(folder / f"in.{name}.{key}.npy", v)
+            arguments[name] = {"arrays": {key: f"in.{name}.{key}" for key in value}}
         else:
             arguments[name] = value
     entry = {
@@ -181,7 +185,7 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
             floor = output_floor(case.operation, name, args)
             out["tolerances"] = {}
             for profile in entry["profiles"]:
-                rtol, atol = tolerance(case.tolerance if profile == "float64" else profile, arr, floor)
+                rtol, atol = tolerance(case.tolerance if profile == "float64" else case.float32_tolerance, arr, floor)
                 out["tolerances"][profile] = {"rtol": rtol, "atol": atol}
             if name == "W_new":
                 out["exact_zero_columns"] = np.flatnonzero(np.all(arr == 0.0, axis=0)).tolist()
@@ -242,13 +246,23 @@ def read_arrays(directory, entry: dict, prefix: str = "") -> dict[str, np.ndarra
         raise OracleFormatError(f"{directory}: case {entry.get('id', '?')!r} is damaged ({e})") from None
 
 
+def _resolve(value, data: dict):
+    """An argument of the index: {"array": KEY} and {"arrays": {name: KEY}} refer to arrays; any other
+    value (a number, a string, a list, null, an object such as a model config) is passed as is."""
+    if isinstance(value, dict) and set(value) == {"array"}:
+        return data[value["array"]]
+    if isinstance(value, dict) and set(value) == {"arrays"}:
+        return {name: data[key] for name, key in value["arrays"].items()}
+    return value
+
+
 def load_cases(directory) -> list[tuple[dict, dict[str, Any], dict[str, np.ndarray]]]:
     """Read an exported directory: [(index entry, arguments with arrays filled in, expected outputs)]."""
     out = []
     for entry in read_index(directory)["cases"]:
         data = read_arrays(directory, entry)
         try:
-            args = {name: (data[v["array"]] if isinstance(v, dict) else v) for name, v in entry["arguments"].items()}
+            args = {name: _resolve(v, data) for name, v in entry["arguments"].items()}
             expected = {o["name"]: data[o["key"]] for o in entry["outputs"]}
         except (KeyError, TypeError) as e:
             raise OracleFormatError(f"{directory}: case {entry.get('id', '?')!r} is damaged ({e})") from None

@@ -36,8 +36,11 @@ def layer_operations(reference) -> types.SimpleNamespace:
 
 
 def expected_namespace(reference) -> types.SimpleNamespace:
-    """Every operation the cases call: `reference`'s functions plus the layer operations."""
+    """Every operation the cases call: `reference`'s functions, the layer operations and the model
+    trace (which runs slimgpt's pipeline on the reference backend, whatever `reference` is)."""
+    from slimgpt.oracle import trace
     from slimgpt.oracle.operations import OPERATIONS
 
     layers = layer_operations(reference)
+    layers.prune_model = trace.prune_model
     return types.SimpleNamespace(**{op: getattr(reference, op, None) or getattr(layers, op) for op in OPERATIONS})

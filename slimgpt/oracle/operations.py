@@ -97,10 +97,23 @@ OPERATIONS: dict[str, Operation] = {
         [("W_new", "float"), ("pruned_channels", "index_set"), ("loss", "float")], "§4.2, §6.4",
         "A whole down_proj from its calibration inputs X (n, d_in): prune n_prune channels as\n"
         "prune_channels does. Returns (W_new, pruned_channels int64, loss as prune_attention_layer)."),
+    "prune_model": Operation(
+        ["weights", "config", "token_ids", "ratio"], {"percdamp": 0.01},
+        [("pruned_heads", "index_sets"), ("pruned_channels", "index_sets"), ("hessian_traces", "float"),
+         ("weight_norms", "float")], "§6",
+        "A whole LLaMA-style model: weights {HF parameter name: array}, config {vocab_size, hidden_size,\n"
+        "num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size, head_dim,\n"
+        "rope_theta, rms_norm_eps}, calibration token_ids (N, T). Layer by layer (spec §6.3): statistics\n"
+        "of o_proj's inputs, round(n_heads * ratio) heads pruned (prune_heads), the FFN inputs recomputed\n"
+        "through the pruned attention, round(intermediate * ratio) channels pruned (prune_channels), the\n"
+        "next layer fed by the pruned layer's outputs. Returns (pruned_heads (L, k), pruned_channels\n"
+        "(L, m), hessian_traces (L, 2) = trace of H of o_proj's and down_proj's inputs, weight_norms\n"
+        "(L, 2) = Frobenius norms of the pruned o_proj and down_proj)."),
 }
 
-# The operations of slimgpt.reference (the layer-level ones are composed from them, layers.py).
-LAYER_OPERATIONS = ("prune_attention_layer", "prune_ffn_layer")
+# Not in slimgpt.reference: the layer-level ones are composed from it (layers.py), the model trace
+# comes from the pipeline (trace.py).
+LAYER_OPERATIONS = ("prune_attention_layer", "prune_ffn_layer", "prune_model")
 
 # reference operation -> names of its positional arguments, in order (everything else by keyword)
 SIGNATURES: dict[str, list[str]] = {op: list(o.positional) for op, o in OPERATIONS.items()
@@ -108,7 +121,8 @@ SIGNATURES: dict[str, list[str]] = {op: list(o.positional) for op, o in OPERATIO
 
 # reference operation -> (output name, comparison) in the order the function returns them.
 #   "float": allclose with the case's rtol/atol;  "exact": equal values and shape (counts, group
-#   sizes);  "index_set": the same set of integer indices (order ignored, duplicates are errors).
+#   sizes);  "index_set": the same set of integer indices (order ignored, duplicates are errors);
+#   "index_sets": one such set per row (per layer).
 OUTPUTS: dict[str, list[tuple[str, str]]] = {op: list(o.outputs) for op, o in OPERATIONS.items()
                                              if op not in LAYER_OPERATIONS}
 
