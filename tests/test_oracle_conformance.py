@@ -16,7 +16,6 @@ from slimgpt import oracle
 from slimgpt import reference
 from slimgpt.oracle.layers import expected_namespace
 from slimgpt.oracle.mutations import PLANTED, run_mutation
-from slimgpt.oracle.template import render
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "oracle"

@@ -3,9 +3,10 @@
 What this is: the cases `slimgpt oracle export` writes, ordinary shapes and the tricky ones
 (dead columns, damping, a damping retry on an indefinite H, head_dim=1, one head, GQA quotas,
 whole-group blocks, fixed vs Dynamic Group Sizes, compensate=False, gcd=False, IPR strategies,
-DGS schedule edge cases), and the signature of each operation (positional arguments, named
-outputs and how each output is compared). What it is not: the expected outputs (the reference
-defines them at export, files.py) or the comparison (check.py).
+DGS schedule edge cases), each tagged with whose behaviour it checks (paper, published code,
+project). What it is not: the operations' signatures (operations.py), the cases that catch planted
+bugs (coverage.py), the expected outputs (the reference defines them at export, files.py) or the
+comparison (check.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from slimgpt.testing import calibration as _calibration
 from slimgpt.testing import hessian_of as _H
 from slimgpt.testing import indefinite as _indefinite
 from slimgpt.testing import weights as _weights
-from slimgpt.oracle.operations import OPERATIONS, OUTPUTS, SIGNATURES  # noqa: F401 - re-exported
 
 # Provenance tags (spec §0): whose behaviour a case checks. A case carries one or more.
 PROVENANCE = ("paper", "published-code", "project")
@@ -34,6 +34,7 @@ _OPERATION_PROVENANCE = {
     "prune_attention_layer": ["paper", "published-code"], "prune_ffn_layer": ["published-code"],
     "prune_model": ["project"],
 }
+
 
 @dataclass
 class Case:

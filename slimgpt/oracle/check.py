@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from slimgpt.oracle.adapter import (Adapter, AdapterProblem, ImplementationError, NotSupported,  # noqa: F401
-                                    implementation_traceback, load_implementation, raised_at_call, where)
+from slimgpt.oracle.adapter import (Adapter, AdapterProblem, NotSupported, implementation_traceback,
+                                    load_implementation, raised_at_call, where)
 from slimgpt.oracle.files import (PROFILE_SKIP_TAGS, PROFILE_TOLERANCES, PROFILES, copy_args, load_cases,
                                   to_numpy)
 

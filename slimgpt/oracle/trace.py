@@ -73,8 +73,8 @@ def prune_model(weights, config, token_ids, ratio, *, percdamp=0.01):
     finally:
         torch.set_num_threads(threads)
     layers = result.model.model.layers
-    norms = [[float(torch.linalg.norm(layer.self_attn.o_proj.weight.double())),
-              float(torch.linalg.norm(layer.mlp.down_proj.weight.double()))] for layer in layers]
+    norms = [[float(torch.linalg.norm(layer.self_attn.o_proj.weight.detach().double())),
+              float(torch.linalg.norm(layer.mlp.down_proj.weight.detach().double()))] for layer in layers]
     return (np.array([r["heads_pruned"] for r in result.layers], dtype=np.int64),
             np.array([r["channels_pruned"] for r in result.layers], dtype=np.int64),
             np.array(traces).reshape(-1, 2), np.array(norms))
