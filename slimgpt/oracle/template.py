@@ -40,6 +40,6 @@ def render(module_name: str = "my_adapter") -> str:
         params = ", ".join(o.positional) + (", *" + kw if kw else "")
         outputs = ", ".join(n for n, _ in o.outputs)
         doc = "\n    ".join(o.doc.splitlines())
-        parts.append(f'\ndef {op}({params}):\n    """{doc}\n\n    Spec: docs/spec.md {o.spec}. Returns: '
-                     f'{outputs}.\n    """\n    raise NotImplementedError("{op}")\n\n')
+        parts.append(f'\n\ndef {op}({params}):\n    """{doc}\n\n    Spec: docs/spec.md {o.spec}. Output names (for ORACLE_MAP): '
+                     f'{outputs}.\n    """\n    raise NotImplementedError("{op}")\n')
     return "".join(parts).rstrip() + "\n"
