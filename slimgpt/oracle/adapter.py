@@ -82,32 +82,39 @@ def _resolve_class(name: str):
         return None
 
 
+def _checked_map(module, label: str) -> dict:
+    """The module's ORACLE_MAP ({} without one); ImplementationError naming what is wrong in it."""
+    spec = getattr(module, "ORACLE_MAP", None) or {}
+    if not isinstance(spec, dict) or set(spec) - set(MAP_KEYS):
+        raise ImplementationError(f"{label}: ORACLE_MAP must be a dict with keys among {', '.join(MAP_KEYS)}")
+    unknown = sorted(set().union(*[set(spec.get(k, {})) for k in ("operations", "arguments", "positional",
+                                                                 "outputs")]) - set(OPERATIONS))
+    if unknown:
+        raise ImplementationError(f"{label}: ORACLE_MAP names unknown operation(s) {', '.join(unknown)}")
+    for op, target in spec.get("operations", {}).items():
+        if isinstance(target, str) and not callable(getattr(module, target, None)):
+            raise ImplementationError(f"{label}: ORACLE_MAP sends {op} to {target!r}, which the module lacks")
+    for op, names in spec.get("arguments", {}).items():
+        arguments = set(OPERATIONS[op].positional) | set(OPERATIONS[op].keywords)
+        if set(names) - arguments:
+            raise ImplementationError(f"{label}: ORACLE_MAP arguments of {op} name {sorted(set(names) - arguments)}"
+                                      f"; its arguments are {', '.join(sorted(arguments))}")
+    kinds = set(ERROR_KINDS.values())
+    bad = [v for v in spec.get("errors", {}).values() if v not in kinds]
+    if bad:
+        raise ImplementationError(f"{label}: ORACLE_MAP errors map to unknown kind(s) {bad}; "
+                                  f"kinds are {', '.join(sorted(kinds))}")
+    return spec
+
+
 class Adapter:
     """Calls one implementation the way its ORACLE_MAP (if any) says."""
 
     def __init__(self, module, label: str, extra: dict | None = None):
         self.module, self.label, self.extra = module, label, dict(extra or {})
-        spec = getattr(module, "ORACLE_MAP", None) or {}
-        if not isinstance(spec, dict) or set(spec) - set(MAP_KEYS):
-            raise ImplementationError(f"{label}: ORACLE_MAP must be a dict with keys among {', '.join(MAP_KEYS)}")
-        unknown = sorted(set().union(*[set(spec.get(k, {})) for k in ("operations", "arguments", "positional",
-                                                                     "outputs")]) - set(OPERATIONS))
-        if unknown:
-            raise ImplementationError(f"{label}: ORACLE_MAP names unknown operation(s) {', '.join(unknown)}")
-        self.map = spec
-        for op, target in spec.get("operations", {}).items():
-            if isinstance(target, str) and not callable(getattr(module, target, None)):
-                raise ImplementationError(f"{label}: ORACLE_MAP sends {op} to {target!r}, which the module lacks")
-        for op, names in spec.get("arguments", {}).items():
-            arguments = set(OPERATIONS[op].positional) | set(OPERATIONS[op].keywords)
-            if set(names) - arguments:
-                raise ImplementationError(f"{label}: ORACLE_MAP arguments of {op} name {sorted(set(names) - arguments)}"
-                                          f"; its arguments are {', '.join(sorted(arguments))}")
-        self.errors = [(_resolve_class(k) if isinstance(k, str) else k, k, v) for k, v in spec.get("errors", {}).items()]
-        bad = [v for *_, v in self.errors if v not in ERROR_KINDS.values()]
-        if bad:
-            raise ImplementationError(f"{label}: ORACLE_MAP errors map to unknown kind(s) {bad}; "
-                                      f"kinds are {', '.join(sorted(set(ERROR_KINDS.values())))}")
+        self.map = _checked_map(module, label)
+        self.errors = [(_resolve_class(k) if isinstance(k, str) else k, k, v)
+                       for k, v in self.map.get("errors", {}).items()]
 
     def function(self, op: str):
         """The implementation's function for `op`, or None."""
