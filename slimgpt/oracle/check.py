@@ -249,6 +249,11 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
     except AdapterProblem as e:
         res.status, res.message = ADAPTER, str(e)
         return res
+    return _compare_outputs(res, entry, outs, expected, numeric, profile)
+
+
+def _compare_outputs(res: CaseResult, entry: dict, outs: list, expected: dict, numeric: str, profile: str):
+    """Judge every output with its comparison and tolerance; warn on non-float64 results (float64 profile)."""
     msgs, abs_errs, rel_errs = [], [], []
     for o, value in zip(entry["outputs"], outs):
         tol = o.get("tolerances", {}).get(numeric)
