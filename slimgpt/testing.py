@@ -42,13 +42,16 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
-def tolerance(kind: str, desired) -> tuple[float, float]:
-    """(rtol, atol) of row `kind` for an expected array `desired` (atol scales with max|desired|)."""
+def tolerance(kind: str, desired, floor: float = 0.0) -> tuple[float, float]:
+    """(rtol, atol) of row `kind` for an expected array `desired`: atol scales with the larger of
+    max|desired| and `floor`, the scale of the inputs the output is made of (e.g. max|W| for a
+    pruned weight), so an all-zero expected output is not judged at atol 0, where any rounding
+    fails. (Exact zeros, such as removed columns, are a separate, exact assertion.)"""
     rtol, atol_rel = TOLERANCES[kind]
     desired = np.asarray(desired, dtype=np.float64)
     finite = desired[np.isfinite(desired)]
     scale = float(np.max(np.abs(finite))) if finite.size else 0.0
-    return rtol, atol_rel * max(scale, 1e-300)
+    return rtol, atol_rel * max(scale, floor, 1e-300)
 
 
 def assert_close(actual, desired, kind: str, err_msg: str = "") -> None:

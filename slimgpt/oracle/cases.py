@@ -3,9 +3,10 @@
 What this is: the cases `slimgpt oracle export` writes, ordinary shapes and the tricky ones
 (dead columns, damping, a damping retry on an indefinite H, head_dim=1, one head, GQA quotas,
 whole-group blocks, fixed vs Dynamic Group Sizes, compensate=False, gcd=False, IPR strategies,
-DGS schedule edge cases), and the signature of each operation (positional arguments, named
-outputs and how each output is compared). What it is not: the expected outputs (the reference
-defines them at export, files.py) or the comparison (check.py).
+DGS schedule edge cases), each tagged with whose behaviour it checks (paper, published code,
+project). What it is not: the operations' signatures (operations.py), the cases that catch planted
+bugs (coverage.py), the expected outputs (the reference defines them at export, files.py) or the
+comparison (check.py).
 """
 from __future__ import annotations
 
@@ -19,38 +20,19 @@ from slimgpt.testing import hessian_of as _H
 from slimgpt.testing import indefinite as _indefinite
 from slimgpt.testing import weights as _weights
 
-# operation -> names of its positional arguments, in order (everything else is passed by keyword)
-SIGNATURES: dict[str, list[str]] = {
-    "hessian": ["X"],
-    "accumulate_hessian": ["H", "n_seen", "X"],
-    "prune_columns": ["W", "H", "columns"],
-    "prune_columns_naive": ["W", "H", "columns"],
-    "prune_columns_cholesky": ["W", "Hinv", "columns"],
-    "head_errors": ["W", "Hinv", "head_dim"],
-    "prune_heads": ["W", "H", "n_prune", "head_dim"],
-    "dgs_group_sizes": ["n_prune"],
-    "prune_channels": ["W", "H", "n_prune"],
-    "reconstruction_error": ["W", "W_new", "H"],
-    "ipr_ratios": ["n_layers", "first", "last"],
-    "ipr_for_target": ["n_layers", "target"],
-}
-
-# operation -> (output name, comparison) in the order the function returns them.
-#   "float": allclose with the case's rtol/atol;  "exact": equal values and shape (counts, group
-#   sizes);  "index_set": the same set of integer indices (order ignored, duplicates are errors).
-OUTPUTS: dict[str, list[tuple[str, str]]] = {
-    "hessian": [("H", "float")],
-    "accumulate_hessian": [("H", "float"), ("n_seen", "exact")],
-    "prune_columns": [("W_new", "float")],
-    "prune_columns_naive": [("W_new", "float")],
-    "prune_columns_cholesky": [("W_new", "float"), ("losses", "float")],
-    "head_errors": [("errors", "float")],
-    "prune_heads": [("W_new", "float"), ("pruned_heads", "index_set")],
-    "dgs_group_sizes": [("group_sizes", "exact")],
-    "prune_channels": [("W_new", "float"), ("pruned_channels", "index_set")],
-    "reconstruction_error": [("error", "float")],
-    "ipr_ratios": [("ratios", "float")],
-    "ipr_for_target": [("ratios", "float")],
+# Provenance tags (spec §0): whose behaviour a case checks. A case carries one or more.
+PROVENANCE = ("paper", "published-code", "project")
+# The operation's provenance unless a case's settings say otherwise (_provenance).
+_OPERATION_PROVENANCE = {
+    "hessian": ["project"], "accumulate_hessian": ["project"],      # n counts tokens (spec §1.2)
+    "reconstruction_error": ["paper"],
+    "prune_columns": ["paper", "published-code"], "prune_columns_naive": ["paper", "published-code"],
+    "prune_columns_cholesky": ["paper", "published-code"], "head_errors": ["paper", "published-code"],
+    "prune_heads": ["paper", "published-code"],
+    "dgs_group_sizes": ["published-code"], "prune_channels": ["published-code"],  # the paper's DGS differs
+    "ipr_ratios": ["paper"], "ipr_for_target": ["project"],
+    "prune_attention_layer": ["paper", "published-code"], "prune_ffn_layer": ["published-code"],
+    "prune_model": ["project"],
 }
 
 
@@ -64,12 +46,37 @@ class Case:
     tolerance: str = "float64"    # row of slimgpt.testing.TOLERANCES for the float64 profile
     float32: bool = True          # also meaningful for a float32 implementation
     raises: bool = False          # the reference must raise (the error class is recorded)
+    float32_tolerance: str = "float32"  # row for the float32 profiles
+
+    def __post_init__(self):
+        self.tags = _provenance(self) + [t for t in self.tags if t not in PROVENANCE]
+
+
+def _provenance(case: Case) -> list[str]:
+    """Paper / published code / project for one case (spec §0, §9's table)."""
+    given = [t for t in case.tags if t in PROVENANCE]
+    if given:
+        return given
+    a, op = case.args, case.operation
+    if "retry" in case.tags or a.get("head_groups") is not None or "tie" in case.tags:
+        return ["project"]  # the retry ladder, GQA quotas, the lowest-index tie rule
+    if a.get("gcd") is False or a.get("group_sizes") is not None:
+        return ["paper"]    # the -GCD / -DGS ablations: in the paper, no switch in the code
+    if "dead" in case.tags or a.get("percdamp"):
+        return ["published-code"]  # dead inputs and damping: not in the paper (spec §2.4)
+    if op == "ipr_ratios" and a["n_layers"] == 32:
+        return ["paper", "published-code"]  # the code's ln(32) equals Eq. 6's log(n) only here
+    return list(_OPERATION_PROVENANCE[op])
 
 
 def build_cases() -> list[Case]:
     """The full, deterministic case table (each group seeded on its own)."""
+    from slimgpt.oracle.coverage import coverage_cases
+    from slimgpt.oracle.trace import trace_cases
+
     return (_hessian_cases() + _column_cases() + _cholesky_form_cases() + _head_error_cases()
-            + _head_cases() + _dgs_cases() + _channel_cases() + _error_cases() + _ipr_cases())
+            + _head_cases() + _dgs_cases() + _channel_cases() + _error_cases() + _ipr_cases()
+            + coverage_cases() + trace_cases())
 
 
 def _rng(seed):
@@ -146,7 +153,7 @@ def _column_cases() -> list[Case]:
             add(Case(f"{op}.{name}", op, dict(args), desc, list(tags), tol, f32))
     add(Case("prune_columns.not_positive_definite", "prune_columns",
              {"W": np.ones((4, 6)), "H": -np.eye(6), "columns": np.array([0])},
-             "H = -I cannot be repaired by damping: raises NotPositiveDefiniteError", ["error"],
+             "H = -I cannot be repaired by damping: raises NotPositiveDefiniteError", ["error", "edge"],
              raises=True))
     return cases
 
@@ -347,10 +354,10 @@ def _ipr_cases() -> list[Case]:
         add(Case(f"ipr_for_target.{strategy}_{n}_{target}".replace("0.", "p"), "ipr_for_target",
                  {"n_layers": n, "target": target, "first": first, "strategy": strategy}, desc, ["schedule"]))
     add(Case("ipr_ratios.first_above_last", "ipr_ratios", {"n_layers": 32, "first": 0.5, "last": 0.2},
-             "first > last is an error (use a '-decrease' strategy): raises ValueError", ["error"],
+             "first > last is an error (use a '-decrease' strategy): raises ValueError", ["error", "edge"],
              raises=True))
     add(Case("ipr_for_target.unreachable", "ipr_for_target",
              {"n_layers": 32, "target": 0.9, "first": 0.0, "strategy": "log"},
-             "target 0.9 from first 0 needs last >= 1: raises ValueError", ["error"], raises=True))
+             "target 0.9 from first 0 needs last >= 1: raises ValueError", ["error", "edge"], raises=True))
     return cases
 

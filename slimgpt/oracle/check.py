@@ -1,38 +1,38 @@
 """Check an implementation against exported golden cases.
 
-What this is: `check(dir, impl)` runs another implementation (a Python module with functions
-named like the reference's; a subset is fine) over the exported cases and reports, per case,
-pass / FAIL / not implemented / skipped with the max abs and rel errors and a message that names
-the wrong output and where. What it is not: the case table (cases.py) or the file format
-(files.py).
+What this is: `check(dir, impl)` runs another implementation (a module with functions named like
+the reference's, or any shape described by an ORACLE_MAP, adapter.py) over the exported cases
+and reports, per case, pass / FAIL / ADAPTER / not implemented / skipped, with the max abs and
+rel errors, the case's description and a message that names the wrong output and where. What it
+is not: the case table (cases.py) or the file format (files.py).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import time
-import traceback
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from slimgpt.oracle.files import PROFILES, as_outputs, call, copy_args, load_cases, to_numpy
+from slimgpt.oracle.adapter import (Adapter, AdapterProblem, NotSupported, implementation_traceback,
+                                    load_implementation, raised_at_call, where)
+from slimgpt.oracle.files import (PROFILE_SKIP_TAGS, PROFILE_TOLERANCES, PROFILES, copy_args, load_cases,
+                                  to_numpy)
 
-PASS, FAIL, NOT_IMPLEMENTED, SKIPPED = "pass", "FAIL", "not implemented", "skipped"
+PASS, FAIL, NOT_IMPLEMENTED, SKIPPED, ADAPTER = "pass", "FAIL", "not implemented", "skipped", "ADAPTER"
 
 
 @dataclass
 class CaseResult:
     id: str
     operation: str
-    status: str                        # PASS | FAIL | NOT_IMPLEMENTED | SKIPPED
+    status: str                        # PASS | FAIL | ADAPTER | NOT_IMPLEMENTED | SKIPPED
     message: str = ""
     max_abs_err: float = float("nan")  # over the case's float outputs
     max_rel_err: float = float("nan")  # max abs err / max|expected|, per output, maximised
     seconds: float = 0.0
+    description: str = ""
+    warnings: list = field(default_factory=list)
 
 
 @dataclass
@@ -54,13 +54,13 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        """True when at least one case was checked and none failed."""
-        return self.failed == 0 and self.passed > 0
+        """True when at least one case was checked and none failed or had an adapter problem."""
+        return self.failed == 0 and self.count(ADAPTER) == 0 and self.passed > 0
 
     def by_operation(self) -> dict[str, dict[str, int]]:
         table: dict[str, dict[str, int]] = {}
         for c in self.cases:
-            row = table.setdefault(c.operation, {PASS: 0, FAIL: 0, NOT_IMPLEMENTED: 0, SKIPPED: 0})
+            row = table.setdefault(c.operation, {PASS: 0, FAIL: 0, ADAPTER: 0, NOT_IMPLEMENTED: 0, SKIPPED: 0})
             row[c.status] += 1
         return table
 
@@ -68,32 +68,50 @@ class CheckResult:
         lines = [f"oracle check of {self.impl} (profile {self.profile})", "",
                  f"{'case':<44} {'status':<16} {'max abs err':>11} {'max rel err':>11} {'time':>7}"]
         for c in self.cases:
-            if c.status in (NOT_IMPLEMENTED, SKIPPED) and not verbose:
+            if c.status in (NOT_IMPLEMENTED, SKIPPED, ADAPTER) and not verbose:
                 continue
             err = "" if np.isnan(c.max_abs_err) else f"{c.max_abs_err:11.2e}"
             rel = "" if np.isnan(c.max_rel_err) else f"{c.max_rel_err:11.2e}"
             lines.append(f"{c.id:<44} {c.status:<16} {err:>11} {rel:>11} {c.seconds:6.2f}s")
-            if c.status == FAIL:
+            if c.status in (FAIL, ADAPTER) or (verbose and c.message and c.status != PASS):
+                lines.append(f"    case: {c.description}")
                 lines += [f"    {line}" for line in c.message.splitlines()]
+            lines += [f"    warning: {w}" for w in c.warnings]
+        adapter = [c for c in self.cases if c.status == ADAPTER]
+        if adapter and not verbose:
+            lines += ["", "adapter problems (the call or the result does not fit; not a numeric failure):"]
+            for c in adapter:
+                lines.append(f"  {c.id}: {c.message.splitlines()[0]}")
+                lines += [f"    {line}" for line in c.message.splitlines()[1:]]
         lines.append("")
         for op, row in self.by_operation().items():
-            if row[NOT_IMPLEMENTED] and not (row[PASS] or row[FAIL]):
+            if row[NOT_IMPLEMENTED] and not (row[PASS] or row[FAIL] or row[ADAPTER]):
                 lines.append(f"{op}: not implemented ({row[NOT_IMPLEMENTED]} cases)")
-            elif row[SKIPPED] and not (row[PASS] or row[FAIL]):
+            elif row[SKIPPED] and not (row[PASS] or row[FAIL] or row[ADAPTER]):
                 lines.append(f"{op}: skipped ({row[SKIPPED]} cases)")
-        lines.append(f"{self.passed} passed, {self.failed} failed, {self.count(NOT_IMPLEMENTED)} not implemented, "
-                     f"{self.count(SKIPPED)} skipped")
-        if self.passed + self.failed == 0:
+        lines.append(f"{self.passed} passed, {self.failed} failed, {self.count(ADAPTER)} adapter problems, "
+                     f"{self.count(NOT_IMPLEMENTED)} not implemented, {self.count(SKIPPED)} skipped")
+        if self.passed + self.failed + self.count(ADAPTER) == 0:
             lines.append("no case was checked: FAIL")
         return "\n".join(lines)
 
 
-def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: dict | None):
-    """Compare one output. Returns (ok, message, max_abs_err, max_rel_err)."""
+def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: dict | None,
+                   exact_zero_columns=None):
+    """Compare one output. Returns (ok, message, max_abs_err, max_rel_err). `exact_zero_columns`:
+    columns of a pruned weight that must be exactly 0.0 (removed columns, spec §2.1)."""
     try:
         a = to_numpy(actual)
     except Exception as exc:  # noqa: BLE001
         return False, f"{name}: cannot convert the result to an array ({exc})", np.nan, np.nan
+    if compare == "index_sets":
+        if a.ndim != 2 or a.shape[0] != expected.shape[0]:
+            return False, f"{name}: expected {expected.shape[0]} rows of indices, got shape {a.shape}", np.nan, np.nan
+        for row, (ar, er) in enumerate(zip(a, expected)):
+            ok, msg, _, _ = compare_output(f"{name}[{row}]", "index_set", ar, er, None)
+            if not ok:
+                return False, msg, np.nan, np.nan
+        return True, "", np.nan, np.nan
     if compare == "index_set":
         a = a.astype(np.int64).ravel() if a.size else np.zeros(0, np.int64)
         e = expected.astype(np.int64).ravel()
@@ -129,123 +147,173 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
     scale = float(np.max(np.abs(expected[fin]))) if fin.any() else 0.0
     max_abs = float(diff.max())
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
+    msgs = []
+    if exact_zero_columns:
+        cols = np.asarray(exact_zero_columns, dtype=np.int64)
+        nonzero = cols[np.any(a[:, cols] != 0.0, axis=0)]
+        if nonzero.size:
+            msgs.append(f"{name}: removed columns must be exactly 0.0, but {_short(nonzero.tolist())} are not "
+                        f"(largest |value| {float(np.max(np.abs(a[:, nonzero]))):.3e}; spec §2.1)")
     allowed = tol["atol"] + tol["rtol"] * np.abs(np.where(fin, expected, 0.0))
     over = diff > allowed
     if over.any():
         worst = np.unravel_index(int(np.argmax(diff - allowed)), diff.shape)
-        where = tuple(int(i) for i in worst)
-        return False, (f"{name}: {int(over.sum())} of {diff.size} entries out of tolerance; "
-                       f"max abs err {max_abs:.3e} (allowed there {float(allowed[worst]):.3e} = atol {tol['atol']:.2e} "
-                       f"+ rtol {tol['rtol']:.0e} * |expected|), max rel err {max_rel:.3e}; "
-                       f"worst at {where}: expected {expected[worst]:.10g}, got {a[worst]:.10g}"), max_abs, max_rel
-    return True, "", max_abs, max_rel
+        where_ = tuple(int(i) for i in worst)
+        msgs.append(f"{name}: {int(over.sum())} of {diff.size} entries out of tolerance; "
+                    f"max abs err {max_abs:.3e} (allowed there {float(allowed[worst]):.3e} = atol {tol['atol']:.2e} "
+                    f"+ rtol {tol['rtol']:.0e} * |expected|), max rel err {max_rel:.3e}; "
+                    f"worst at {where_}: expected {expected[worst]:.10g}, got {a[worst]:.10g}")
+    return not msgs, "\n".join(msgs), max_abs, max_rel
 
 
 def _short(values: list, n: int = 12) -> str:
     return str(values) if len(values) <= n else f"[{', '.join(map(str, values[:n]))}, ... ({len(values)} values)]"
 
 
-class ImplementationError(ValueError):
-    """The implementation to check cannot be loaded (missing module, syntax error, ...)."""
-
-
-def _load_impl(impl):
-    """A module object, an object with attributes, a dict of functions, a module name, or a path
-    to a .py file."""
-    if isinstance(impl, dict):
-        return type("Impl", (), {k: staticmethod(v) for k, v in impl.items()})(), "dict"
-    if not isinstance(impl, (str, Path)):
-        return impl, getattr(impl, "__name__", type(impl).__name__)
-    text = str(impl)
-    try:
-        if text.endswith(".py") or Path(text).is_file():
-            path = Path(text).resolve()
-            name = f"_oracle_impl_{path.stem}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or spec.loader is None or not path.is_file():
-                raise ImportError(f"no such file {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            return module, str(path)
-        return importlib.import_module(text), text
-    except Exception as e:  # noqa: BLE001 - whatever the implementation raises while importing
-        raise ImplementationError(f"cannot load the implementation {text!r}: {type(e).__name__}: {e}") from e
-
-
-def check(directory, impl, *, profile: str = "float64", operations=None, backend: str | None = None) -> CheckResult:
+def check(directory, impl, *, profile: str = "float64", operations=None, backend: str | None = None,
+          tags=None, skip_tags=None, case_ids=None, debug: bool = False) -> CheckResult:
     """Run `impl`'s functions over the exported cases in `directory`.
 
-    impl: module, module name, path to a .py file, or dict of functions named like the reference.
-    profile: "float64" (each case's tolerance) or "float32" (looser; float64-only cases skipped).
-    operations: optional subset of operation names. backend: passed as backend=... when given
-    (for slimgpt.ops). A missing function or one that raises NotImplementedError counts as not
-    implemented; any other exception is a failure with its message.
+    impl: module, module name, path to a .py file, or dict of functions (reference names, or the
+    shape its ORACLE_MAP declares). profile: "float64" (each case's tolerance), "float32" (looser;
+    float64-only cases skipped) or "published-code" (float32, cases tagged project skipped).
+    operations / tags: only cases of these operations / with at least one of these tags;
+    skip_tags: leave out cases with any of these tags; case_ids: only these cases. backend: passed as backend=... (slimgpt.ops).
+    debug: failures carry the implementation's own traceback. A missing function, one that raises
+    NotImplementedError or a setting the map declares unsupported counts as not implemented.
     """
     if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     cases = load_cases(directory)
-    known = sorted({entry["operation"] for entry, _, _ in cases})
-    unknown = sorted(set(operations or ()) - set(known))
-    if unknown:
-        raise ValueError(f"unknown operation(s) {', '.join(unknown)}; the cases cover {', '.join(known)}")
-    module, label = _load_impl(impl)
+    _check_names("operation", operations, {e["operation"] for e, _, _ in cases})
+    known_tags = {t for e, _, _ in cases for t in e["tags"]}
+    _check_names("tag", tags, known_tags)
+    _check_names("tag", skip_tags, known_tags)
+    _check_names("case", case_ids, {e["id"] for e, _, _ in cases})
+    skip = set(skip_tags or ()) | set(PROFILE_SKIP_TAGS[profile])
+    module, label = load_implementation(impl)
     if backend is not None:
         label += f" (backend={backend})"
-    extra = {"backend": backend} if backend is not None else {}
-    results = [_check_case(entry, args, expected, module, label, profile, extra)
-               for entry, args, expected in cases if operations is None or entry["operation"] in operations]
-    return CheckResult(label, profile, results)
+    adapter = Adapter(module, label, {"backend": backend} if backend is not None else {})
+    selected = [(e, a, x) for e, a, x in cases if (operations is None or e["operation"] in operations)
+                and (not tags or set(tags) & set(e["tags"])) and (case_ids is None or e["id"] in case_ids)]
+    return CheckResult(label, profile, [_check_case(*c, adapter, profile, skip, debug) for c in selected])
 
 
-def _check_case(entry, args, expected, module, label, profile, extra) -> CaseResult:
+def _check_names(what: str, given, known: set) -> None:
+    unknown = sorted(set(given or ()) - known)
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {', '.join(unknown)}; the cases have {', '.join(sorted(known))}")
+
+
+def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -> CaseResult:
     """Run one case and compare every output."""
     op = entry["operation"]
-    res = CaseResult(entry["id"], op, PASS)
-    fn = getattr(module, op, None)
-    if fn is None or not callable(fn):
-        res.status, res.message = NOT_IMPLEMENTED, f"{label} has no function {op}"
+    res = CaseResult(entry["id"], op, PASS, description=entry.get("description", ""))
+    fn = adapter.function(op)
+    if fn is None:
+        res.status, res.message = NOT_IMPLEMENTED, f"{adapter.label} has no function for {op}"
         return res
-    if profile not in entry["profiles"]:
-        res.status, res.message = SKIPPED, f"case is float64-only (not in profile {profile})"
+    numeric = PROFILE_TOLERANCES[profile]
+    if numeric not in entry["profiles"] or skip & set(entry["tags"]):
+        why = (f"tagged {', '.join(sorted(skip & set(entry['tags'])))}" if skip & set(entry["tags"])
+               else f"float64-only (not in profile {profile})")
+        res.status, res.message = SKIPPED, f"case is {why}"
+        return res
+    try:
+        pos, kw = adapter.bind(op, fn, copy_args(args))
+    except NotSupported as e:
+        res.status, res.message = NOT_IMPLEMENTED, str(e)
+        return res
+    except AdapterProblem as e:
+        res.status, res.message = ADAPTER, str(e)
         return res
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = call(fn, op, copy_args(args), extra)
+            result = fn(*pos, **kw)
     except NotImplementedError as exc:
         res.status, res.message = NOT_IMPLEMENTED, f"{op} raised NotImplementedError {exc}".strip()
         return res
     except Exception as exc:  # noqa: BLE001 - reported per case
         res.seconds = time.perf_counter() - t0
-        if "raises" in entry and entry["raises"] in [c.__name__ for c in type(exc).__mro__]:
-            return res  # the expected error
-        tb = traceback.extract_tb(exc.__traceback__)[-1]
-        res.status = FAIL
-        res.message = (f"raised {type(exc).__name__}: {exc} (at {Path(tb.filename).name}:{tb.lineno})"
-                       + (f"; expected {entry['raises']}" if "raises" in entry else ""))
-        return res
+        return _raised(res, entry, adapter, exc, debug)
     res.seconds = time.perf_counter() - t0
     if "raises" in entry:
-        res.status, res.message = FAIL, f"expected {entry['raises']} to be raised, but the call returned"
+        res.status, res.message = FAIL, f"expected an error of kind {_kind(entry)} to be raised, but the call returned"
         return res
     try:
-        outs = as_outputs(op, result)
-    except TypeError as exc:
-        res.status, res.message = FAIL, str(exc)
+        outs = adapter.outputs(op, result)
+        _check_kinds(entry, outs, expected)
+    except AdapterProblem as e:
+        res.status, res.message = ADAPTER, str(e)
         return res
+    return _compare_outputs(res, entry, outs, expected, numeric, profile)
+
+
+def _compare_outputs(res: CaseResult, entry: dict, outs: list, expected: dict, numeric: str, profile: str):
+    """Judge every output with its comparison and tolerance; warn on non-float64 results (float64 profile)."""
     msgs, abs_errs, rel_errs = [], [], []
     for o, value in zip(entry["outputs"], outs):
-        tol = o.get("tolerances", {}).get(profile)
-        ok, msg, ea, er = compare_output(o["name"], o["compare"], value, expected[o["name"]], tol)
+        tol = o.get("tolerances", {}).get(numeric)
+        ok, msg, ea, er = compare_output(o["name"], o["compare"], value, expected[o["name"]], tol,
+                                         o.get("exact_zero_columns"))
         if not ok:
             msgs.append(msg)
         if not np.isnan(ea):
             abs_errs.append(ea)
             rel_errs.append(er)
+        dtype = getattr(value, "dtype", None)
+        if profile == "float64" and o["compare"] == "float" and dtype is not None and str(dtype) not in (
+                "float64", "torch.float64"):
+            res.warnings.append(f"{o['name']} is {dtype}, not float64: the float64 profile expects float64 results "
+                                f"(a float32 implementation: --profile float32)")
     if abs_errs:
         res.max_abs_err, res.max_rel_err = max(abs_errs), max(rel_errs)
     if msgs:
         res.status, res.message = FAIL, "\n".join(msgs)
     return res
+
+
+def _kind(entry: dict) -> str:
+    return entry.get("error_kind") or entry["raises"]
+
+
+def _raised(res: CaseResult, entry: dict, adapter: Adapter, exc: Exception, debug: bool) -> CaseResult:
+    """The implementation raised: the expected error, an adapter problem, or a failure."""
+    if raised_at_call(exc):
+        res.status = ADAPTER
+        res.message = f"signature mismatch: calling {entry['operation']} raised TypeError: {exc}"
+        return res
+    if "raises" in entry and (adapter.error_kind(exc) == _kind(entry) or entry["raises"] in
+                              [c.__name__ for c in type(exc).__mro__]):
+        return res  # the expected error
+    res.status = FAIL
+    res.message = (f"raised {type(exc).__name__}: {exc} (at {where(exc)})"
+                   + (f"; expected an error of kind {_kind(entry)} (map {type(exc).__name__} to it in "
+                      f"ORACLE_MAP['errors'] if it is one)" if "raises" in entry else ""))
+    if debug:
+        res.message += "\n" + implementation_traceback(exc)
+    return res
+
+
+def _check_kinds(entry: dict, outs: list, expected: dict) -> None:
+    """Index outputs given as boolean masks, or values that are not arrays at all: adapter problems."""
+    for o, value in zip(entry["outputs"], outs):
+        if value is None:
+            raise AdapterProblem(f"{o['name']}: the implementation returned None")
+        try:
+            a = to_numpy(value)
+        except Exception as e:  # noqa: BLE001
+            raise AdapterProblem(f"{o['name']}: cannot convert {type(value).__name__} to an array ({e})") from None
+        if a.dtype == object:
+            raise AdapterProblem(f"{o['name']}: {type(value).__name__} is not a numeric array")
+        if o["compare"] in ("index_set", "index_sets"):
+            e = expected[o["name"]]
+            mask_like = a.dtype == bool or (a.size > max(e.size, 2) and set(np.unique(a).tolist()) <= {0, 1})
+            if mask_like:
+                raise AdapterProblem(f"{o['name']}: got a boolean mask of {a.size} values; return the indices "
+                                     f"(e.g. np.flatnonzero(mask)), {e.size} expected here")
+            if a.dtype.kind == "f" and a.size and not np.all(a == np.round(a)):
+                raise AdapterProblem(f"{o['name']}: got non-integer values; return 0-based integer indices")

@@ -1,4 +1,4 @@
-"""`slimgpt oracle export|check` (also `python -m slimgpt.oracle ...`)."""
+"""`slimgpt oracle export|check|template` (also `python -m slimgpt.oracle ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,8 @@ from pathlib import Path
 from slimgpt import paths
 from slimgpt.oracle.check import check
 from slimgpt.oracle.files import FORMAT, PROFILES, export
+from slimgpt.oracle.operations import OPERATIONS
+from slimgpt.oracle.template import render
 
 DESCRIPTION = "Golden cases for the SlimGPT operations: export them from the reference, check any implementation."
 
@@ -22,7 +24,7 @@ def add_oracle_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def _add_commands(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="oracle_command", required=True)
-    pe = sub.add_parser("export", help="write the golden cases (npz + index.json) to DIR")
+    pe = sub.add_parser("export", help="write the golden cases (index.json, one folder of .npy per case) to DIR")
     pe.add_argument("dir")
     pe.add_argument("--force", action="store_true", help="replace an earlier export at DIR")
     pe.set_defaults(func=_cmd_export)
@@ -30,13 +32,22 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     pc.add_argument("dir")
     pc.add_argument("--impl", required=True, help="module name (e.g. slimgpt.ops) or path to a .py file")
     pc.add_argument("--profile", choices=PROFILES, default="float64",
-                    help="float64 (default) or float32 for single-precision implementations")
+                    help="float64 (default); float32 for single-precision implementations; published-code: "
+                         "float32 and no cases tagged project (as the authors' code)")
     pc.add_argument("--backend", default=None, help="pass backend=... to every call (slimgpt.ops)")
     pc.add_argument("--op", action="append", dest="operations", help="check only this operation (repeatable)")
+    pc.add_argument("--tag", action="append", dest="tags", help="check only cases with this tag (repeatable)")
+    pc.add_argument("--skip-tag", action="append", dest="skip_tags",
+                    help="leave out cases with this tag, e.g. project (repeatable)")
     pc.add_argument("-v", "--verbose", action="store_true", help="also list not-implemented and skipped cases")
     pc.set_defaults(func=_cmd_check)
-    for sp in (pe, pc):
-        sp.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    pt = sub.add_parser("template", help="write a module of stubs (signatures, defaults, docs) to fill in")
+    pt.add_argument("--out", required=True, help="the .py file to write")
+    pt.add_argument("--force", action="store_true", help="replace an existing file")
+    pt.set_defaults(func=_cmd_template)
+    for sp in (pe, pc, pt):
+        sp.add_argument("--debug", action="store_true",
+                        help="show the implementation's traceback with each failure, and any error's traceback")
 
 
 def _cmd_export(args) -> int:
@@ -49,9 +60,22 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    result = check(args.dir, args.impl, profile=args.profile, operations=args.operations, backend=args.backend)
+    result = check(args.dir, args.impl, profile=args.profile, operations=args.operations, backend=args.backend,
+                   tags=args.tags, skip_tags=args.skip_tags, debug=args.debug)
     print(result.table(verbose=args.verbose))
     return 0 if result.ok else 1
+
+
+def _cmd_template(args) -> int:
+    out = Path(args.out)
+    if out.suffix != ".py":
+        raise ValueError(f"{out}: the template is a Python module; give a .py path")
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists; pass --force to replace it")
+    out.write_text(render(out.stem))
+    print(f"wrote {out}: {len(OPERATIONS)} operations to fill in or map; "
+          f"check with: slimgpt oracle check GOLDEN --impl {out}")
+    return 0
 
 
 def _is_export(folder: Path) -> bool:
@@ -73,7 +97,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """`slimgpt oracle` with argv = ["export", DIR] or ["check", DIR, "--impl", MODULE, ...]."""
+    """`slimgpt oracle` with argv = ["export", DIR], ["check", DIR, "--impl", MODULE, ...] or
+    ["template", "--out", FILE]."""
     parser = argparse.ArgumentParser(prog="slimgpt oracle", description=DESCRIPTION)
     _add_commands(parser)
     return run(parser.parse_args(argv))

@@ -217,21 +217,21 @@ def _input_args(cases_dir: Path, entry: dict) -> dict:
             refs[name] = value["array"]
         else:
             args[name] = value
+    arrays = oracle.read_arrays(cases_dir, entry, "in.")
     try:
-        with np.load(cases_dir / entry["file"], allow_pickle=False) as npz:
-            args.update({name: npz[key] for name, key in refs.items()})
-    except (OSError, KeyError, ValueError) as e:
+        args.update({name: arrays[key] for name, key in refs.items()})
+    except KeyError as e:
         raise oracle.OracleFormatError(f"case {entry['id']} is damaged ({e})") from None
     return args
 
 
 def _digest(cases_dir: Path, entries: list) -> str:
     h = hashlib.sha256()
-    for name in ["index.json"] + [e["file"] for e in entries]:
+    for path in [cases_dir / "index.json"] + [p for e in entries for p in oracle.case_files(cases_dir, e)]:
         try:
-            h.update((cases_dir / name).read_bytes())
+            h.update(path.read_bytes())
         except OSError:
-            h.update(b"\0missing\0" + name.encode())
+            h.update(b"\0missing\0" + str(path).encode())
     return h.hexdigest()
 
 
