@@ -9,7 +9,6 @@ Shapes: W (d_out, d_in) with d_in = m FFN channels; H (d_in, d_in); T = n_prune 
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from . import _checks

@@ -279,7 +279,7 @@ def accumulate_hessian(H, n_seen, X, *, backend=None, overwrite_H=False):
     if n == 0:
         return _errors_like(_float64(H), like), n_seen
     big = _magnitude(X, "max")
-    H_new, n_all = (_accumulate_hessian_torch(H, n_seen, X, like) if backend == "torch" else
+    H_new, n_all = (_accumulate_hessian_torch(H, n_seen, X, big, like) if backend == "torch" else
                     _accumulate_hessian_core(H, n_seen, X, big, backend, overwrite_H))
     # finite X may still overflow H (as in the reference); |H_ij| <= 2 max|x|², so look only then
     if 2.0 * big * big >= np.finfo(np.float64).max and not bool(
@@ -316,9 +316,9 @@ def _accumulate_hessian_core(H, n_seen, X, big, backend, overwrite_H):
     return _errors_like(H_new, like), n_seen + n
 
 
-def _accumulate_hessian_torch(H, n_seen, X, like):
-    """The torch backend's running mean: float32 XᵀX per call (X scaled by a power of two),
-    float64 accumulation, on X's device."""
+def _accumulate_hessian_torch(H, n_seen, X, big, like):
+    """The torch backend's running mean of checked, non-empty X: float32 XᵀX per call (X scaled
+    by a power of two), float64 accumulation, on X's device."""
     import torch
 
     Xt = X if _is_torch(X) else torch.from_numpy(np.asarray(_checks.real_array("X", X)))
@@ -326,7 +326,7 @@ def _accumulate_hessian_torch(H, n_seen, X, like):
     n = Xt.shape[0]
     if not torch.isfinite(Xt).all():
         raise ValueError("X contains NaN or Inf")
-    sx = _pow2(_magnitude(Xt, "max"))
+    sx = _pow2(big)
     Xs = (Xt.double() / sx).float()
     H_new = (Xs.T @ Xs).double() * (2.0 * sx * sx)
     if n_seen > 0:
