@@ -57,13 +57,13 @@ def where_degenerate(model, ids: torch.Tensor) -> str:
     """The first place a forward of `ids` goes wrong (activation_problem): the token embedding,
     a decoder layer, or the final norm and lm_head."""
     x = model.embed(ids)
-    if activation_problem(x) is not None:
-        return f"the token embedding: {activation_problem(x)}"
+    if (problem := activation_problem(x)) is not None:
+        return f"the token embedding: {problem}"
     cos, sin = model.rope(ids.shape[1], x.device, x.dtype)
     for i, layer in enumerate(model.model.layers):
         x = layer(x, cos, sin)
-        if activation_problem(x) is not None:
-            return f"decoder layer {i}: {activation_problem(x)}"
+        if (problem := activation_problem(x)) is not None:
+            return f"decoder layer {i}: {problem}"
     return "the final norm / lm_head"
 
 

@@ -77,13 +77,13 @@ def check_output(path, *, inputs=(), force: bool = False, folder: bool = True,
 # ----------------------------------------------------------------------------------------------
 # Writing a folder atomically
 
-def temporary_folder(out: Path, kind: str = "tmp") -> Path:
+def temporary_folder(out: Path) -> Path:
     """A hidden temporary folder next to `out` (same file system, so renames are atomic), named
     `.NAME.tmp-PID-XXXXXXXX`: the name alone tells a later run that the folder is slimgpt's and
     whether the process writing it still runs, at every moment up to the final rename (a marker
     file inside could not stay until then). Stale ones of dead processes are removed first."""
     clean_stale(out)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
 
 
 def clean_stale(out: Path) -> None:
