@@ -55,6 +55,12 @@ def as_tokens(name: str, X) -> np.ndarray:
     return X
 
 
+def hessian_overflow(x_max: float) -> str:
+    """The one message every backend gives when finite inputs overflow H = 2 XᵀX / n."""
+    return (f"X reaches |x| = {x_max:.3g}: the Hessian 2 XᵀX / n overflows float64 (|x| must stay below "
+            f"about 1e154); scale the inputs down")
+
+
 def weight_and_hessian(W, H, *, H_name: str = "H") -> tuple[np.ndarray, np.ndarray]:
     """Check W (d_out, d_in) and a symmetric-shaped H (d_in, d_in); return float64 copies."""
     W = as_matrix("W", W)

@@ -9,8 +9,6 @@ Shapes: W (d_out, d_in) with d_in = m FFN channels; H (d_in, d_in); T = n_prune 
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from . import _checks
@@ -140,7 +138,7 @@ def _group_sizes(group_sizes, n_prune: int) -> list[int]:
     """Resolve the group_sizes argument of prune_channels to a list summing to n_prune."""
     if group_sizes is None:
         return dgs_group_sizes(n_prune)
-    if isinstance(group_sizes, numbers.Integral) and not isinstance(group_sizes, bool):
+    if np.ndim(group_sizes) == 0:           # one size: count() refuses booleans, 2.5, objects in one line
         g = _checks.count("group_sizes", group_sizes, 1, np.iinfo(np.int64).max)
         return [g] * (n_prune // g) + ([n_prune % g] if n_prune % g else [])
     sizes = [_checks.count("group_sizes entry", s, 1, n_prune) for s in group_sizes]

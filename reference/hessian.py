@@ -39,7 +39,8 @@ def hessian(X) -> np.ndarray:
     X = _checks.as_tokens("X", X)
     if X.shape[0] == 0:
         raise ValueError("X has no tokens (n = 0): the Hessian is undefined")
-    return 2.0 * (X.T @ X) / X.shape[0]
+    with np.errstate(over="ignore"):
+        return _finite(2.0 * (X.T @ X) / X.shape[0], X)
 
 
 def accumulate_hessian(H, n_seen: int, X) -> tuple[np.ndarray, int]:
@@ -79,7 +80,8 @@ def accumulate_hessian(H, n_seen: int, X) -> tuple[np.ndarray, int]:
         raise ValueError(f"H is None but n_seen = {n_seen} > 0")
     H = _square("H", _checks.as_matrix("H", H), d_in)
     # Running mean: the old mean weighs n_seen tokens, the chunk n tokens.
-    return (n_seen * H + 2.0 * (X.T @ X)) / (n_seen + n), n_seen + n
+    with np.errstate(over="ignore"):
+        return _finite((n_seen * H + 2.0 * (X.T @ X)) / (n_seen + n), X), n_seen + n
 
 
 def reconstruction_error(W, W_new, H) -> float:
@@ -110,6 +112,13 @@ def reconstruction_error(W, W_new, H) -> float:
     H = _square("H", _checks.as_matrix("H", H), W.shape[1])
     D = W - W_new
     return 0.5 * float(np.sum((D @ H) * D))
+
+
+def _finite(H: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """H, or ValueError when finite inputs overflowed it (|x| beyond about 1e154)."""
+    if not np.all(np.isfinite(H)):
+        raise ValueError(_checks.hessian_overflow(float(np.max(np.abs(X)))))
+    return H
 
 
 def _square(name: str, H: np.ndarray, d_in: int) -> np.ndarray:

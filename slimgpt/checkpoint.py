@@ -131,7 +131,7 @@ def write_metadata(folder: Path, config, tokenizer=None, manifest: dict | None =
     for name, meta in (("tokenizer_config.json", tokenizer_config), ("generation_config.json", generation_config)):
         if meta:
             (folder / name).write_bytes(_json_bytes(meta))
-    files = sorted(p.name for p in folder.iterdir() if p.name not in (paths.MARKER, "manifest.json")) + ["manifest.json"]
+    files = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json") + ["manifest.json"]
     (folder / "manifest.json").write_bytes(_json_bytes(dict(manifest or {}, format=FORMAT, files=files, dtype=dtype,
                                                             versions=versions())))
 

@@ -19,28 +19,68 @@ import torch.nn.functional as F
 
 
 class NonFiniteError(ValueError):
-    """The model produced NaN or Inf; the message names where the forward first went non-finite."""
+    """The model produced NaN, Inf or degenerate values; the message names where it first did."""
+
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def activation_problem(x: torch.Tensor) -> str | None:
+    """What is wrong with activations x (..., D), or None. Finite is not enough: values whose
+    sum of squares overflows float32 (RMSNorm's mean of squares, the Hessian XᵀX) turn every
+    later layer into exact zeros without a NaN, and a layer whose output is zero, or one
+    constant, in every token has lost its input."""
+    if x.numel() == 0:
+        return None
+    top = float(x.abs().amax())
+    if not math.isfinite(top):
+        return "not finite"
+    if top * top * x.shape[-1] >= FLOAT32_MAX:
+        return f"values reach {top:.3g}, whose sum of squares overflows float32"
+    if top == 0:
+        return "collapsed to zeros in every token"
+    low, high = torch.aminmax(x, dim=-1)
+    if x.shape[-1] > 1 and bool((low == high).all()):
+        return "collapsed to one constant in every token"
+    return None
+
+
+def check_activations(x: torch.Tensor, where: str) -> None:
+    """Raise NonFiniteError "WHERE: PROBLEM (...)" when activation_problem finds one."""
+    problem = activation_problem(x)
+    if problem is not None:
+        raise NonFiniteError(f"{where}: {problem} (the model's weights or config are broken)")
 
 
 @torch.no_grad()
-def where_nonfinite(model, ids: torch.Tensor) -> str:
-    """The first place a forward of `ids` becomes non-finite: the token embedding, a decoder
-    layer, or the final norm and lm_head."""
+def where_degenerate(model, ids: torch.Tensor) -> str:
+    """The first place a forward of `ids` goes wrong (activation_problem): the token embedding,
+    a decoder layer, or the final norm and lm_head."""
     x = model.embed(ids)
-    if not torch.isfinite(x).all():
-        return "the token embedding"
+    if (problem := activation_problem(x)) is not None:
+        return f"the token embedding: {problem}"
     cos, sin = model.rope(ids.shape[1], x.device, x.dtype)
     for i, layer in enumerate(model.model.layers):
         x = layer(x, cos, sin)
-        if not torch.isfinite(x).all():
-            return f"decoder layer {i}"
+        if (problem := activation_problem(x)) is not None:
+            return f"decoder layer {i}: {problem}"
     return "the final norm / lm_head"
 
 
-def check_finite(logits: torch.Tensor, model, ids: torch.Tensor) -> None:
-    """Raise NonFiniteError naming the first non-finite layer when `logits` are not all finite."""
+def logits_problem(logits: torch.Tensor) -> str | None:
+    """"non-finite" or "all equal" (every position's logits one value: nothing is predicted)."""
     if not torch.isfinite(logits).all():
-        raise NonFiniteError(f"the model produces non-finite logits (first at {where_nonfinite(model, ids)}); "
+        return "non-finite"
+    low, high = torch.aminmax(logits, dim=-1)
+    return "all equal" if bool((low == high).all()) else None
+
+
+def check_logits(logits: torch.Tensor, model, ids: torch.Tensor) -> None:
+    """Raise NonFiniteError naming the first degenerate layer when `logits` are non-finite or
+    all equal."""
+    problem = logits_problem(logits)
+    if problem is not None:
+        raise NonFiniteError(f"the model's logits are {problem} (first wrong at {where_degenerate(model, ids)}); "
                              f"its weights or config are broken")
 
 
@@ -66,7 +106,7 @@ def perplexity(model, tokens: torch.Tensor, seqlen: int = 128, max_tokens: int |
     for s in it:
         ids = windows[s:s + bs]
         logits = model(ids)                                   # (B, T, V): the big tensor; batches are
-        check_finite(logits, model, ids)                      # kept at ~batch_tokens tokens for memory
+        check_logits(logits, model, ids)                      # kept at ~batch_tokens tokens for memory
         V = logits.shape[-1]
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1), reduction="sum")
         del logits

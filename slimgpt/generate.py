@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slimgpt.evaluate import check_finite
+from slimgpt.evaluate import check_logits
 from slimgpt.model import KVCache
 
 
@@ -109,7 +109,7 @@ def iter_tokens(model, ids: list[int], max_new_tokens: int = 32, *, eos_ids=(), 
     x = torch.tensor([ids], dtype=torch.long, device=dev)
     cache = KVCache(model.config, len(ids) + n, device=dev, dtype=p.dtype) if use_cache else None
     logits = model(x, cache, last_only=True)[0, -1]
-    check_finite(logits, model, x)
+    check_logits(logits, model, x)
     for step in range(n):
         tok = next_token(logits, sampling, gen)
         yield tok

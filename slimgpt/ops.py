@@ -101,6 +101,12 @@ def _like(result, like):
     return np.asarray(result, dtype=dtype if dtype.kind == "f" else np.float64)
 
 
+def _array(name: str, x):
+    """NumPy arrays, torch tensors and None as they are; anything else (nested lists, numbers)
+    as a NumPy array, as the reference reads it, so every backend accepts or refuses it alike."""
+    return x if x is None or isinstance(x, np.ndarray) or _is_torch(x) else _checks.real_array(name, x)
+
+
 def _index_like(idx, like):
     idx = np.asarray(idx, dtype=np.int64)
     if _is_torch(like):
@@ -232,6 +238,7 @@ def _prune(run, W, H, percdamp, backend):
 
 def hessian(X, *, backend=None):
     """H = 2 XᵀX / n over the token rows of X (..., d_in), float64 of X's kind and device."""
+    X = _array("X", X)
     backend = resolve_backend(backend, X)
     if backend == "reference":
         return _errors_like(reference.hessian(_float64(X)), X)
@@ -248,13 +255,12 @@ def accumulate_hessian(H, n_seen, X, *, backend=None, overwrite_H=False):
     "cpu" backend update a float64 C-contiguous CPU H in place and return it: no N x N copy per
     batch (at LLaMA-7B's FFN width H is 0.97 GB); H's contents are unspecified after an error.
     """
+    H, X = _array("H", H), _array("X", X)
     backend = resolve_backend(backend, X)
     like = X if H is None else H
     if backend == "reference":
         H_new, n = reference.accumulate_hessian(_float64(H), n_seen, _float64(X))
         return _errors_like(H_new, like), n
-    if backend == "torch":
-        return _accumulate_hessian_torch(H, n_seen, X, like)
     n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max)
     if not hasattr(X, "shape") or len(X.shape) not in (2, 3):
         raise ValueError(f"X must be (n, d_in) or (batch, seq, d_in), got shape {tuple(getattr(X, 'shape', ()))}")
@@ -272,8 +278,21 @@ def accumulate_hessian(H, n_seen, X, *, backend=None, overwrite_H=False):
         raise ValueError(f"n_seen + n overflows int64 (n_seen = {n_seen}, n = {n})")
     if n == 0:
         return _errors_like(_float64(H), like), n_seen
-    # X beyond float32's range is scaled by a power of two sx; then H gains sx² · 2XᵀX/n
     big = _magnitude(X, "max")
+    H_new, n_all = (_accumulate_hessian_torch(H, n_seen, X, big, like) if backend == "torch" else
+                    _accumulate_hessian_core(H, n_seen, X, big, backend, overwrite_H))
+    # finite X may still overflow H (as in the reference); |H_ij| <= 2 max|x|², so look only then
+    if 2.0 * big * big >= np.finfo(np.float64).max and not bool(
+            H_new.isfinite().all() if _is_torch(H_new) else np.all(np.isfinite(H_new))):
+        raise ValueError(_checks.hessian_overflow(big))
+    return H_new, n_all
+
+
+def _accumulate_hessian_core(H, n_seen, X, big, backend, overwrite_H):
+    """accumulate_hessian on checked, non-empty input on the cpu or cuda core."""
+    like = X if H is None else H
+    d_in, n = X.shape[-1], math.prod(X.shape[:-1])
+    # X beyond float32's range is scaled by a power of two sx; then H gains sx² · 2XᵀX/n
     sx = _pow2(big) if not 2.0 ** -60 < big < 2.0 ** 60 else 1.0
     Xf = _to_core(X, backend, scale=sx).reshape(-1, d_in)
     inplace = _writable_float64(H) if overwrite_H and backend == "cpu" and H is not None else None
@@ -297,24 +316,17 @@ def accumulate_hessian(H, n_seen, X, *, backend=None, overwrite_H=False):
     return _errors_like(H_new, like), n_seen + n
 
 
-def _accumulate_hessian_torch(H, n_seen, X, like):
-    """The torch backend's running mean: float32 XᵀX per call (X scaled by a power of two),
-    float64 accumulation, on X's device."""
+def _accumulate_hessian_torch(H, n_seen, X, big, like):
+    """The torch backend's running mean of checked, non-empty X: float32 XᵀX per call (X scaled
+    by a power of two), float64 accumulation, on X's device."""
     import torch
 
     Xt = X if _is_torch(X) else torch.from_numpy(np.asarray(_checks.real_array("X", X)))
-    if Xt.shape[-1] == 0:
-        raise ValueError("X has no features (d_in = 0): there is no layer input to prune")
     Xt = Xt.detach().reshape(-1, Xt.shape[-1])
     n = Xt.shape[0]
-    n_seen = _checks.count("n_seen", n_seen, 0, np.iinfo(np.int64).max - n)
-    if n_seen == 0 and n == 0:
-        raise ValueError("X has no tokens (n = 0): the Hessian is undefined")
-    if n == 0:
-        return _errors_like(_float64(H), like), n_seen
     if not torch.isfinite(Xt).all():
         raise ValueError("X contains NaN or Inf")
-    sx = _pow2(_magnitude(Xt, "max"))
+    sx = _pow2(big)
     Xs = (Xt.double() / sx).float()
     H_new = (Xs.T @ Xs).double() * (2.0 * sx * sx)
     if n_seen > 0:
@@ -347,6 +359,7 @@ def _float64_on(A, backend, like):
 
 def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False, backend=None):
     """Remove input columns of W jointly with OBS compensation (Eqs. 3-4)."""
+    W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
         out = reference.prune_columns(_float64(W), _float64(H), _host(columns), percdamp=percdamp,
@@ -382,6 +395,7 @@ def _errors_like(err, like):
 
 def head_errors(W, Hinv, head_dim, *, gcd=True, backend=None):
     """Eq. 5 head errors from a given H⁻¹ (grouped Cholesky; gcd=False: plain diagonal), float64."""
+    W, Hinv = _array("W", W), _array("Hinv", Hinv)
     backend = resolve_backend(backend, W)
     if backend == "reference":
         return _errors_like(reference.head_errors(_float64(W), _float64(Hinv), head_dim, gcd=gcd), W)
@@ -403,6 +417,7 @@ def head_errors(W, Hinv, head_dim, *, gcd=True, backend=None):
 def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None,
                 return_loss=False, backend=None):
     """Greedy head pruning, one head per iteration (spec §3.3); returns (W_new, pruned_heads[, loss])."""
+    W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
         W_new, heads, loss = reference.prune_heads(_float64(W), _float64(H), n_prune, head_dim, percdamp=percdamp,
@@ -443,6 +458,7 @@ def dgs_group_sizes(n_prune, *, backend=None):
 def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True, return_loss=False,
                    backend=None):
     """DGS channel pruning (spec §4); returns (W_new, pruned_channels[, loss])."""
+    W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
         W_new, ch, loss = reference.prune_channels(_float64(W), _float64(H), n_prune, percdamp=percdamp,

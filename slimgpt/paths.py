@@ -19,14 +19,17 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-MARKER = ".slimgpt-partial"      # inside temporary folders: which process is writing them
+MARKER = ".slimgpt-partial"      # the pid file inside temporary folders of earlier versions
 
 
 class OutputPathError(ValueError):
@@ -75,26 +78,41 @@ def check_output(path, *, inputs=(), force: bool = False, folder: bool = True,
 # Writing a folder atomically
 
 def temporary_folder(out: Path) -> Path:
-    """A hidden temporary folder next to `out` (same file system, so renames are atomic), marked
-    with this process's id; stale ones of dead processes are removed first."""
+    """A hidden temporary folder next to `out` (same file system, so renames are atomic), named
+    `.NAME.tmp-PID-XXXXXXXX`: the name alone tells a later run that the folder is slimgpt's and
+    whether the process writing it still runs, at every moment up to the final rename (a marker
+    file inside could not stay until then). Stale ones of dead processes are removed first."""
     clean_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    (tmp / MARKER).write_text(str(os.getpid()))
-    return tmp
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
 
 
 def clean_stale(out: Path) -> None:
-    """Remove `.NAME.tmp-*` / `.NAME.old-*` folders of earlier interrupted runs at this destination
-    (only those holding slimgpt's marker with the id of a process that no longer runs)."""
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        marker = p / MARKER
-        if p.is_dir() and not p.is_symlink() and marker.is_file():
-            try:
-                pid = int(marker.read_text().strip())
-            except (OSError, ValueError):
-                continue
-            if not _alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
+    """Remove the temporaries of earlier interrupted writes to `out`: `.NAME.tmp-PID-*` and
+    `.NAME.old-PID-*` (folders or files) of processes that no longer run, and folders of earlier
+    versions marked with MARKER. An old folder set aside by a replacement killed before the new
+    one was in place (replace_folder without RENAME_EXCHANGE) is first put back at `out`."""
+    ours = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[a-z0-9_]+")
+    for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        if p.is_symlink():
+            continue
+        named = ours.fullmatch(p.name)
+        pid = int(named[2]) if named else _marked_pid(p)
+        if pid is None or _alive(pid):
+            continue
+        if not p.is_dir():
+            p.unlink()
+            continue
+        if named and named[1] == "old" and (p / out.name).is_dir() and not os.path.lexists(out):
+            os.rename(p / out.name, out)
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _marked_pid(folder: Path) -> int | None:
+    """The process id in MARKER, which earlier versions wrote into their temporary folders."""
+    try:
+        return int((folder / MARKER).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -125,7 +143,6 @@ def atomic_folder(out: Path):
 def finish_folder(tmp: Path, out: Path) -> None:
     """Make the files of `tmp` durable and honour the user's umask, then put it at `out`."""
     mask = _umask()
-    (tmp / MARKER).unlink()
     for p in tmp.iterdir():
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
         fsync(p)
@@ -139,27 +156,35 @@ def replace_folder(new: Path, out: Path) -> None:
 
     When `out` exists, the two are swapped in one step (Linux renameat2 RENAME_EXCHANGE): at any
     moment `out` is either the old or the new folder; the old one, now at `new`'s name, is then
-    deleted (a kill in between leaves it marked for cleaning on the next run). Where the
-    exchange is not available, the old folder is first renamed aside (a short window in which
-    `out` does not exist), then the new one renamed into place.
+    deleted (a kill in between leaves it to clean_stale, by its name). Where the exchange is not
+    available, the old folder is first moved into `.NAME.old-PID-*` (a short window in which
+    `out` does not exist: a failure puts it back at once, a kill on the next run), then the new
+    one renamed into place.
     """
     if not os.path.lexists(out):
         os.rename(new, out)
     elif _exchange(new, out):
-        (new / MARKER).write_text(str(os.getpid()))
         shutil.rmtree(new, ignore_errors=True)
     else:
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        (old / MARKER).write_text(str(os.getpid()))
-        os.rename(out, old / out.name)
-        os.rename(new, out)
-        shutil.rmtree(old, ignore_errors=True)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+        aside = old / out.name
+        try:
+            os.rename(out, aside)
+            os.rename(new, out)
+        except BaseException:
+            if os.path.lexists(aside) and not os.path.lexists(out):
+                os.rename(aside, out)
+            raise
+        finally:
+            if os.path.lexists(out):        # else the old folder waits in `old` for clean_stale
+                shutil.rmtree(old, ignore_errors=True)
     fsync(out.parent)
 
 
 def write_file(path: Path, data: bytes) -> None:
     """Write a file atomically (a temporary file in the same folder, then a rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -186,8 +211,7 @@ _RENAME_EXCHANGE = 2
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically with renameat2(RENAME_EXCHANGE); False where unsupported."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
+    fn = _renameat2()
     if fn is None:
         return False
     AT_FDCWD = -100
@@ -197,6 +221,12 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.lru_cache(maxsize=None)
+def _renameat2():
+    """libc's renameat2, or None (find_library runs ldconfig: once per process)."""
+    return getattr(ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True), "renameat2", None)
 
 
 def _umask() -> int:

@@ -37,7 +37,7 @@ import torch
 
 from slimgpt import distributed, gqa, methods, schedule
 from slimgpt.activations import Resident
-from slimgpt.evaluate import NonFiniteError
+from slimgpt.evaluate import check_activations
 from slimgpt.methods import MethodOptions
 from slimgpt.model import LlamaForCausalLM, rope_cos_sin
 from slimgpt.ops import resolve_backend
@@ -215,8 +215,7 @@ def embed_calibration(embed, calib: torch.Tensor, s: PruneSettings, into=None) -
     dev, parts = torch.device(s.device), []
     for b, ids in zip(range(0, calib.shape[0], s.batch_size), calib.split(s.batch_size)):
         x = embed(ids.to(dev)).float()
-        if not torch.isfinite(x).all():
-            raise NonFiniteError("the token embedding of the calibration windows is not finite")
+        check_activations(x, "the token embedding of the calibration windows")
         if into is None:
             parts.append(x)
         else:
@@ -318,8 +317,7 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
         h = X.output(b, s.batch_size)
         f = _cached(F, b, h.shape[0], keep_ch) if cache else mlp.act(layer.post_attention_layernorm(h))
         h += mlp.down_proj(f)
-        if not torch.isfinite(h).all():
-            raise NonFiniteError(f"layer {i}: non-finite activations after pruning")
+        check_activations(h, f"layer {i} output after pruning")
         X.write(b, h)
     X.advance()
     t_fwd += time.perf_counter() - t2
@@ -383,9 +381,7 @@ def _collect(where: str, n_features: int, X, inputs, run: _Run, cache: bool):
     for b in range(0, N, run.settings.batch_size):
         x = X.read(b, run.settings.batch_size)
         a = inputs(x, b)
-        if not torch.isfinite(a).all():
-            raise NonFiniteError(f"{where}: the calibration activations are not finite (the model's weights "
-                                 f"or config are broken)")
+        check_activations(a, f"{where} inputs")
         stats.add(a)
         if cache:
             kept[b:b + x.shape[0]] = a

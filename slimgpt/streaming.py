@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from slimgpt import activations, distributed, paths
-from slimgpt.evaluate import NonFiniteError
+from slimgpt.evaluate import NonFiniteError, logits_problem
 from slimgpt.model import LlamaConfig, param_count, rope_cos_sin
 from slimgpt.pipeline import (LayerPlan, PruneError, PruneSettings, embed_calibration, prune_layers, setup,
                               summarize)
@@ -192,8 +192,8 @@ class StreamEval:
         for s in range(0, x.shape[0], self.bs):
             ids = self.ids[s:s + self.bs].to(self.device)
             logits = lm_head(norm(x[s:s + self.bs]))
-            if not torch.isfinite(logits).all():
-                raise NonFiniteError(f"the {which} model produces non-finite logits; its weights or config are broken")
+            if (problem := logits_problem(logits)) is not None:
+                raise NonFiniteError(f"the {which} model's logits are {problem}; its weights or config are broken")
             V = logits.shape[-1]
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1), reduction="sum")
             nll += float(loss)

@@ -2,6 +2,7 @@
 umask (slimgpt.paths, slimgpt.checkpoint, the CLI's --out / --report / oracle export)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -142,3 +143,26 @@ def test_check_output_rules(tmp_path):
     with pytest.raises(paths.OutputPathError, match="not a folder"):
         paths.check_output(tmp_path / "f")
     assert paths.check_output(tmp_path / "new") == tmp_path / "new"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is missing")
+@pytest.mark.parametrize("call", ["fsync", "renameat2"])
+def test_prune_killed_in_its_final_save_phase_is_cleaned_next_time(tmp_path, call):
+    """Issue: a kill at the first fsync of the save (after the partial marker was removed) left a
+    full hidden `.out.tmp-*` folder that no later run removed. The kill is triggered by the call
+    itself (strace, on entry to the call), not by a timer: at the first fsync, and at the --force
+    swap (tests/test_save_faults.py kills at every call of a save)."""
+    out = tmp_path / "out"
+    assert main(PRUNE + ["--out", str(out)]) == 0
+    before = _tree(out)
+    cmd = ["strace", "-qq", "-o", os.devnull, "-e", f"trace={call}", "-e", f"inject={call}:signal=KILL:when=1",
+           sys.executable, "-m", "slimgpt"] + PRUNE + ["--out", str(out), "--force", "--ratio", "0.3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    if "ptrace" in proc.stderr:
+        pytest.skip("strace may not trace here")
+    assert proc.returncode == -9, proc.stderr[-2000:]                  # the kill was reached
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")], "the killed save left its temporary"
+    assert _tree(out) == before                                        # killed on entry: before the swap
+    assert main(PRUNE + ["--out", str(tmp_path / "out"), "--force"]) == 0
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
