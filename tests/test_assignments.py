@@ -35,6 +35,15 @@ ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
 REFERENCE_FILES = ["_checks.py", "damping.py", "hessian.py", "obs.py", "heads.py", "channels.py", "ipr.py"]
 
 
+def _sandbox_mode() -> str:
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import _sandbox
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    return _sandbox.mode()
+
+
 def _reference_dir() -> Path:
     from slimgpt import reference
     return Path(reference.__file__).parent
@@ -119,7 +128,7 @@ def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
     """)
     rc, out = _grade(path, golden, "--task", "2")
     assert rc == 0, out
-    assert "ok Task 2" in out and "score: 100.0 / 100" in out
+    assert "ok Task 2" in out and "score: 25.0 / 25 points (task 2 only)" in out
 
 
 def test_skeleton_scores_0_and_says_not_implemented(golden):
@@ -164,11 +173,15 @@ def test_summed_single_column_errors_fail_task_3_with_a_hint(golden, tmp_path):
             single = np.sum(np.asarray(W) ** 2, axis=0) / np.diag(Hinv)   # Eq. (4) per column
             return single.reshape(-1, head_dim).sum(axis=1)
     """)
-    rc, out = _grade(wrong, golden, "--task", "2", "--task", "3", "--task", "4")
+    rc, out = _grade(wrong, golden, "--task", "2", "--task", "3", "--task", "4", "--hints", "1")
     assert rc == 1
     assert "XX Task 3" in out and "XX Task 4" in out and "ok Task 2" in out
-    assert "FAIL head_errors.correlated_head" in out and "grouped" in out
+    # one line for the three cases that show the same mistake, diagnosed from the output
+    assert "FAIL head_errors: 3 cases show the same problem (basic, one_head, correlated_head)" in out
+    assert "hint: your head errors are the single-column errors summed over each head" in out
     assert "pruned_heads: expected indices [5, 6], got [3, 6]" in out
+    assert "hint: your heads are the ones the summed single-column errors choose" in out
+    assert "Eq. 3 downdate" not in out  # level 1 says what the output shows, not why
 
 
 def test_no_compensation_fails_task_2(golden, tmp_path):
@@ -178,10 +191,11 @@ def test_no_compensation_fails_task_2(golden, tmp_path):
         def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
             return _honest_prune_columns(W, H, columns, percdamp=percdamp, compensate=False)
     """)
-    rc, out = _grade(wrong, golden, "--task", "2")
+    rc, out = _grade(wrong, golden, "--task", "2", "--hints", "1", "-v")
     assert rc == 1
     assert "XX Task 2" in out and "FAIL prune_columns.single" in out
-    assert "W_new:" in out and "max abs err" in out and "hint: OBS" in out
+    assert "W_new:" in out and "max abs err" in out
+    assert "hint: your survivors are the input columns unchanged: nothing was compensated" in out
     assert "Task 3" not in out
 
 
@@ -225,7 +239,7 @@ def test_naive_form_does_not_earn_the_cholesky_points(golden, tmp_path):
                  "prune_columns_cholesky.single", "prune_columns_cholesky.ordered_set"):
         assert f"FAIL {case}\n" in out, case
     assert "did not use the Cholesky form" in out and "max abs err" not in out  # the numbers are right
-    assert "hint: the Cholesky form of docs/spec.md §2.3 is required" in out
+    assert "hint: spec §2.3: the factor of the reordered H^-1 must carry the result" in out
     # the naive oracle itself and the cases that need no factorisation still pass
     assert "FAIL prune_columns_naive" not in out and "FAIL prune_columns.empty" not in out
     assert "FAIL prune_columns.no_compensate" not in out and "FAIL reconstruction_error" not in out
@@ -266,6 +280,78 @@ def test_a_damping_warning_without_a_retry_fails(golden, tmp_path):
     assert rc == 1
     assert "FAIL prune_columns.single" in out and "warn only when a retry was needed" in out
     assert "FAIL prune_columns_naive" not in out
+
+
+def test_wrong_variants_of_the_spec_fail_with_a_diagnosis(golden, tmp_path):
+    """Four mistakes at once, each in a function no other one calls: a naive prune_columns with one
+    discarded Cholesky of G[S, S]; damping before the dead-input fix; compensate=False without the H
+    downdate; channel ties to the highest index. Each fails its own cases, with a diagnosed hint."""
+    wrong = _submission(tmp_path, "variants.py", """
+        _honest_naive, _honest_heads, _honest_channels = prune_columns_naive, prune_heads, prune_channels
+
+        def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
+            W1, H1 = prepare_hessian(np.asarray(W, dtype=float), np.asarray(H, dtype=float), percdamp)
+            S = np.asarray(columns, dtype=np.int64)
+            if not compensate:
+                W1[:, S] = 0.0
+                return W1
+            if S.size:
+                np.linalg.cholesky(np.linalg.inv(H1)[np.ix_(S, S)])   # computed, then thrown away
+            return _honest_naive(W, H, columns, percdamp=percdamp)
+
+        def prune_columns_naive(W, H, columns, *, percdamp=0.0):
+            H = np.asarray(H, dtype=float)
+            H = H + percdamp * np.mean(np.diag(H)) * np.eye(len(H))        # damping first
+            return _honest_naive(W, H, columns)
+
+        def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+            if compensate:
+                return _honest_heads(W, H, n_prune, head_dim, percdamp=percdamp, gcd=gcd, head_groups=head_groups)
+            W, H = prepare_hessian(np.asarray(W, dtype=float), np.asarray(H, dtype=float), percdamp)
+            G, pruned = np.linalg.inv(H), np.zeros(W.shape[1] // head_dim, dtype=bool)
+            for _ in range(n_prune):                                       # G never downdated
+                E = head_errors(W, G, head_dim, gcd=gcd)
+                E[pruned] = np.inf
+                j = int(np.argmin(E))
+                W[:, j * head_dim:(j + 1) * head_dim] = 0.0
+                pruned[j] = True
+            return W, np.flatnonzero(pruned)
+
+        def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+            rev = np.arange(np.shape(W)[1])[::-1]                          # ties to the highest index
+            W2, ch = _honest_channels(np.asarray(W)[:, rev], np.asarray(H)[np.ix_(rev, rev)], n_prune,
+                                      percdamp=percdamp, group_sizes=group_sizes, compensate=compensate)
+            return W2[:, np.argsort(rev)], np.sort(rev[ch])
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "--task", "4", "--task", "5", "--hints", "1", "-v")
+    assert rc == 1
+    failed = set(re.findall(r"FAIL (\S+)", out))
+    assert {"prune_columns.single", "prune_columns.dead_damped", "prune_columns_naive.dead_damped",
+            "prune_heads.no_compensate_downdates", "prune_channels.ties"} <= failed, out
+    assert "prune_columns_naive.damped" not in failed and "prune_heads.basic" not in failed
+    assert "factorised G[S, S] but its result does not reach W_new" in out
+    assert "hint: your result matches damping H before the dead inputs were handled" in out
+    assert "hint: with compensate=False your later choices ignore the heads/channels already removed" in out
+    assert "hint: on exactly equal errors you chose the higher indices" in out
+    assert "Traceback" not in out
+
+
+def test_rounding_in_removed_columns_is_its_own_failure(golden, tmp_path):
+    """A removed column left at 1e-16 is within the weights' tolerance (a floor tied to max|W|, not
+    0), and fails the separate exact-zero check with a message that says so."""
+    wrong = _submission(tmp_path, "rounding.py", """
+        _honest_cholesky = prune_columns_cholesky
+
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            W_new, losses = _honest_cholesky(W, Hinv, columns, survivors=survivors)
+            W_new[:, np.asarray(columns, dtype=np.int64)] = 1e-16
+            return W_new, losses
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "--task", "4", "-v")
+    assert rc == 1
+    assert "must be exactly 0; max |W_new| there is 1.000e-16" in out
+    assert "FAIL prune_heads.all" in out and "allowed there 0.000e+00" not in out and "inf" not in out
+    assert "out of tolerance" not in out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -314,6 +400,118 @@ def test_reexporting_slimgpt_scores_0(golden, tmp_path, how):
     assert rc == 1, out
     assert "score: 0.0 / 100" in out
     assert NOT_ALLOWED in out and "Traceback" not in out
+
+
+# The attacks below beat the audit hook alone (run them with --isolation audit to see it); they
+# hold only where the worker runs in its private file tree (README, "What is guaranteed where").
+NAMESPACES = pytest.mark.skipif(_sandbox_mode() == "audit", reason="no namespaces here: the audit hook only")
+
+
+def _site_packages() -> str:
+    import numpy
+    return str(Path(numpy.__file__).parents[1])
+
+
+ATTACKS = {
+    # an interpreter started with no audit event: subprocess with a module `sys` whose audit() does
+    # nothing, so _posixsubprocess.fork_exec runs unannounced; the child imports slimgpt
+    "unannounced_process": f"""
+        import os, subprocess, sys, numpy as np
+
+        class _Quiet:
+            def __getattr__(self, name):
+                return getattr(sys, name)
+
+            @staticmethod
+            def audit(*args):
+                pass
+
+        subprocess.sys = _Quiet()
+        CHILD = ("import sys, numpy as np; sys.path.insert(0, {_site_packages()!r}); "
+                 "from slimgpt.reference import hessian; "
+                 "np.save(sys.argv[2], hessian(np.load(sys.argv[1])))")
+
+        def hessian(X):
+            d = os.path.join(os.getcwd(), "out")
+            np.save(os.path.join(d, "x.npy"), X)
+            p = subprocess.run([sys.executable, "-c", CHILD, os.path.join(d, "x.npy"), os.path.join(d, "h.npy")],
+                               capture_output=True, text=True)
+            if p.returncode:
+                raise RuntimeError("the child could not compute H: " + p.stderr.strip().splitlines()[-1])
+            return np.load(os.path.join(d, "h.npy"))
+    """,
+    # replace a function os.path.realpath relies on, so every path looks like the submission's own,
+    # then load the reference by path
+    "realpath_rewired": f"""
+        import importlib.util, os, posixpath, sys
+        REF = {str(_reference_dir() / "__init__.py")!r}
+        _abspath = posixpath.abspath
+        posixpath.abspath = lambda p: os.path.join(os.getcwd(), "submission")
+        try:
+            spec = importlib.util.spec_from_file_location("ref", REF, submodule_search_locations=[os.path.dirname(REF)])
+            ref = importlib.util.module_from_spec(spec)
+            sys.modules["ref"] = ref
+            spec.loader.exec_module(ref)
+        finally:
+            posixpath.abspath = _abspath
+        hessian, accumulate_hessian = ref.hessian, ref.accumulate_hessian
+    """,
+    # ctypes: libc's open() on the reference file, below the audit hook
+    "ctypes_open": f"""
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        fd = libc.open({str(_reference_dir() / "hessian.py").encode()!r}, 0)
+        if fd < 0:
+            raise OSError("libc.open could not open the reference")
+
+        def hessian(X):
+            return 2.0 * X.T @ X / X.shape[0]
+    """,
+    # another process's view of the file system and the environment: /proc/<pid>/root, /proc/1/cwd,
+    # and any path in the environment
+    "proc_and_environment": f"""
+        import os
+        found = []
+        places = ["/proc/1/root" + {str(_reference_dir())!r}, "/proc/1/cwd", "/proc/self/root" + {str(ROOT)!r}]
+        for p in places + [v for v in os.environ.values() if v.startswith("/")]:
+            try:
+                found += [p + "/" + f for f in os.listdir(p) if "reference" in f or f == "hessian.py"]
+            except OSError:
+                pass
+        if found:
+            raise RuntimeError("reached " + ", ".join(found))
+
+        def hessian(X):
+            return 2.0 * X.T @ X / X.shape[0]
+    """,
+    # sys.path tricks: the repository and site-packages first, the guard's finder removed, a fresh
+    # path finder asked directly
+    "sys_path_finder": f"""
+        import importlib.machinery, sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "Slimgpt" not in type(f).__name__]
+        sys.path[:0] = [{str(ROOT)!r}, {_site_packages()!r}]
+        spec = importlib.machinery.PathFinder.find_spec("slimgpt", sys.path)
+        if spec is not None:
+            raise RuntimeError("found slimgpt at " + str(spec.origin))
+
+        def hessian(X):
+            return 2.0 * X.T @ X / X.shape[0]
+    """,
+}
+
+
+@NAMESPACES
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attacks_do_not_reach_slimgpt(golden, tmp_path, name):
+    """Each attack either reaches nothing (the honest Hessian passes, so the file tree is the only
+    thing that stopped it) or fails with a message; none reads slimgpt."""
+    rc, out = _grade(_submission(tmp_path, "attack.py", ATTACKS[name], base=False), golden, "--task", "1", "-v")
+    assert "isolation: namespaces" in out
+    assert "reached /" not in out and "found slimgpt at" not in out and "SyntaxError" not in out, out
+    if name in ("unannounced_process", "realpath_rewired"):
+        assert rc == 1 and "score: 10.0 / 10" not in out, out
+        assert "No module named 'slimgpt'" in out or "No such file or directory" in out, out
+    assert "Traceback (most recent call last):\n  File \"" + str(GRADER) not in out
 
 
 def test_submission_cannot_read_the_expected_outputs(golden, tmp_path):
@@ -420,7 +618,7 @@ def test_grader_exports_its_own_cases(tmp_path):
     the submission has run)."""
     rc, out = _grade(_submission(tmp_path, "honest.py"), None, "--task", "6")
     assert rc == 0, out
-    assert "ok Task 6" in out and "score: 100.0 / 100" in out
+    assert "ok Task 6" in out and "score: 10.0 / 10 points (task 6 only)" in out
 
 
 @pytest.mark.parametrize("args, expected", [

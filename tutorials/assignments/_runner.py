@@ -352,7 +352,7 @@ def run_case(case, module, config, recorder, submission, np):
     target = None
     if case.get("probe"):
         with np.load(os.path.join(config["cases_dir"], case["probe"]), allow_pickle=False) as npz:
-            target = npz["target"]
+            target = npz["in.G_SS"]
     recorder.start(target)
     t0 = time.perf_counter()
     try:

@@ -158,11 +158,18 @@ def command(how: str, argv: list[str], workdir: Path, root: Path, hidden: list[s
             if how == "root" and os.path.exists("/usr/bin/setpriv") else [])
     env = ["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", "OPENBLAS_NUM_THREADS=1",
            "OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1", "HOME=/tmp"]
-    lines.append("exec chroot \"$R\" " + " ".join(q(a) for a in env + drop + argv))
+    # not exec: the worker must not be PID 1 of the namespace, which ignores its own fatal signals;
+    # the shell reports a death by signal N as exit status 128 + N (grade.py reads it back).
+    lines.append("chroot \"$R\" " + " ".join(q(a) for a in env + drop + argv) + " && exit 0 || exit $?")
     flags = ["--mount", "--pid", "--fork", "--kill-child", "--net", "--ipc", "--uts", "--propagation", "private"]
     if how == "userns":
         flags = ["--user", "--map-root-user"] + flags
     return ["unshare", *flags, "--", "/bin/sh", "-c", "\n".join(lines)]
+
+
+def exit_status(how: str, rc: int) -> int:
+    """The worker's exit status as subprocess reports it (negative: killed by that signal)."""
+    return 128 - rc if how != "audit" and 128 < rc < 128 + 65 else rc
 
 
 def prepare_workdir(workdir: Path, writable: list[Path], how: str) -> None:

@@ -240,7 +240,7 @@ def _write_inputs(work: Path, student: Path, items: list) -> list[str]:
         np.savez(work / "cases" / f"{key}.npz", **arrays)
         target = _cholesky_target(op, args)
         if target is not None:
-            np.savez(work / "cases" / f"{key}.probe.npz", target=target)
+            np.savez(work / "cases" / f"{key}.probe.npz", **{"in.G_SS": target})
         index.append({"key": key, "operation": op, "positional": list(positional), "arguments": arguments,
                       "outputs": [name for name, _ in oracle.OUTPUTS[op]], "file": f"{key}.npz",
                       "probe": None if target is None else f"{key}.probe.npz"})
@@ -413,7 +413,7 @@ def _watch(work: Path, config: Path, progress: Path, timeout: float, guard: dict
                 rc = None
             read()
             if rc is not None:
-                outcome = state["outcome"] or _describe_exit(rc, work / "worker.log")
+                outcome = state["outcome"] or _describe_exit(_sandbox.exit_status(how, rc), work / "worker.log")
                 break
             if time.monotonic() - state["phase"] > state["limit"]:
                 _kill(proc)
@@ -647,7 +647,12 @@ def _groups(failures: list) -> list[list]:
     """Failures in dependency order, cases of one operation with the same diagnosis together."""
     groups, index = [], {}
     for c in failures:
-        key = (c.operation, c.kind, c.pattern) if (c.pattern or c.kind in ("cholesky", "warning", "zeros")) else id(c)
+        if c.pattern or c.kind in ("cholesky", "warning", "zeros"):
+            key = (c.operation, c.kind, c.pattern)
+        elif c.kind in ("error", "run"):
+            key = (c.operation, c.kind, c.message)
+        else:
+            key = id(c)
         if key in index:
             groups[index[key]].append(c)
         else:
@@ -660,7 +665,7 @@ def _task_lines(s: TaskScore, verbose: bool) -> list[str]:
     lines = []
     if s.not_implemented:
         lines.append(f"     {s.not_implemented} case(s) not implemented yet (NotImplementedError or missing)")
-    groups = _groups(s.failures)
+    groups = [[c] for c in s.failures] if verbose else _groups(s.failures)
     for group in groups[: None if verbose else 3]:
         c = group[0]
         if len(group) >= 3 and not verbose:
