@@ -67,6 +67,43 @@ def honest_source() -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def honest_course_source() -> str:
+    """The course's extra functions written out plainly: reference/downdate.py with its loops named
+    *_fast, a constructed input for Unit 2 and the questions' numbers (computed here, as a student
+    computes them with their own functions)."""
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import units
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    src = (_reference_dir() / "downdate.py").read_text()
+    lines = src.splitlines()
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.ImportFrom) and (node.level or node.module == "__future__"):
+            for i in range(node.lineno - 1, node.end_lineno):
+                lines[i] = ""
+    src = "\n".join(lines)
+    for name in ("prune_columns", "prune_heads", "prune_channels"):
+        src = src.replace(f"def {name}(", f"def {name}_fast(")
+    answers = {q: float(f()) for q, f in units.QUESTIONS.items()}
+    return f"""
+# ---- reference/downdate.py, its loops renamed *_fast
+{src}
+
+def gcd_counterexample():
+    # one head of near-copies of one signal: each column alone looks cheap, the head is not
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 16))
+    X[:, 4:8] = 1.5 * rng.standard_normal((512, 1)) + 0.05 * rng.standard_normal((512, 4))
+    W = rng.standard_normal((8, 16))
+    W[:, 4:8] = 3.0 * np.abs(rng.standard_normal((8, 4)))
+    return W, hessian(X), 4
+
+
+ANSWERS = {answers!r}
+"""
+
+
 def _submission(tmp_path, name, extra="", *, base=True) -> Path:
     """A submission file: the honest module (base=True) followed by `extra`, or `extra` alone."""
     path = tmp_path / name

@@ -33,6 +33,11 @@ PROPERTY = {
     "prune_channels": "the channels chosen or the compensated weights differ from spec §4.2",
     "ipr_ratios": "the per-layer ratios differ from Eq. 6 and its strategies (spec §5.2)",
     "ipr_for_target": "the endpoints do not give the target mean (spec §5.4)",
+    "answers": "the number differs from the one the question's recipe gives (README.md, the unit's questions)",
+    "gcd_counterexample": "the input does not show the grouped Cholesky changing the choice (spec §3.1-3.2)",
+    "remove_set": "W or the downdated H^-1 differs from removing the set at once (spec §3.4, Eqs. 3-4 for a set)",
+    "prune_heads_fast": "the fast loop must give exactly what prune_heads gives (spec §3.4)",
+    "prune_channels_fast": "the fast loop must give exactly what prune_channels gives (spec §3.4)",
 }
 
 # pattern -> (level 1: what the output shows, level 2: why, level 3: the step)

@@ -45,6 +45,7 @@ import numpy as np
 import _diagnose
 import _sandbox
 import course_cases
+import units
 from slimgpt import oracle
 from slimgpt.reference.damping import NotPositiveDefiniteError, cholesky_inverse, prepare_hessian, retry_with_damping
 
@@ -64,7 +65,14 @@ TASKS = [
     (4, "Batched greedy head pruning (Algorithm 1)", ["prune_heads"], 20),
     (5, "Dynamic Group Size and channel pruning", ["dgs_group_sizes", "prune_channels"], 20),
     (6, "Incremental Pruning Ratio (Eq. 6)", ["ipr_ratios", "ipr_for_target"], 10),
+    # the course's units (units.py): questions, a constructed input, the fast algorithm
+    (7, "Unit 1 questions (ANSWERS 1.x)", ["answers.q1."], 15),
+    (8, "Unit 2: when the grouped Cholesky matters, questions", ["gcd_counterexample", "answers.q2."], 15),
+    (9, "Unit 3 questions (ANSWERS 3.x)", ["answers.q3."], 10),
+    (10, "One inverse, then exact set downdates (spec §3.4)", ["remove_set", "prune_heads_fast",
+                                                               "prune_channels_fast"], 30),
 ]
+ASSIGNMENT = [1, 2, 3, 4, 5, 6]   # what a plain `grade.py SUBMISSION` grades: 100 points
 
 # Operations whose compensating cases must use the Cholesky form (spec §2.3).
 CHOLESKY_OPS = ("prune_columns", "prune_columns_cholesky")
@@ -72,6 +80,7 @@ CHOLESKY_OPS = ("prune_columns", "prune_columns_cholesky")
 # columns the reference zeroes (removed columns, dead inputs) must be exactly zero.
 WEIGHT_OUTPUTS = ("W_new",)
 HINT_LEVELS = (0, 1, 2, 3)
+units.register()
 
 CHOLESKY_HINT = ("spec §2.3: the factor of the reordered H^-1 must carry the result; a Cholesky whose "
                  "result is not used, or the explicit inverse with rank-1 downdates, does not count")
@@ -109,8 +118,14 @@ class TaskScore:
     cases: list = None  # every GradedCase of the task
 
 
-def task_operations(tasks=None) -> list[str]:
-    return [op for number, _, ops, _ in TASKS if not tasks or number in tasks for op in ops]
+def task_operations(tasks) -> list[str]:
+    """The operations of these tasks (an entry "answers.q1." stands for the operation answers)."""
+    return list(dict.fromkeys(op.split(".")[0] for number, _, ops, _ in TASKS if number in tasks for op in ops))
+
+
+def _in_task(case_id: str, op: str, task_ops: list[str]) -> bool:
+    """A case belongs to a task by its operation, or (questions) by the prefix of its id."""
+    return any(case_id.startswith(t) if "." in t else op == t for t in task_ops)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,8 +143,11 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
     if student.suffix != ".py":
         raise GradingError(f"{student}: not a .py file")
     how = _sandbox.mode() if isolation == "auto" else "audit"
+    tasks = tasks or ASSIGNMENT
     ops = task_operations(tasks)
-    extra = [c for c in course_cases.build() if c.operation in ops]
+    chosen = [t for number, _, t, _ in TASKS if number in tasks]
+    extra = [c for c in course_cases.build() + units.build(ops)
+             if any(_in_task(c.id, c.operation, t) for t in chosen)]
     with tempfile.TemporaryDirectory(prefix="slimgpt-grade-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
@@ -157,7 +175,7 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
         else:
             # the expected outputs are made only after the worker has ended
             expected_dirs = [Path(tempfile.mkdtemp(dir=tmp, prefix="expected-course-"))]
-            oracle.export(expected_dirs[0], cases=extra)
+            oracle.export(expected_dirs[0], cases=extra, reference=units.REFERENCE)
             if cases_dir is None:
                 expected_dirs.append(Path(tempfile.mkdtemp(dir=tmp, prefix="expected-")))
                 oracle.export(expected_dirs[-1], cases=cases)
@@ -175,9 +193,11 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
     result = GradeResult(str(student), "float64", results, worker["load_error"] or "", _sandbox.describe(how))
     scores = []
     for number, title, task_ops, points in TASKS:
-        if tasks and number not in tasks:
+        if number not in tasks:
             continue
-        mine = sorted((c for c in results if c.operation in task_ops), key=lambda c: task_ops.index(c.operation))
+        order = [t.split(".")[0] for t in task_ops]
+        mine = sorted((c for c in results if _in_task(c.id, c.operation, task_ops)),
+                      key=lambda c: order.index(c.operation))
         passed = sum(c.status == oracle.PASS for c in mine)
         scores.append(TaskScore(number, title, passed, len(mine), points * passed / max(len(mine), 1), points,
                                 [c for c in mine if c.status == oracle.FAIL] if not result.load_error else [],
@@ -529,6 +549,14 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
     except (OSError, ValueError) as e:
         res.status, res.message, res.kind = oracle.FAIL, f"the worker's result for this case is unreadable ({e})", "run"
         return res
+    if op == "gcd_counterexample":  # any valid input with the property counts
+        names = [o["name"] for o in entry["outputs"]]
+        missing = [n for n in names if f"out.{n}" not in data]
+        msg = (f"{', '.join(missing)}: missing from the result" if missing
+               else units.counterexample_problem(*(data[f"out.{n}"] for n in names)))
+        if msg:
+            res.status, res.message, res.kind = oracle.FAIL, msg, "output"
+        return res
     output_msgs, zero_msgs, abs_errs, rel_errs = [], [], [], []
     got = {}
     for o in entry["outputs"]:
@@ -681,7 +709,8 @@ def _task_lines(s: TaskScore, verbose: bool) -> list[str]:
     return lines
 
 
-def report(points, max_points, scores, verbose=False, load_error: str = "", isolation: str = "") -> str:
+def report(points, max_points, scores, verbose=False, load_error: str = "", isolation: str = "",
+           unit: int | None = None) -> str:
     lines = [f"isolation: {isolation}"] if isolation else []
     lines += [load_error, ""] if load_error else []
     for s in scores:
@@ -689,8 +718,10 @@ def report(points, max_points, scores, verbose=False, load_error: str = "", isol
         lines.append(f"{mark}Task {s.number}: {s.title:<48} {s.passed:3d}/{s.total:<3d} cases  "
                      f"{s.points:5.1f}/{s.max_points} points")
         lines += _task_lines(s, verbose)
-    if max_points == 100:
+    if [s.number for s in scores] == ASSIGNMENT:
         lines.append(f"\nscore: {points:.1f} / 100")
+    elif unit is not None:
+        lines.append(f"\nscore: {points:.1f} / {max_points} points (unit {unit}: {units.UNITS[unit][0]})")
     else:
         graded = ", ".join(str(s.number) for s in scores)
         lines.append(f"\nscore: {points:.1f} / {max_points} points (task{'s' if len(scores) > 1 else ''} {graded} only)")
@@ -713,6 +744,7 @@ def main(argv=None) -> int:
     p.add_argument("student", help="path to the student's .py file")
     p.add_argument("--cases", help="an exported oracle directory (default: the cases are built here)")
     p.add_argument("--task", type=int, action="append", help="grade only this task number (repeatable)")
+    p.add_argument("--unit", type=int, help="grade one unit of the course (README.md): its tasks and questions")
     p.add_argument("--pass-score", type=float, default=100.0,
                    help="exit 0 at or above this percentage of the graded points (default 100)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
@@ -729,6 +761,11 @@ def main(argv=None) -> int:
     try:
         if args.task and not set(args.task) <= known:
             raise GradingError(f"no task {sorted(set(args.task) - known)}; the tasks are {sorted(known)}")
+        if args.unit is not None and args.unit not in units.UNITS:
+            raise GradingError(f"no unit {args.unit}; the units are {sorted(units.UNITS)}")
+        if args.unit is not None and args.task:
+            raise GradingError("give --unit or --task, not both")
+        tasks = units.UNITS[args.unit][1] if args.unit is not None else args.task
         if not args.timeout > 0:
             raise GradingError(f"--timeout must be positive, got {args.timeout:g}")
         if args.hints not in HINT_LEVELS:
@@ -737,12 +774,12 @@ def main(argv=None) -> int:
             raise GradingError(f"{args.cases}: no such directory (export one with `slimgpt oracle export DIR`)")
         if args.gradescope is not None and not Path(args.gradescope).resolve().parent.is_dir():
             raise GradingError(f"{args.gradescope}: its folder does not exist")
-        points, max_points, scores, result = grade(args.student, args.cases, args.task, args.timeout,
+        points, max_points, scores, result = grade(args.student, args.cases, tasks, args.timeout,
                                                    args.hints, args.isolation)
     except GradingError as e:
         print(f"grade.py: error: {e}", file=sys.stderr)
         return 2
-    print(report(points, max_points, scores, args.verbose, result.load_error, result.isolation))
+    print(report(points, max_points, scores, args.verbose, result.load_error, result.isolation, args.unit))
     if args.gradescope:
         tmp = Path(args.gradescope).with_name(Path(args.gradescope).name + ".tmp")
         tmp.write_text(json.dumps(gradescope(points, max_points, scores, result), indent=1))
