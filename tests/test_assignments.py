@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -145,6 +146,14 @@ def test_honest_implementation_scores_exactly_100(golden, tmp_path):
     assert out.count("ok Task") == 6 and "FAIL" not in out and "Traceback" not in out
 
 
+def test_honest_course_solution_earns_every_unit_point(golden, tmp_path):
+    path = tmp_path / "course.py"
+    path.write_text(honest_source() + honest_course_source())
+    rc, out = _grade(path, golden, "--task", "7", "--task", "8", "--task", "9", "--task", "10")
+    assert rc == 0, out
+    assert "score: 70.0 / 70 points (tasks 7, 8, 9, 10 only)" in out and "FAIL" not in out
+
+
 def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
     """The block form (slimgpt.reference.downdate.remove_set: factor G[S, S] alone, with SciPy)
     is an honest Cholesky form too."""
@@ -169,10 +178,32 @@ def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
 
 
 def test_skeleton_scores_0_and_says_not_implemented(golden):
-    rc, out = _grade(SKELETON, golden)
+    rc, out = _grade(SKELETON, golden, *[a for n in range(1, 11) for a in ("--task", str(n))])
     assert rc == 1, out
-    assert "score: 0.0 / 100" in out
-    assert "not implemented yet" in out and "Traceback" not in out
+    assert "score: 0.0 / 170 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 only)" in out
+    assert out.count("not implemented yet") == 10 and "Traceback" not in out
+
+
+# Steps a skeleton docstring or a level-0 hint must not give away (the student derives them).
+STEPS = [r"2\s*X\^?T\s*X", r"/\s*U\[i,\s*i\]", r"L_j\[k,\s*k\]", r"\(T\s*-\s*512\)", r"log\(i\s*\+\s*1\)",
+         r"\+inf", r"by the identity", r"lgamma", r"outer", r"n_seen \* H", r"G\[q,\s*q\]", r"argsort", r"argmin",
+         r"mean\(diag", r"// \(n_heads", r"chol\(G\["]
+
+
+def test_skeleton_and_level_0_hints_give_no_steps():
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import _diagnose
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    texts = {"student.py": SKELETON.read_text()}
+    texts.update({f"level-0 hint of {op}": _diagnose.hint(op, pattern, 0)
+                  for op in _diagnose.PROPERTY for pattern in [None, *_diagnose.PATTERNS]})
+    for where, text in texts.items():
+        for step in STEPS:
+            assert not re.search(step, text), f"{where} gives away a step: {step}"
+    # the higher levels do say more, and level 3 gives the step
+    assert re.search(r"L_j\[k, k\]", _diagnose.hint("head_errors", "summed_single", 3))
 
 
 def test_skeleton_has_every_reference_operation_with_a_paper_citation():
@@ -642,7 +673,7 @@ def test_crash_in_a_function_fails_its_cases_only(golden, tmp_path):
     """)
     rc, out = _grade(crash, golden, "--task", "1", "--task", "6", "-v")
     assert rc == 1
-    assert "FAIL hessian.basic" in out and "died (killed by SIGSEGV)" in out
+    assert "FAIL hessian.basic" in out and "died (killed by SIGSEGV" in out, out
     assert "ok Task 6" in out and "Traceback" not in out
 
 
@@ -658,11 +689,60 @@ def test_grader_exports_its_own_cases(tmp_path):
     assert "ok Task 6" in out and "score: 10.0 / 10 points (task 6 only)" in out
 
 
+def _check_gradescope(results: dict) -> None:
+    """Gradescope's autograder results format: a total score and a list of tests, each with a name,
+    a score, a max_score and an output (gradescope-autograders.readthedocs.io, "specs")."""
+    assert isinstance(results["score"], float) and isinstance(results["tests"], list)
+    for t in results["tests"]:
+        assert isinstance(t["name"], str) and isinstance(t["output"], str)
+        assert isinstance(t["score"], (int, float)) and isinstance(t["max_score"], (int, float))
+        assert 0 <= t["score"] <= t["max_score"]
+    assert abs(sum(t["score"] for t in results["tests"]) - results["score"]) < 1e-6
+
+
+def test_run_autograder_writes_gradescope_results(tmp_path):
+    """autograder/run_autograder in a Gradescope-like folder: the honest solution's Unit 3 earns
+    every point, one test per task; a submission of two files is one line and score 0."""
+    root = tmp_path / "autograder"
+    (root / "source").mkdir(parents=True)
+    (root / "source" / "slimgpt").symlink_to(ROOT)
+    (root / "source" / "UNIT").write_text("3\n")
+    (root / "submission").mkdir()
+    (root / "submission" / "mine.py").write_text(honest_source() + honest_course_source())
+    env = dict(ENV, AUTOGRADER=str(root), PYTHON=sys.executable)
+    script = ROOT / "autograder" / "run_autograder"
+    subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
+    results = json.loads((root / "results" / "results.json").read_text())
+    _check_gradescope(results)
+    assert results["score"] == 20.0 and [t["max_score"] for t in results["tests"]] == [10, 10]
+    assert [t["name"] for t in results["tests"]] == ["Task 6: Incremental Pruning Ratio (Eq. 6)",
+                                                     "Task 9: Unit 3 questions (ANSWERS 3.x)"]
+    assert "isolation:" in results["output"]
+    (root / "submission" / "other.py").write_text("")
+    subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
+    results = json.loads((root / "results" / "results.json").read_text())
+    assert results == {"score": 0.0, "output": "submit exactly one .py file (found 2)", "tests": []}
+
+
+def test_gradescope_output_lists_failures_per_task(golden, tmp_path):
+    out_json = tmp_path / "results.json"
+    rc, out = _grade(SKELETON, golden, "--task", "1", "--task", "8", "--gradescope", str(out_json))
+    assert rc == 1 and "score: 0.0 / 25 points (tasks 1, 8 only)" in out  # plain text stays on stdout
+    results = json.loads(out_json.read_text())
+    _check_gradescope(results)
+    assert results["score"] == 0.0 and [t["max_score"] for t in results["tests"]] == [10, 15]
+    assert "not implemented yet" in results["tests"][0]["output"]
+
+
 @pytest.mark.parametrize("args, expected", [
     pytest.param(["no_such_file.py"], "no_such_file.py: no such file", id="missing_file"),
     pytest.param([str(SKELETON), "--cases", "."], "not a usable oracle export", id="not_an_export"),
     pytest.param([str(SKELETON), "--cases", "no_such_dir"], "no_such_dir: no such directory", id="missing_dir"),
-    pytest.param([str(SKELETON), "--task", "9"], "no task [9]", id="unknown_task"),
+    pytest.param([str(SKELETON), "--task", "11"], "no task [11]", id="unknown_task"),
+    pytest.param([str(SKELETON), "--unit", "5"], "no unit 5", id="unknown_unit"),
+    pytest.param([str(SKELETON), "--hints", "4"], "--hints must be one of 0, 1, 2, 3", id="bad_hint_level"),
+    pytest.param([str(SKELETON), "--gradescope", "no_dir/results.json"], "its folder does not exist",
+                 id="gradescope_folder_missing"),
 ])
 def test_bad_command_line_input_is_one_line(tmp_path, args, expected):
     proc = subprocess.run([sys.executable, str(GRADER), *args], capture_output=True, text=True, timeout=120,

@@ -236,3 +236,51 @@ def ipr_for_target(n_layers, target, first=None, strategy="log"):
     ratios : (n_layers,) float64
     """
     raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------
+# The course's units (README.md): questions, a constructed input, the fast algorithm
+
+# Units 1-3: each answer is a number you compute on the question's layer (README.md gives the
+# recipe); checked to 4 significant figures. Computing them here with your own functions is fine.
+ANSWERS = {"1.1": None, "1.2": None, "1.3": None,
+           "2.2": None, "2.3": None, "2.4": None,
+           "3.1": None, "3.2": None}
+
+
+def gcd_counterexample():
+    """Unit 2: an input on which the grouped Cholesky (Eq. 5) and the summed single-column errors
+    pick different cheapest heads.
+
+    Spec §3.1-3.2. H must be symmetric positive definite; head_dim >= 2, at least two heads.
+
+    Returns
+    -------
+    (W : (d_out, d_in) float64, H : (d_in, d_in) float64, head_dim : int)
+    """
+    raise NotImplementedError
+
+
+def remove_set(W, G, S):
+    """Unit 4: remove the columns S of W at once and downdate them out of G = H^-1.
+
+    Paper: Eqs. (3)-(4) for a set, Lemma (ii); spec §3.4. G is the current inverse (already
+    downdated for earlier sets). Output convention: G_new's rows and columns of S are those of the
+    identity matrix (they are never read again).
+
+    Returns
+    -------
+    (W_new : (d_out, d_in) float64, G_new : (d_in, d_in) float64,
+     loss : float, the Eq. (1) cost of the set as spec §3.4 defines it)
+    """
+    raise NotImplementedError
+
+
+def prune_heads_fast(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+    """Unit 4: prune_heads with one inverse and exact set downdates (spec §3.4): the same result."""
+    raise NotImplementedError
+
+
+def prune_channels_fast(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+    """Unit 4: prune_channels with one inverse and exact set downdates (spec §3.4): the same result."""
+    raise NotImplementedError
