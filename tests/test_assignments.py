@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,12 @@ def _grade(student, golden, *extra, timeout=300):
     args = [sys.executable, str(GRADER), str(student)] + (["--cases", str(golden)] if golden else []) + list(extra)
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def _grade_many(jobs: list[tuple]) -> list[tuple[int, str]]:
+    """_grade(*job) for each job, three at a time: the graders mostly wait on their workers."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(lambda job: _grade(*job), jobs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -461,13 +468,14 @@ def _reexports():
     return cases
 
 
-@pytest.mark.parametrize("how", [pytest.param(how, id=how.replace(" ", "_")) for how in _reexports()])
-def test_reexporting_slimgpt_scores_0(golden, tmp_path, how):
-    path = _submission(tmp_path, "reexport.py", _reexports()[how], base=False)
-    rc, out = _grade(path, golden)
-    assert rc == 1, out
-    assert "score: 0.0 / 100" in out
-    assert NOT_ALLOWED in out and "Traceback" not in out
+def test_reexporting_slimgpt_scores_0(golden, tmp_path):
+    attempts = _reexports()
+    runs = _grade_many([(_submission(tmp_path, f"reexport{i}.py", src, base=False), golden)
+                        for i, src in enumerate(attempts.values())])
+    for how, (rc, out) in zip(attempts, runs):
+        assert rc == 1, (how, out)
+        assert "score: 0.0 / 100" in out, how
+        assert NOT_ALLOWED in out and "Traceback" not in out, (how, out)
 
 
 # The attacks below beat the audit hook alone (run them with --isolation audit to see it); they
@@ -569,17 +577,18 @@ ATTACKS = {
 
 
 @NAMESPACES
-@pytest.mark.parametrize("name", ATTACKS)
-def test_attacks_do_not_reach_slimgpt(golden, tmp_path, name):
+def test_attacks_do_not_reach_slimgpt(golden, tmp_path):
     """Each attack either reaches nothing (the honest Hessian passes, so the file tree is the only
     thing that stopped it) or fails with a message; none reads slimgpt."""
-    rc, out = _grade(_submission(tmp_path, "attack.py", ATTACKS[name], base=False), golden, "--task", "1", "-v")
-    assert "isolation: namespaces" in out
-    assert "reached /" not in out and "found slimgpt at" not in out and "SyntaxError" not in out, out
-    if name in ("unannounced_process", "realpath_rewired"):
-        assert rc == 1 and "score: 10.0 / 10" not in out, out
-        assert "No module named 'slimgpt'" in out or "No such file or directory" in out, out
-    assert "Traceback (most recent call last):\n  File \"" + str(GRADER) not in out
+    runs = _grade_many([(_submission(tmp_path, f"{name}.py", src, base=False), golden, "--task", "1", "-v")
+                        for name, src in ATTACKS.items()])
+    for name, (rc, out) in zip(ATTACKS, runs):
+        assert "isolation: namespaces" in out, name
+        assert "reached /" not in out and "found slimgpt at" not in out and "SyntaxError" not in out, (name, out)
+        if name in ("unannounced_process", "realpath_rewired"):
+            assert rc == 1 and "score: 10.0 / 10" not in out, (name, out)
+            assert "No module named 'slimgpt'" in out or "No such file or directory" in out, (name, out)
+        assert "Traceback (most recent call last):\n  File \"" + str(GRADER) not in out, (name, out)
 
 
 def test_submission_cannot_read_the_expected_outputs(golden, tmp_path):
@@ -652,17 +661,15 @@ def test_hanging_function_is_stopped_and_reported(golden, tmp_path):
     assert "ok Task 6" in out and "Traceback" not in out  # a fresh worker ran the other tasks
 
 
-@pytest.mark.parametrize("body, expected", [
-    pytest.param("import os\nos._exit(0)\n", "the worker process ended while importing the submission (exit code 0)",
-                 id="os_exit"),
-    pytest.param("import sys\nsys.exit(3)\n", "cannot load the submission: SystemExit: 3", id="sys_exit"),
-    pytest.param("while True:\n    pass\n", "importing the submission took longer than the time limit (2 s)",
-                 id="endless_loop"),
-])
-def test_exit_or_hang_at_import_is_reported(golden, tmp_path, body, expected):
-    rc, out = _grade(_submission(tmp_path, "bye.py", body, base=False), golden, "--timeout", "2", timeout=120)
-    assert rc == 1
-    assert expected in out and "score: 0.0 / 100" in out and "Traceback" not in out
+def test_exit_or_hang_at_import_is_reported(golden, tmp_path):
+    cases = [("import os\nos._exit(0)\n", "the worker process ended while importing the submission (exit code 0)"),
+             ("import sys\nsys.exit(3)\n", "cannot load the submission: SystemExit: 3"),
+             ("while True:\n    pass\n", "importing the submission took longer than the time limit (2 s)")]
+    runs = _grade_many([(_submission(tmp_path, f"bye{i}.py", body, base=False), golden, "--timeout", "2")
+                        for i, (body, _) in enumerate(cases)])
+    for (body, expected), (rc, out) in zip(cases, runs):
+        assert rc == 1, body
+        assert expected in out and "score: 0.0 / 100" in out and "Traceback" not in out, (body, out)
 
 
 def test_crash_in_a_function_fails_its_cases_only(golden, tmp_path):

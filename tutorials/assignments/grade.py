@@ -567,6 +567,9 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
         got[name] = data[f"out.{name}"]
         tol = _tolerance(name, o, args, expected[name])
         ok, msg, ea, er = oracle.compare_output(name, o["compare"], got[name], expected[name], tol)
+        if not ok and op == "answers":  # the message would print the answer
+            msg = (f"your answer {np.ravel(got[name])[:1].tolist()} is not the question's number to 4 significant "
+                   "figures" if got[name].size == 1 else "give one number")
         if not ok:
             output_msgs.append(msg)
         elif name in WEIGHT_OUTPUTS:
