@@ -97,6 +97,7 @@ class GradedCase(oracle.CaseResult):
     hint: str = ""
     pattern: str = ""     # the diagnosed mistake (_diagnose.PATTERNS), or ""
     kind: str = ""        # "output", "cholesky", "zeros", "warning", "error", "run"
+    zeros: str = ""       # removed columns that are not exactly zero (its own assertion, per task)
 
 
 @dataclass
@@ -198,6 +199,7 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
         order = [t.split(".")[0] for t in task_ops]
         mine = sorted((c for c in results if _in_task(c.id, c.operation, task_ops)),
                       key=lambda c: order.index(c.operation))
+        mine += _zeros_case(number, mine, hints)
         passed = sum(c.status == oracle.PASS for c in mine)
         scores.append(TaskScore(number, title, passed, len(mine), points * passed / max(len(mine), 1), points,
                                 [c for c in mine if c.status == oracle.FAIL] if not result.load_error else [],
@@ -583,8 +585,8 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
         res.status, res.message, res.kind = oracle.FAIL, "\n".join(output_msgs), "output"
         res.pattern = _diagnose.diagnose(op, args, got) or ""
         return res
-    for kind, msg in [("zeros", next((m for m in zero_msgs if m), "")),
-                      ("cholesky", _cholesky_check(entry, args, data, rec)),
+    res.zeros = next((m for m in zero_msgs if m), "")  # graded once per task (_zeros_case)
+    for kind, msg in [("cholesky", _cholesky_check(entry, args, data, rec)),
                       ("warning", _warning_check(entry, args, rec))]:
         if msg:
             res.status, res.message, res.kind = oracle.FAIL, msg, kind
@@ -620,6 +622,21 @@ def _zeros_check(name: str, got: np.ndarray, expected: np.ndarray) -> str:
         return ""
     return (f"{name}: column(s) {_short_list(bad)} are removed (or dead inputs) and must be exactly 0; "
             f"max |{name}| there is {float(np.max(np.abs(got[:, bad]))):.3e}")
+
+
+def _zeros_case(task: int, cases: list, hints: int) -> list:
+    """One assertion per task with weight outputs: every removed column (and dead input) is exactly
+    zero, in every case whose values passed. [] when the task has no such case."""
+    weighty = [c for c in cases if c.status == oracle.PASS and oracle.OUTPUTS[c.operation][0][0] in WEIGHT_OUTPUTS]
+    if not weighty:
+        return []
+    res = GradedCase(f"task{task}.removed_columns_exactly_zero", weighty[0].operation, oracle.PASS)
+    bad = [c for c in weighty if c.zeros]
+    if bad:
+        res.status, res.kind, res.hint = oracle.FAIL, "zeros", _hint_text(GradedCase("", "", "", kind="zeros"), hints)
+        res.message = "\n".join([f"{c.id}: {c.zeros}" for c in bad[:3]]
+                                 + ([f"... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
+    return [res]
 
 
 def _short_list(values: list, n: int = 8) -> str:
