@@ -151,6 +151,8 @@ def test_honest_implementation_scores_exactly_100(golden, tmp_path):
     assert rc == 0, out
     assert "score: 100.0 / 100" in out
     assert out.count("ok Task") == 6 and "FAIL" not in out and "Traceback" not in out
+    # a copy of the reference is not graded down, but the instructor is told
+    assert "function(s) are near-verbatim copies of slimgpt's reference" in out
 
 
 def test_honest_course_solution_earns_every_unit_point(golden, tmp_path):
@@ -186,6 +188,7 @@ def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
 
 def test_skeleton_scores_0_and_says_not_implemented(golden):
     rc, out = _grade(SKELETON, golden, *[a for n in range(1, 11) for a in ("--task", str(n))])
+    assert "near-verbatim copies" not in out
     assert rc == 1, out
     assert "score: 0.0 / 170 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 only)" in out
     assert out.count("not implemented yet") == 10 and "Traceback" not in out

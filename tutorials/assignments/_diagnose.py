@@ -262,7 +262,8 @@ def _selection(kind):
         if kind == "no_quota":
             if args.get("head_groups") is None:
                 return False
-            _, heads = reference.prune_heads(W, H, args["n_prune"], args["head_dim"], percdamp=args.get("percdamp", 0.0))
+            _, heads = reference.prune_heads(W, H, args["n_prune"], args["head_dim"],
+                                             percdamp=args.get("percdamp", 0.0))
             return _same_set(got["pruned_heads"], heads)
         return False
     return check

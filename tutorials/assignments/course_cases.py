@@ -5,7 +5,8 @@ do not separate from a plausible mistake.
   (spec §2.4); damping first, or the mean of the raw diagonal, gives other weights;
 - compensate=False still downdates H between greedy iterations (spec §2.2), so the selection
   differs from one made on the full H every time;
-- ties: heads go to the lowest index (spec §3.3), channels by a stable sort (spec §4.2).
+- ties: heads go to the lowest index (spec §3.3), channels by a stable sort (spec §4.2);
+- hidden cases: schedules whose expected values the report never prints.
 
 Each builder checks, when the case is built, that the mistake it targets really gives another
 answer, so a case that cannot fail is never graded. The expected outputs come from
@@ -25,7 +26,18 @@ DEAD_DAMPING = 0.1   # large, so that the mean with and without the dead inputs'
 
 
 def build() -> list[Case]:
-    return _dead_damped() + _no_compensate_downdates() + _ties()
+    return _dead_damped() + _no_compensate_downdates() + _ties() + _hidden()
+
+
+def _hidden() -> list[Case]:
+    """Cases whose expected values the report never prints (tag "hidden"), so that outputs
+    harvested from failure messages and returned from a lookup table do not pass."""
+    cases = [Case(f"dgs_group_sizes.hidden_{i}", "dgs_group_sizes", {"n_prune": T}, "a schedule not in the spec's table",
+                  ["schedule", "hidden", "course"]) for i, T in enumerate((3001, 4444, 9000))]
+    cases += [Case(f"ipr_ratios.hidden_{i}", "ipr_ratios", {"n_layers": n, "first": a, "last": b, "strategy": s},
+                   "a schedule not among the other cases", ["schedule", "hidden", "course"])
+              for i, (n, a, b, s) in enumerate([(24, 0.1, 0.4, "log"), (17, 0.05, 0.3, "linear-decrease")])]
+    return cases
 
 
 def _differs(a, b) -> bool:

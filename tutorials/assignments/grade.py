@@ -23,6 +23,8 @@ The expected outputs come from slimgpt.reference (float64); see docs/oracle.md f
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -46,11 +48,12 @@ import _diagnose
 import _sandbox
 import course_cases
 import units
-from slimgpt import oracle
+from slimgpt import oracle, reference
 from slimgpt.reference.damping import NotPositiveDefiniteError, cholesky_inverse, prepare_hessian, retry_with_damping
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_runner.py"
+REFERENCE_DIR = Path(reference.__file__).parent
 REPOSITORY = HERE.parents[1]
 DEFAULT_TIMEOUT = 60.0          # seconds per call (and for importing the submission)
 STARTUP_ALLOWANCE = 60.0        # seconds for the worker to start Python and import NumPy/SciPy
@@ -104,6 +107,7 @@ class GradedCase(oracle.CaseResult):
 class GradeResult(oracle.CheckResult):
     load_error: str = ""   # set when nothing could be graded (the submission did not load)
     isolation: str = ""
+    note: str = ""         # for the instructor (copied_functions)
 
 
 @dataclass
@@ -205,6 +209,30 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
                                 [c for c in mine if c.status == oracle.FAIL] if not result.load_error else [],
                                 sum(c.status == oracle.NOT_IMPLEMENTED for c in mine), mine))
     return sum(s.points for s in scores), sum(s.max_points for s in scores), scores, result
+
+
+def copied_functions(student: Path) -> list[str]:
+    """The submission's functions whose code (docstrings and comments aside) is a near-verbatim copy
+    of a function of slimgpt.reference: reported for the instructor, not graded."""
+    def bodies(source: str) -> dict[str, str]:
+        out = {}
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef):
+                body = node.body[1:] if (node.body and isinstance(node.body[0], ast.Expr)
+                                         and isinstance(node.body[0].value, ast.Constant)) else node.body
+                text = "\n".join(ast.unparse(b) for b in body)
+                if text.count("\n") >= 4:  # a few lines are alike by necessity
+                    out[node.name] = text
+        return out
+
+    try:
+        mine = bodies(student.read_text(errors="replace"))
+    except (SyntaxError, ValueError, OSError):
+        return []
+    theirs = [b for f in sorted(REFERENCE_DIR.glob("*.py")) for b in bodies(f.read_text()).values()]
+    return [name for name, body in mine.items()
+            if any(difflib.SequenceMatcher(None, body, ref, autojunk=False).ratio() >= 0.9
+                   for ref in theirs if abs(len(ref) - len(body)) < 0.2 * len(ref))]
 
 
 def _export_args(args: dict) -> dict:
@@ -572,6 +600,8 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
         if not ok and op == "answers":  # the message would print the answer
             msg = (f"your answer {np.ravel(got[name])[:1].tolist()} is not the question's number to 4 significant "
                    "figures" if got[name].size == 1 else "give one number")
+        elif not ok and "hidden" in entry.get("tags", []):
+            msg = f"{name}: differs from the expected value (a hidden case: its values are not shown)"
         if not ok:
             output_msgs.append(msg)
         elif name in WEIGHT_OUTPUTS:
@@ -744,7 +774,8 @@ def report(points, max_points, scores, verbose=False, load_error: str = "", isol
         lines.append(f"\nscore: {points:.1f} / {max_points} points (unit {unit}: {units.UNITS[unit][0]})")
     else:
         graded = ", ".join(str(s.number) for s in scores)
-        lines.append(f"\nscore: {points:.1f} / {max_points} points (task{'s' if len(scores) > 1 else ''} {graded} only)")
+        plural = "s" if len(scores) > 1 else ""
+        lines.append(f"\nscore: {points:.1f} / {max_points} points (task{plural} {graded} only)")
     return "\n".join(lines)
 
 
@@ -754,7 +785,7 @@ def gradescope(points, max_points, scores, result: GradeResult) -> dict:
               "max_score": s.max_points, "status": "passed" if s.passed == s.total else "failed",
               "output": "\n".join([f"{s.passed}/{s.total} cases passed"] + _task_lines(s, verbose=True)),
               "visibility": "visible"} for s in scores]
-    output = "\n".join(x for x in (f"isolation: {result.isolation}", result.load_error) if x)
+    output = "\n".join(x for x in (f"isolation: {result.isolation}", result.load_error, result.note) if x)
     return {"score": round(points, 4), "output": output, "visibility": "visible",
             "stdout_visibility": "hidden", "tests": tests}
 
@@ -774,7 +805,8 @@ def main(argv=None) -> int:
                         "2 why, 3 the step")
     p.add_argument("--gradescope", metavar="RESULTS_JSON", help="also write Gradescope's results.json here")
     p.add_argument("--isolation", choices=("auto", "audit"), default="auto",
-                   help="auto: a private file tree (namespaces) where the machine allows it; audit: the audit hook only")
+                   help="auto: a private file tree (namespaces) where the machine allows it; "
+                        "audit: the audit hook only")
     p.add_argument("-v", "--verbose", action="store_true", help="show every failure")
     args = p.parse_args(argv)
     known = {number for number, *_ in TASKS}
@@ -799,7 +831,13 @@ def main(argv=None) -> int:
     except GradingError as e:
         print(f"grade.py: error: {e}", file=sys.stderr)
         return 2
+    copied = copied_functions(Path(args.student))
+    result.note = (f"note: {len(copied)} function(s) are near-verbatim copies of slimgpt's reference "
+                   f"({', '.join(copied[:6])}{', ...' if len(copied) > 6 else ''}); not graded down, but an "
+                   "instructor may ask how they were written") if copied else ""
     print(report(points, max_points, scores, args.verbose, result.load_error, result.isolation, args.unit))
+    if result.note:
+        print(result.note)
     if args.gradescope:
         tmp = Path(args.gradescope).with_name(Path(args.gradescope).name + ".tmp")
         tmp.write_text(json.dumps(gradescope(points, max_points, scores, result), indent=1))
