@@ -361,9 +361,10 @@ def test_a_damping_warning_without_a_retry_fails(golden, tmp_path):
 
 
 def test_wrong_variants_of_the_spec_fail_with_a_diagnosis(golden, tmp_path):
-    """Four mistakes at once, each in a function no other one calls: a naive prune_columns with one
-    discarded Cholesky of G[S, S]; damping before the dead-input fix; compensate=False without the H
-    downdate; channel ties to the highest index. Each fails its own cases, with a diagnosed hint."""
+    """Five mistakes at once, each in a function the others' cases do not depend on: a naive
+    prune_columns with one discarded Cholesky of G[S, S]; a naive prune_columns_cholesky with a trace
+    of the factor added far below the tolerance; damping before the dead-input fix; compensate=False
+    without the H downdate; channel ties to the highest index. Each fails its own cases."""
     wrong = _submission(tmp_path, "variants.py", """
         _honest_naive, _honest_heads, _honest_channels = prune_columns_naive, prune_heads, prune_channels
 
@@ -376,6 +377,23 @@ def test_wrong_variants_of_the_spec_fail_with_a_diagnosis(golden, tmp_path):
             if S.size:
                 np.linalg.cholesky(np.linalg.inv(H1)[np.ix_(S, S)])   # computed, then thrown away
             return _honest_naive(W, H, columns, percdamp=percdamp)
+
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            # Eqs. (3)-(4) one column at a time, plus a trace of a factor far below any tolerance
+            W, G = np.array(W, dtype=float), np.array(Hinv, dtype=float)
+            S = np.asarray(columns, dtype=np.int64)
+            K = np.setdiff1d(np.arange(W.shape[1]), S) if survivors is None else np.asarray(survivors)
+            idx = np.concatenate([S, K])
+            Wk, Gk, losses = W[:, idx], G[np.ix_(idx, idx)], []
+            for i in range(S.size):
+                losses.append(float(np.sum(Wk[:, i] ** 2) / Gk[i, i]))
+                Wk = Wk - np.outer(Wk[:, i] / Gk[i, i], Gk[i, :])
+                Gk = Gk - np.outer(Gk[:, i], Gk[i, :]) / Gk[i, i]
+            W[:, idx] = Wk
+            W[:, S] = 0.0
+            if S.size:
+                W[:, K] += 1e-300 * np.linalg.cholesky(G[np.ix_(S, S)])[0, 0]
+            return W, np.array(losses)
 
         def prune_columns_naive(W, H, columns, *, percdamp=0.0):
             H = np.asarray(H, dtype=float)
@@ -404,8 +422,8 @@ def test_wrong_variants_of_the_spec_fail_with_a_diagnosis(golden, tmp_path):
     rc, out = _grade(wrong, golden, "--task", "2", "--task", "4", "--task", "5", "--hints", "1", "-v")
     assert rc == 1
     failed = set(re.findall(r"FAIL (\S+)", out))
-    assert {"prune_columns.single", "prune_columns.dead_damped", "prune_columns_naive.dead_damped",
-            "prune_heads.no_compensate_downdates", "prune_channels.ties"} <= failed, out
+    assert {"prune_columns.single", "prune_columns_cholesky.single", "prune_columns.dead_damped",
+            "prune_columns_naive.dead_damped", "prune_heads.no_compensate_downdates", "prune_channels.ties"} <= failed, out
     assert "prune_columns_naive.damped" not in failed and "prune_heads.basic" not in failed
     assert "factorised G[S, S] but its result does not reach W_new" in out
     assert "hint: your result matches damping H before the dead inputs were handled" in out

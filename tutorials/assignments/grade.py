@@ -616,7 +616,9 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
         res.pattern = _diagnose.diagnose(op, args, got) or ""
         return res
     res.zeros = next((m for m in zero_msgs if m), "")  # graded once per task (_zeros_case)
-    for kind, msg in [("cholesky", _cholesky_check(entry, args, data, rec)),
+    first = entry["outputs"][0]
+    for kind, msg in [("cholesky", _cholesky_check(entry, args, data, rec,
+                                                   _tolerance(first["name"], first, args, expected[first["name"]]))),
                       ("warning", _warning_check(entry, args, rec))]:
         if msg:
             res.status, res.message, res.kind = oracle.FAIL, msg, kind
@@ -673,7 +675,7 @@ def _short_list(values: list, n: int = 8) -> str:
     return str(values) if len(values) <= n else f"[{', '.join(map(str, values[:n]))}, ... ({len(values)} in all)]"
 
 
-def _cholesky_check(entry: dict, args: dict, data: dict, rec: dict) -> str:
+def _cholesky_check(entry: dict, args: dict, data: dict, rec: dict, tol: dict) -> str:
     """'' when a factorisation of G[S, S] (S in the given order, as the leading block) happened and
     its result reached the output (the probe run with that factor perturbed changed the result), or
     when the case needs no factorisation; the failure message otherwise."""
@@ -688,7 +690,11 @@ def _cholesky_check(entry: dict, args: dict, data: dict, rec: dict) -> str:
                 + (f"it factorised {seen} other matrix(es)" if seen else "it called no Cholesky at all"))
     first = oracle.OUTPUTS[op][0][0]
     probe, normal = data.get(f"probe.{first}"), data[f"out.{first}"]
-    if probe is None or probe.shape != normal.shape or np.array_equal(probe, normal):
+    # the change must exceed the output's own tolerance: a trace of the factor added below the
+    # tolerance (W + 1e-300 * L[0, 0]) is not its use
+    moved = (probe is not None and probe.shape == normal.shape
+             and np.any(np.abs(probe - normal) > tol["atol"] + tol["rtol"] * np.abs(normal)))
+    if not moved:
         return (f"{op} factorised G[S, S] but its result does not reach {first}: perturbing that factorisation "
                 f"left the output unchanged (a factor computed and discarded is not the Cholesky form)")
     return ""
