@@ -1,24 +1,29 @@
 """Grade a SlimGPT assignment: run a student's module on the golden cases, task by task.
 
 Run:
-    python tutorials/assignments/grade.py tutorials/assignments/student.py
-    python tutorials/assignments/grade.py my_solution.py --cases golden/     # reuse exported cases
-    python tutorials/assignments/grade.py my_solution.py --task 3 -v         # one task, all messages
+    python tutorials/assignments/grade.py tutorials/assignments/student.py   # Tasks 1-6, 100 points
+    python tutorials/assignments/grade.py my_solution.py --unit 2            # one unit of the course
+    python tutorials/assignments/grade.py my_solution.py --task 3 -v --hints 1
+    python tutorials/assignments/grade.py my_solution.py --gradescope results.json
 
-Prints, per task, the cases passed, the points, and for each failure what went wrong (which
-output, max error against the tolerance, which indices differed) plus a hint. Exits 0 when the
-score reaches --pass-score (default 100), 1 otherwise, 2 on bad command-line input.
+Prints, per task, the cases passed, the points, and the failures in dependency order (cases that
+show the same mistake on one line): which output, the max error against the tolerance, which
+indices differed, and a hint at --hints LEVEL chosen from what the output shows (_diagnose.py).
+Exits 0 when the score reaches --pass-score percent of the graded points (default 100), 1
+otherwise, 2 on bad command-line input (one line on stderr).
 
 How a submission is run (README.md, "How the grader runs your code"): in a separate Python
-process (_runner.py, `python -I -S`) that cannot import slimgpt or read the repository, on
-input-only copies of the cases in a fresh temporary directory; it hands back the returned arrays,
-the exceptions and the warnings, and this process compares them with the expected outputs
-(slimgpt.oracle.compare_output). Each call gets --timeout seconds; a hang or a crash of the
-worker fails the case it was running and the worker is restarted for the others. Besides the
-outputs, Task 2 checks that prune_columns and prune_columns_cholesky factor the reordered H⁻¹
-(the Cholesky form of docs/spec.md §2.3), and every case checks DampingWarning (spec §2.4).
+process (_runner.py, `python -I -S`) in a private file tree without slimgpt or the expected
+outputs where the machine allows it (_sandbox.py), guarded by an audit hook everywhere, on
+input-only copies of the cases; it hands back the returned arrays, the exceptions and the
+warnings, and this process compares them with the expected outputs (slimgpt.oracle). Each call
+gets --timeout seconds; a hang or a crash fails the case it was running and a fresh worker runs
+the others. Besides the values, Task 2 checks that the factor of the reordered H⁻¹ carries the
+result (the Cholesky form of docs/spec.md §2.3), every case checks DampingWarning (spec §2.4), and
+each task with weights checks that removed columns are exactly zero.
 
-The expected outputs come from slimgpt.reference (float64); see docs/oracle.md for the format.
+The expected outputs come from slimgpt.reference (float64): the oracle's cases (docs/oracle.md),
+the grader's own (course_cases.py) and the course's questions and operations (units.py).
 """
 from __future__ import annotations
 
