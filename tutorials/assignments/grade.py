@@ -173,6 +173,8 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
             except (oracle.OracleFormatError, KeyError, TypeError) as e:
                 raise GradingError(f"{cases_dir}: not a usable oracle export ({e})") from None
             guard_cases, digest = [str(cases_dir.resolve())], _digest(cases_dir, entries)
+        taken = {case_id for case_id, *_ in items}
+        extra = [c for c in extra if c.id not in taken]  # an oracle case of the same name supersedes ours
         items += [(c.id, c.operation, oracle.SIGNATURES[c.operation], _export_args(c.args)) for c in extra]
         keys = _write_inputs(work, student, items)
         worker = _run_worker(work, work / "submission" / student.name, keys, timeout, _guard(guard_cases, how))
