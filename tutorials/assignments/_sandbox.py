@@ -117,8 +117,11 @@ def command(how: str, argv: list[str], workdir: Path, root: Path, hidden: list[s
     q = shlex.quote
     lines = ["set -e", f"R={q(root)}", f"mount -t tmpfs -o size={TMPFS_SIZE},mode=755 tmpfs \"$R\""]
 
+    bound = []
+
     def bind(src, ro=True, dst=None):
         dst = dst or src
+        bound.append(os.path.realpath(src))
         kind = "mkdir -p" if os.path.isdir(src) else "touch"
         if not os.path.isdir(src):
             lines.append(f"mkdir -p \"$R\"{q(os.path.dirname(dst))}")
@@ -142,9 +145,11 @@ def command(how: str, argv: list[str], workdir: Path, root: Path, hidden: list[s
         cover(site)
         for e in entries:
             bind(os.path.join(site, e))
-    for path in hidden:
-        if os.path.exists(path):
-            cover(os.path.realpath(path))
+    for path in map(os.path.realpath, hidden):
+        # only what lies inside a bound folder is visible (a folder above one, e.g. a repository
+        # holding the virtual environment, stays out without covering what was bound inside it)
+        if os.path.exists(path) and any(path.startswith(b.rstrip("/") + "/") for b in bound):
+            cover(path)
     lines += ["mkdir -p \"$R\"/tmp \"$R\"/proc",
               f"mount -t tmpfs -o size={TMPFS_SIZE},mode=1777 tmpfs \"$R\"/tmp",
               "mount -t proc proc \"$R\"/proc 2>/dev/null || true",
