@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,15 @@ ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
 
 # The reference files, in dependency order, that make up a complete submission.
 REFERENCE_FILES = ["_checks.py", "damping.py", "hessian.py", "obs.py", "heads.py", "channels.py", "ipr.py"]
+
+
+def _sandbox_mode() -> str:
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import _sandbox
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    return _sandbox.mode()
 
 
 def _reference_dir() -> Path:
@@ -58,6 +69,43 @@ def honest_source() -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def honest_course_source() -> str:
+    """The course's extra functions written out plainly: reference/downdate.py with its loops named
+    *_fast, a constructed input for Unit 2 and the questions' numbers (computed here, as a student
+    computes them with their own functions)."""
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import units
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    src = (_reference_dir() / "downdate.py").read_text()
+    lines = src.splitlines()
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.ImportFrom) and (node.level or node.module == "__future__"):
+            for i in range(node.lineno - 1, node.end_lineno):
+                lines[i] = ""
+    src = "\n".join(lines)
+    for name in ("prune_columns", "prune_heads", "prune_channels"):
+        src = src.replace(f"def {name}(", f"def {name}_fast(")
+    answers = {q: float(f()) for q, f in units.QUESTIONS.items()}
+    return f"""
+# ---- reference/downdate.py, its loops renamed *_fast
+{src}
+
+def gcd_counterexample():
+    # one head of near-copies of one signal: each column alone looks cheap, the head is not
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 16))
+    X[:, 4:8] = 1.5 * rng.standard_normal((512, 1)) + 0.05 * rng.standard_normal((512, 4))
+    W = rng.standard_normal((8, 16))
+    W[:, 4:8] = 3.0 * np.abs(rng.standard_normal((8, 4)))
+    return W, hessian(X), 4
+
+
+ANSWERS = {answers!r}
+"""
+
+
 def _submission(tmp_path, name, extra="", *, base=True) -> Path:
     """A submission file: the honest module (base=True) followed by `extra`, or `extra` alone."""
     path = tmp_path / name
@@ -69,6 +117,12 @@ def _grade(student, golden, *extra, timeout=300):
     args = [sys.executable, str(GRADER), str(student)] + (["--cases", str(golden)] if golden else []) + list(extra)
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def _grade_many(jobs: list[tuple]) -> list[tuple[int, str]]:
+    """_grade(*job) for each job, three at a time: the graders mostly wait on their workers."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return list(pool.map(lambda job: _grade(*job), jobs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,6 +151,16 @@ def test_honest_implementation_scores_exactly_100(golden, tmp_path):
     assert rc == 0, out
     assert "score: 100.0 / 100" in out
     assert out.count("ok Task") == 6 and "FAIL" not in out and "Traceback" not in out
+    # a copy of the reference is not graded down, but the instructor is told
+    assert "function(s) are near-verbatim copies of slimgpt's reference" in out
+
+
+def test_honest_course_solution_earns_every_unit_point(golden, tmp_path):
+    path = tmp_path / "course.py"
+    path.write_text(honest_source() + honest_course_source())
+    rc, out = _grade(path, golden, "--task", "7", "--task", "8", "--task", "9", "--task", "10")
+    assert rc == 0, out
+    assert "score: 70.0 / 70 points (tasks 7, 8, 9, 10 only)" in out and "FAIL" not in out
 
 
 def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
@@ -119,14 +183,37 @@ def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
     """)
     rc, out = _grade(path, golden, "--task", "2")
     assert rc == 0, out
-    assert "ok Task 2" in out and "score: 100.0 / 100" in out
+    assert "ok Task 2" in out and "score: 25.0 / 25 points (task 2 only)" in out
 
 
 def test_skeleton_scores_0_and_says_not_implemented(golden):
-    rc, out = _grade(SKELETON, golden)
+    rc, out = _grade(SKELETON, golden, *[a for n in range(1, 11) for a in ("--task", str(n))])
+    assert "near-verbatim copies" not in out
     assert rc == 1, out
-    assert "score: 0.0 / 100" in out
-    assert "not implemented yet" in out and "Traceback" not in out
+    assert "score: 0.0 / 170 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 only)" in out
+    assert out.count("not implemented yet") == 10 and "Traceback" not in out
+
+
+# Steps a skeleton docstring or a level-0 hint must not give away (the student derives them).
+STEPS = [r"2\s*X\^?T\s*X", r"/\s*U\[i,\s*i\]", r"L_j\[k,\s*k\]", r"\(T\s*-\s*512\)", r"log\(i\s*\+\s*1\)",
+         r"\+inf", r"by the identity", r"lgamma", r"outer", r"n_seen \* H", r"G\[q,\s*q\]", r"argsort", r"argmin",
+         r"mean\(diag", r"// \(n_heads", r"chol\(G\["]
+
+
+def test_skeleton_and_level_0_hints_give_no_steps():
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import _diagnose
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    texts = {"student.py": SKELETON.read_text()}
+    texts.update({f"level-0 hint of {op}": _diagnose.hint(op, pattern, 0)
+                  for op in _diagnose.PROPERTY for pattern in [None, *_diagnose.PATTERNS]})
+    for where, text in texts.items():
+        for step in STEPS:
+            assert not re.search(step, text), f"{where} gives away a step: {step}"
+    # the higher levels do say more, and level 3 gives the step
+    assert re.search(r"L_j\[k, k\]", _diagnose.hint("head_errors", "summed_single", 3))
 
 
 def test_skeleton_has_every_reference_operation_with_a_paper_citation():
@@ -164,11 +251,15 @@ def test_summed_single_column_errors_fail_task_3_with_a_hint(golden, tmp_path):
             single = np.sum(np.asarray(W) ** 2, axis=0) / np.diag(Hinv)   # Eq. (4) per column
             return single.reshape(-1, head_dim).sum(axis=1)
     """)
-    rc, out = _grade(wrong, golden, "--task", "2", "--task", "3", "--task", "4")
+    rc, out = _grade(wrong, golden, "--task", "2", "--task", "3", "--task", "4", "--hints", "1")
     assert rc == 1
     assert "XX Task 3" in out and "XX Task 4" in out and "ok Task 2" in out
-    assert "FAIL head_errors.correlated_head" in out and "grouped" in out
+    # one line for the three cases that show the same mistake, diagnosed from the output
+    assert "FAIL head_errors: 3 cases show the same problem (basic, one_head, correlated_head)" in out
+    assert "hint: your head errors are the single-column errors summed over each head" in out
     assert "pruned_heads: expected indices [5, 6], got [3, 6]" in out
+    assert "hint: your heads are the ones the summed single-column errors choose" in out
+    assert "Eq. 3 downdate" not in out  # level 1 says what the output shows, not why
 
 
 def test_no_compensation_fails_task_2(golden, tmp_path):
@@ -178,10 +269,11 @@ def test_no_compensation_fails_task_2(golden, tmp_path):
         def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
             return _honest_prune_columns(W, H, columns, percdamp=percdamp, compensate=False)
     """)
-    rc, out = _grade(wrong, golden, "--task", "2")
+    rc, out = _grade(wrong, golden, "--task", "2", "--hints", "1", "-v")
     assert rc == 1
     assert "XX Task 2" in out and "FAIL prune_columns.single" in out
-    assert "W_new:" in out and "max abs err" in out and "hint: OBS" in out
+    assert "W_new:" in out and "max abs err" in out
+    assert "hint: your survivors are the input columns unchanged: nothing was compensated" in out
     assert "Task 3" not in out
 
 
@@ -225,7 +317,7 @@ def test_naive_form_does_not_earn_the_cholesky_points(golden, tmp_path):
                  "prune_columns_cholesky.single", "prune_columns_cholesky.ordered_set"):
         assert f"FAIL {case}\n" in out, case
     assert "did not use the Cholesky form" in out and "max abs err" not in out  # the numbers are right
-    assert "hint: the Cholesky form of docs/spec.md §2.3 is required" in out
+    assert "hint: spec §2.3: the factor of the reordered H^-1 must carry the result" in out
     # the naive oracle itself and the cases that need no factorisation still pass
     assert "FAIL prune_columns_naive" not in out and "FAIL prune_columns.empty" not in out
     assert "FAIL prune_columns.no_compensate" not in out and "FAIL reconstruction_error" not in out
@@ -268,6 +360,98 @@ def test_a_damping_warning_without_a_retry_fails(golden, tmp_path):
     assert "FAIL prune_columns_naive" not in out
 
 
+def test_wrong_variants_of_the_spec_fail_with_a_diagnosis(golden, tmp_path):
+    """Five mistakes at once, each in a function the others' cases do not depend on: a naive
+    prune_columns with one discarded Cholesky of G[S, S]; a naive prune_columns_cholesky with a trace
+    of the factor added far below the tolerance; damping before the dead-input fix; compensate=False
+    without the H downdate; channel ties to the highest index. Each fails its own cases."""
+    wrong = _submission(tmp_path, "variants.py", """
+        _honest_naive, _honest_heads, _honest_channels = prune_columns_naive, prune_heads, prune_channels
+
+        def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
+            W1, H1 = prepare_hessian(np.asarray(W, dtype=float), np.asarray(H, dtype=float), percdamp)
+            S = np.asarray(columns, dtype=np.int64)
+            if not compensate:
+                W1[:, S] = 0.0
+                return W1
+            if S.size:
+                np.linalg.cholesky(np.linalg.inv(H1)[np.ix_(S, S)])   # computed, then thrown away
+            return _honest_naive(W, H, columns, percdamp=percdamp)
+
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            # Eqs. (3)-(4) one column at a time, plus a trace of a factor far below any tolerance
+            W, G = np.array(W, dtype=float), np.array(Hinv, dtype=float)
+            S = np.asarray(columns, dtype=np.int64)
+            K = np.setdiff1d(np.arange(W.shape[1]), S) if survivors is None else np.asarray(survivors)
+            idx = np.concatenate([S, K])
+            Wk, Gk, losses = W[:, idx], G[np.ix_(idx, idx)], []
+            for i in range(S.size):
+                losses.append(float(np.sum(Wk[:, i] ** 2) / Gk[i, i]))
+                Wk = Wk - np.outer(Wk[:, i] / Gk[i, i], Gk[i, :])
+                Gk = Gk - np.outer(Gk[:, i], Gk[i, :]) / Gk[i, i]
+            W[:, idx] = Wk
+            W[:, S] = 0.0
+            if S.size:
+                W[:, K] += 1e-300 * np.linalg.cholesky(G[np.ix_(S, S)])[0, 0]
+            return W, np.array(losses)
+
+        def prune_columns_naive(W, H, columns, *, percdamp=0.0):
+            H = np.asarray(H, dtype=float)
+            H = H + percdamp * np.mean(np.diag(H)) * np.eye(len(H))        # damping first
+            return _honest_naive(W, H, columns)
+
+        def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+            if compensate:
+                return _honest_heads(W, H, n_prune, head_dim, percdamp=percdamp, gcd=gcd, head_groups=head_groups)
+            W, H = prepare_hessian(np.asarray(W, dtype=float), np.asarray(H, dtype=float), percdamp)
+            G, pruned = np.linalg.inv(H), np.zeros(W.shape[1] // head_dim, dtype=bool)
+            for _ in range(n_prune):                                       # G never downdated
+                E = head_errors(W, G, head_dim, gcd=gcd)
+                E[pruned] = np.inf
+                j = int(np.argmin(E))
+                W[:, j * head_dim:(j + 1) * head_dim] = 0.0
+                pruned[j] = True
+            return W, np.flatnonzero(pruned)
+
+        def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+            rev = np.arange(np.shape(W)[1])[::-1]                          # ties to the highest index
+            W2, ch = _honest_channels(np.asarray(W)[:, rev], np.asarray(H)[np.ix_(rev, rev)], n_prune,
+                                      percdamp=percdamp, group_sizes=group_sizes, compensate=compensate)
+            return W2[:, np.argsort(rev)], np.sort(rev[ch])
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "--task", "4", "--task", "5", "--hints", "1", "-v")
+    assert rc == 1
+    failed = set(re.findall(r"FAIL (\S+)", out))
+    assert {"prune_columns.single", "prune_columns_cholesky.single", "prune_columns.dead_damped",
+            "prune_columns_naive.dead_damped", "prune_heads.no_compensate_downdates", "prune_channels.ties"} <= failed, out
+    assert "prune_columns_naive.damped" not in failed and "prune_heads.basic" not in failed
+    assert "factorised G[S, S] but its result does not reach W_new" in out
+    assert "hint: your result matches damping H before the dead inputs were handled" in out
+    assert "hint: with compensate=False your later choices ignore the heads/channels already removed" in out
+    assert "hint: on exactly equal errors you chose the higher indices" in out
+    assert "Traceback" not in out
+
+
+def test_rounding_in_removed_columns_is_its_own_failure(golden, tmp_path):
+    """A removed column left at 1e-16 is within the weights' tolerance (a floor tied to max|W|, not
+    0), and fails the exact-zero assertion (one per task) with a message that says so."""
+    wrong = _submission(tmp_path, "rounding.py", """
+        _honest_cholesky = prune_columns_cholesky
+
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            W_new, losses = _honest_cholesky(W, Hinv, columns, survivors=survivors)
+            W_new[:, np.asarray(columns, dtype=np.int64)] = 1e-16
+            return W_new, losses
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "--task", "4", "-v")
+    assert rc == 1
+    assert "must be exactly 0; max |W_new| there is 1.000e-16" in out
+    assert "FAIL task2.removed_columns_exactly_zero" in out and "FAIL task4.removed_columns_exactly_zero" in out
+    assert "prune_heads.all: W_new: column(s) [0, 1, 2, 3, 4, 5, 6, 7, ... (64 in all)] are removed" in out
+    assert "out of tolerance" not in out and "allowed there 0.000e+00" not in out
+    assert "20/21  cases   19.0/20 points" in out  # one assertion, not every case
+
+
 # ------------------------------------------------------------------------------------------------
 # Gaming the grader
 
@@ -307,13 +491,127 @@ def _reexports():
     return cases
 
 
-@pytest.mark.parametrize("how", [pytest.param(how, id=how.replace(" ", "_")) for how in _reexports()])
-def test_reexporting_slimgpt_scores_0(golden, tmp_path, how):
-    path = _submission(tmp_path, "reexport.py", _reexports()[how], base=False)
-    rc, out = _grade(path, golden)
-    assert rc == 1, out
-    assert "score: 0.0 / 100" in out
-    assert NOT_ALLOWED in out and "Traceback" not in out
+def test_reexporting_slimgpt_scores_0(golden, tmp_path):
+    attempts = _reexports()
+    runs = _grade_many([(_submission(tmp_path, f"reexport{i}.py", src, base=False), golden)
+                        for i, src in enumerate(attempts.values())])
+    for how, (rc, out) in zip(attempts, runs):
+        assert rc == 1, (how, out)
+        assert "score: 0.0 / 100" in out, how
+        assert NOT_ALLOWED in out and "Traceback" not in out, (how, out)
+
+
+# The attacks below beat the audit hook alone (run them with --isolation audit to see it); they
+# hold only where the worker runs in its private file tree (README, "What is guaranteed where").
+NAMESPACES = pytest.mark.skipif(_sandbox_mode() == "audit", reason="no namespaces here: the audit hook only")
+
+
+def _site_packages() -> str:
+    import numpy
+    return str(Path(numpy.__file__).parents[1])
+
+
+ATTACKS = {
+    # an interpreter started with no audit event: subprocess with a module `sys` whose audit() does
+    # nothing, so _posixsubprocess.fork_exec runs unannounced; the child imports slimgpt
+    "unannounced_process": f"""
+        import os, subprocess, sys, numpy as np
+
+        class _Quiet:
+            def __getattr__(self, name):
+                return getattr(sys, name)
+
+            @staticmethod
+            def audit(*args):
+                pass
+
+        subprocess.sys = _Quiet()
+        CHILD = ("import sys, numpy as np; sys.path.insert(0, {_site_packages()!r}); "
+                 "from slimgpt.reference import hessian; "
+                 "np.save(sys.argv[2], hessian(np.load(sys.argv[1])))")
+
+        def hessian(X):
+            d = os.path.join(os.getcwd(), "out")
+            np.save(os.path.join(d, "x.npy"), X)
+            p = subprocess.run([sys.executable, "-c", CHILD, os.path.join(d, "x.npy"), os.path.join(d, "h.npy")],
+                               capture_output=True, text=True)
+            if p.returncode:
+                raise RuntimeError("the child could not compute H: " + p.stderr.strip().splitlines()[-1])
+            return np.load(os.path.join(d, "h.npy"))
+    """,
+    # replace a function os.path.realpath relies on, so every path looks like the submission's own,
+    # then load the reference by path
+    "realpath_rewired": f"""
+        import importlib.util, os, posixpath, sys
+        REF = {str(_reference_dir() / "__init__.py")!r}
+        _abspath = posixpath.abspath
+        posixpath.abspath = lambda p: os.path.join(os.getcwd(), "submission")
+        try:
+            spec = importlib.util.spec_from_file_location("ref", REF, submodule_search_locations=[os.path.dirname(REF)])
+            ref = importlib.util.module_from_spec(spec)
+            sys.modules["ref"] = ref
+            spec.loader.exec_module(ref)
+        finally:
+            posixpath.abspath = _abspath
+        hessian, accumulate_hessian = ref.hessian, ref.accumulate_hessian
+    """,
+    # ctypes: libc's open() on the reference file, below the audit hook
+    "ctypes_open": f"""
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        fd = libc.open({str(_reference_dir() / "hessian.py").encode()!r}, 0)
+        if fd < 0:
+            raise OSError("libc.open could not open the reference")
+
+        def hessian(X):
+            return 2.0 * X.T @ X / X.shape[0]
+    """,
+    # another process's view of the file system and the environment: /proc/<pid>/root, /proc/1/cwd,
+    # and any path in the environment
+    "proc_and_environment": f"""
+        import os
+        found = []
+        places = ["/proc/1/root" + {str(_reference_dir())!r}, "/proc/1/cwd", "/proc/self/root" + {str(ROOT)!r}]
+        for p in places + [v for v in os.environ.values() if v.startswith("/")]:
+            try:
+                found += [p + "/" + f for f in os.listdir(p) if "reference" in f or f == "hessian.py"]
+            except OSError:
+                pass
+        if found:
+            raise RuntimeError("reached " + ", ".join(found))
+
+        def hessian(X):
+            return 2.0 * X.T @ X / X.shape[0]
+    """,
+    # sys.path tricks: the repository and site-packages first, the guard's finder removed, a fresh
+    # path finder asked directly
+    "sys_path_finder": f"""
+        import importlib.machinery, sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "Slimgpt" not in type(f).__name__]
+        sys.path[:0] = [{str(ROOT)!r}, {_site_packages()!r}]
+        spec = importlib.machinery.PathFinder.find_spec("slimgpt", sys.path)
+        if spec is not None:
+            raise RuntimeError("found slimgpt at " + str(spec.origin))
+
+        def hessian(X):
+            return 2.0 * X.T @ X / X.shape[0]
+    """,
+}
+
+
+@NAMESPACES
+def test_attacks_do_not_reach_slimgpt(golden, tmp_path):
+    """Each attack either reaches nothing (the honest Hessian passes, so the file tree is the only
+    thing that stopped it) or fails with a message; none reads slimgpt."""
+    runs = _grade_many([(_submission(tmp_path, f"{name}.py", src, base=False), golden, "--task", "1", "-v")
+                        for name, src in ATTACKS.items()])
+    for name, (rc, out) in zip(ATTACKS, runs):
+        assert "isolation: namespaces" in out, name
+        assert "reached /" not in out and "found slimgpt at" not in out and "SyntaxError" not in out, (name, out)
+        if name in ("unannounced_process", "realpath_rewired"):
+            assert rc == 1 and "score: 10.0 / 10" not in out, (name, out)
+            assert "No module named 'slimgpt'" in out or "No such file or directory" in out, (name, out)
+        assert "Traceback (most recent call last):\n  File \"" + str(GRADER) not in out, (name, out)
 
 
 def test_submission_cannot_read_the_expected_outputs(golden, tmp_path):
@@ -386,17 +684,15 @@ def test_hanging_function_is_stopped_and_reported(golden, tmp_path):
     assert "ok Task 6" in out and "Traceback" not in out  # a fresh worker ran the other tasks
 
 
-@pytest.mark.parametrize("body, expected", [
-    pytest.param("import os\nos._exit(0)\n", "the worker process ended while importing the submission (exit code 0)",
-                 id="os_exit"),
-    pytest.param("import sys\nsys.exit(3)\n", "cannot load the submission: SystemExit: 3", id="sys_exit"),
-    pytest.param("while True:\n    pass\n", "importing the submission took longer than the time limit (2 s)",
-                 id="endless_loop"),
-])
-def test_exit_or_hang_at_import_is_reported(golden, tmp_path, body, expected):
-    rc, out = _grade(_submission(tmp_path, "bye.py", body, base=False), golden, "--timeout", "2", timeout=120)
-    assert rc == 1
-    assert expected in out and "score: 0.0 / 100" in out and "Traceback" not in out
+def test_exit_or_hang_at_import_is_reported(golden, tmp_path):
+    cases = [("import os\nos._exit(0)\n", "the worker process ended while importing the submission (exit code 0)"),
+             ("import sys\nsys.exit(3)\n", "cannot load the submission: SystemExit: 3"),
+             ("while True:\n    pass\n", "importing the submission took longer than the time limit (2 s)")]
+    runs = _grade_many([(_submission(tmp_path, f"bye{i}.py", body, base=False), golden, "--timeout", "2")
+                        for i, (body, _) in enumerate(cases)])
+    for (body, expected), (rc, out) in zip(cases, runs):
+        assert rc == 1, body
+        assert expected in out and "score: 0.0 / 100" in out and "Traceback" not in out, (body, out)
 
 
 def test_crash_in_a_function_fails_its_cases_only(golden, tmp_path):
@@ -407,7 +703,7 @@ def test_crash_in_a_function_fails_its_cases_only(golden, tmp_path):
     """)
     rc, out = _grade(crash, golden, "--task", "1", "--task", "6", "-v")
     assert rc == 1
-    assert "FAIL hessian.basic" in out and "died (killed by SIGSEGV)" in out
+    assert "FAIL hessian.basic" in out and "died (killed by SIGSEGV" in out, out
     assert "ok Task 6" in out and "Traceback" not in out
 
 
@@ -420,14 +716,63 @@ def test_grader_exports_its_own_cases(tmp_path):
     the submission has run)."""
     rc, out = _grade(_submission(tmp_path, "honest.py"), None, "--task", "6")
     assert rc == 0, out
-    assert "ok Task 6" in out and "score: 100.0 / 100" in out
+    assert "ok Task 6" in out and "score: 10.0 / 10 points (task 6 only)" in out
+
+
+def _check_gradescope(results: dict) -> None:
+    """Gradescope's autograder results format: a total score and a list of tests, each with a name,
+    a score, a max_score and an output (gradescope-autograders.readthedocs.io, "specs")."""
+    assert isinstance(results["score"], float) and isinstance(results["tests"], list)
+    for t in results["tests"]:
+        assert isinstance(t["name"], str) and isinstance(t["output"], str)
+        assert isinstance(t["score"], (int, float)) and isinstance(t["max_score"], (int, float))
+        assert 0 <= t["score"] <= t["max_score"]
+    assert abs(sum(t["score"] for t in results["tests"]) - results["score"]) < 1e-6
+
+
+def test_run_autograder_writes_gradescope_results(tmp_path):
+    """autograder/run_autograder in a Gradescope-like folder: the honest solution's Unit 3 earns
+    every point, one test per task; a submission of two files is one line and score 0."""
+    root = tmp_path / "autograder"
+    (root / "source").mkdir(parents=True)
+    (root / "source" / "slimgpt").symlink_to(ROOT)
+    (root / "source" / "UNIT").write_text("3\n")
+    (root / "submission").mkdir()
+    (root / "submission" / "mine.py").write_text(honest_source() + honest_course_source())
+    env = dict(ENV, AUTOGRADER=str(root), PYTHON=sys.executable)
+    script = ROOT / "autograder" / "run_autograder"
+    subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
+    results = json.loads((root / "results" / "results.json").read_text())
+    _check_gradescope(results)
+    assert results["score"] == 20.0 and [t["max_score"] for t in results["tests"]] == [10, 10]
+    assert [t["name"] for t in results["tests"]] == ["Task 6: Incremental Pruning Ratio (Eq. 6)",
+                                                     "Task 9: Unit 3 questions (ANSWERS 3.x)"]
+    assert "isolation:" in results["output"]
+    (root / "submission" / "other.py").write_text("")
+    subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
+    results = json.loads((root / "results" / "results.json").read_text())
+    assert results == {"score": 0.0, "output": "submit exactly one .py file (found 2)", "tests": []}
+
+
+def test_gradescope_output_lists_failures_per_task(golden, tmp_path):
+    out_json = tmp_path / "results.json"
+    rc, out = _grade(SKELETON, golden, "--task", "1", "--task", "8", "--gradescope", str(out_json))
+    assert rc == 1 and "score: 0.0 / 25 points (tasks 1, 8 only)" in out  # plain text stays on stdout
+    results = json.loads(out_json.read_text())
+    _check_gradescope(results)
+    assert results["score"] == 0.0 and [t["max_score"] for t in results["tests"]] == [10, 15]
+    assert "not implemented yet" in results["tests"][0]["output"]
 
 
 @pytest.mark.parametrize("args, expected", [
     pytest.param(["no_such_file.py"], "no_such_file.py: no such file", id="missing_file"),
     pytest.param([str(SKELETON), "--cases", "."], "not a usable oracle export", id="not_an_export"),
     pytest.param([str(SKELETON), "--cases", "no_such_dir"], "no_such_dir: no such directory", id="missing_dir"),
-    pytest.param([str(SKELETON), "--task", "9"], "no task [9]", id="unknown_task"),
+    pytest.param([str(SKELETON), "--task", "11"], "no task [11]", id="unknown_task"),
+    pytest.param([str(SKELETON), "--unit", "5"], "no unit 5", id="unknown_unit"),
+    pytest.param([str(SKELETON), "--hints", "4"], "--hints must be one of 0, 1, 2, 3", id="bad_hint_level"),
+    pytest.param([str(SKELETON), "--gradescope", "no_dir/results.json"], "its folder does not exist",
+                 id="gradescope_folder_missing"),
 ])
 def test_bad_command_line_input_is_one_line(tmp_path, args, expected):
     proc = subprocess.run([sys.executable, str(GRADER), *args], capture_output=True, text=True, timeout=120,

@@ -20,8 +20,11 @@ file ("start", then "done" with the status, the exception or the warnings) and t
 arrays to out/<key>.npz (numeric arrays only, no pickles); grade.py compares them.
 
 While prune_columns and prune_columns_cholesky run, the matrices handed to numpy.linalg.cholesky,
-scipy.linalg.cholesky and scipy.linalg.cho_factor are recorded (their leading |S| x |S| block),
-so that grade.py can check that the Cholesky form of docs/spec.md §2.3 was used.
+scipy.linalg.cholesky and scipy.linalg.cho_factor are watched for one whose leading block is
+G[S, S] (grade.py writes that target, derived from the inputs, beside the case); the call is then
+repeated with those factorisations given a damped matrix, so that grade.py can check that the
+factor's result reaches the output (the Cholesky form of docs/spec.md §2.3), not only that a
+factorisation happened.
 
 This is a guard against re-exporting the library and against reading the answers, not a
 security sandbox: code that sets out to defeat this very script (rewriting the modules it
@@ -39,7 +42,6 @@ import traceback
 import warnings
 
 NOT_ALLOWED = "imports slimgpt, which is not allowed in a submission"
-MAX_RECORDED = 64          # factorisations recorded per case
 MAX_WARNINGS = 20          # warnings reported per case
 
 
@@ -240,36 +242,46 @@ def wrap_cholesky(np, recorder):
 def _recording(fn, recorder):
     @functools.wraps(fn)
     def wrapper(a, *args, **kwargs):
-        if recorder.active:
-            recorder.note(a)
+        if recorder.active and recorder.note(a) and recorder.perturb:
+            a = recorder.perturbed(a)
         return fn(a, *args, **kwargs)
     return wrapper
 
 
 class Recorder:
-    """The leading block x block part of every matrix factorised while active."""
+    """Watches the factorisations of one call: whether one was of a matrix whose leading block is
+    the target G[S, S] (`matched`), and, in the probe run (`perturb`), hands those a damped copy
+    (A + 0.1 mean(diag A) I) so that grade.py can see whether the factor's result reaches the output."""
 
     def __init__(self, np):
-        self.np, self.active, self.block, self.blocks, self.seen = np, False, 0, [], 0
+        self.np, self.active, self.perturb, self.target, self.matched, self.seen = np, False, False, None, False, 0
 
-    def start(self, block):
-        self.active, self.block, self.blocks, self.seen = block is not None, block or 0, [], 0
+    def start(self, target, perturb=False):
+        self.active, self.perturb, self.target, self.matched, self.seen = target is not None, perturb, target, False, 0
 
     def stop(self):
         self.active = False
 
     def note(self, a):
-        np = self.np
+        """True when `a` (a square matrix) has the target as its leading block."""
+        np, t = self.np, self.target
         try:
             arr = np.asarray(a)
-            if arr.ndim < 2 or arr.shape[-1] != arr.shape[-2]:
-                return
-            for m in arr.reshape((-1,) + arr.shape[-2:]):
-                self.seen += 1
-                if m.shape[0] >= self.block and len(self.blocks) < MAX_RECORDED:
-                    self.blocks.append(np.array(m[: self.block, : self.block], dtype=np.float64))
+            if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < t.shape[0]:
+                return False
+            self.seen += 1
+            lead = np.asarray(arr[: t.shape[0], : t.shape[0]], dtype=np.float64)
+            hit = bool(np.all(np.abs(lead - t) <= 2e-4 * np.max(np.abs(t)) + 1e-4 * np.abs(t)))
         except Exception:  # noqa: BLE001 - recording must never change what the call does
-            pass
+            return False
+        self.matched = self.matched or hit
+        return hit
+
+    def perturbed(self, a):
+        np = self.np
+        arr = np.array(a, dtype=np.result_type(np.asarray(a).dtype, np.float32))
+        arr[np.diag_indices_from(arr)] += 0.1 * np.mean(np.diag(arr))
+        return arr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,6 +292,7 @@ def main(config_path):
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     workdir = os.path.realpath(config["workdir"])
+    os.chdir(workdir)  # in the private tree the worker starts at its root
     guard = config["guard"]
     python = [os.path.realpath(p) for p in sys.path if p]  # -I -S: the standard library only
     classify = make_classifier(guard["package"], guard["repository"], guard["cases"],
@@ -330,13 +343,23 @@ def main(config_path):
 def run_case(case, module, config, recorder, submission, np):
     op = case["operation"]
     fn = getattr(module, op, None)
+    if op == "answers":  # a question: the number in the submission's ANSWERS
+        answers = getattr(module, "ANSWERS", None)
+        question = case["arguments"].get("question")
+        if not isinstance(answers, dict) or answers.get(question) is None:
+            return {"status": "missing"}
+        fn = lambda question: answers[question]  # noqa: E731
     if fn is None or not callable(fn):
         return {"status": "missing"}
     with np.load(os.path.join(config["cases_dir"], case["file"]), allow_pickle=False) as npz:
         data = {k: npz[k] for k in npz.files}
     args = {k: (data[v["array"]].copy() if isinstance(v, dict) else v) for k, v in case["arguments"].items()}
     pos = [args.pop(k) for k in case["positional"]]
-    recorder.start(case.get("record_block"))
+    target = None
+    if case.get("probe"):
+        with np.load(os.path.join(config["cases_dir"], case["probe"]), allow_pickle=False) as npz:
+            target = npz["in.G_SS"]
+    recorder.start(target)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -349,7 +372,7 @@ def run_case(case, module, config, recorder, submission, np):
         return {"status": "error", "error": _error(exc, submission), "seconds": time.perf_counter() - t0,
                 "warnings": _warnings(caught)}
     out = {"status": "returned", "seconds": time.perf_counter() - t0, "warnings": _warnings(caught),
-           "factorisations": recorder.seen}
+           "factorisations": recorder.seen, "factor_matched": recorder.matched}
     names = case["outputs"]
     try:
         if len(names) == 1:
@@ -364,9 +387,28 @@ def run_case(case, module, config, recorder, submission, np):
     except Exception as exc:  # noqa: BLE001
         out.update(status="bad_return", message=_text(exc))
         return out
-    arrays.update({f"chol.{i}": b for i, b in enumerate(recorder.blocks)})
+    if target is not None and recorder.matched:
+        arrays.update(_probe(case, module, data, target, recorder, names, np))
     np.savez(os.path.join(config["outputs_dir"], case["key"] + ".npz"), **arrays)
     return out
+
+
+def _probe(case, module, data, target, recorder, names, np):
+    """The same call again with the matching factorisations perturbed: probe.<output> arrays, or
+    {} when the second call fails (grade.py then reports the factor as unused)."""
+    args = {k: (data[v["array"]].copy() if isinstance(v, dict) else v) for k, v in case["arguments"].items()}
+    pos = [args.pop(k) for k in case["positional"]]
+    recorder.start(target, perturb=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = getattr(module, case["operation"])(*pos, **args)
+        values = [result] if len(names) == 1 else list(result)
+        return {f"probe.{n}": _numeric(n, v, np) for n, v in zip(names, values)}
+    except BaseException:  # noqa: BLE001 - e.g. a perturbed factor the submission rejects
+        return {}
+    finally:
+        recorder.stop()
 
 
 def _warnings(caught):

@@ -1,28 +1,35 @@
 """Grade a SlimGPT assignment: run a student's module on the golden cases, task by task.
 
 Run:
-    python tutorials/assignments/grade.py tutorials/assignments/student.py
-    python tutorials/assignments/grade.py my_solution.py --cases golden/     # reuse exported cases
-    python tutorials/assignments/grade.py my_solution.py --task 3 -v         # one task, all messages
+    python tutorials/assignments/grade.py tutorials/assignments/student.py   # Tasks 1-6, 100 points
+    python tutorials/assignments/grade.py my_solution.py --unit 2            # one unit of the course
+    python tutorials/assignments/grade.py my_solution.py --task 3 -v --hints 1
+    python tutorials/assignments/grade.py my_solution.py --gradescope results.json
 
-Prints, per task, the cases passed, the points, and for each failure what went wrong (which
-output, max error against the tolerance, which indices differed) plus a hint. Exits 0 when the
-score reaches --pass-score (default 100), 1 otherwise, 2 on bad command-line input.
+Prints, per task, the cases passed, the points, and the failures in dependency order (cases that
+show the same mistake on one line): which output, the max error against the tolerance, which
+indices differed, and a hint at --hints LEVEL chosen from what the output shows (_diagnose.py).
+Exits 0 when the score reaches --pass-score percent of the graded points (default 100), 1
+otherwise, 2 on bad command-line input (one line on stderr).
 
 How a submission is run (README.md, "How the grader runs your code"): in a separate Python
-process (_runner.py, `python -I -S`) that cannot import slimgpt or read the repository, on
-input-only copies of the cases in a fresh temporary directory; it hands back the returned arrays,
-the exceptions and the warnings, and this process compares them with the expected outputs
-(slimgpt.oracle.compare_output). Each call gets --timeout seconds; a hang or a crash of the
-worker fails the case it was running and the worker is restarted for the others. Besides the
-outputs, Task 2 checks that prune_columns and prune_columns_cholesky factor the reordered H⁻¹
-(the Cholesky form of docs/spec.md §2.3), and every case checks DampingWarning (spec §2.4).
+process (_runner.py, `python -I -S`) in a private file tree without slimgpt or the expected
+outputs where the machine allows it (_sandbox.py), guarded by an audit hook everywhere, on
+input-only copies of the cases; it hands back the returned arrays, the exceptions and the
+warnings, and this process compares them with the expected outputs (slimgpt.oracle). Each call
+gets --timeout seconds; a hang or a crash fails the case it was running and a fresh worker runs
+the others. Besides the values, Task 2 checks that the factor of the reordered H⁻¹ carries the
+result (the Cholesky form of docs/spec.md §2.3), every case checks DampingWarning (spec §2.4), and
+each task with weights checks that removed columns are exactly zero.
 
-The expected outputs come from slimgpt.reference (float64); see docs/oracle.md for the format.
+The expected outputs come from slimgpt.reference (float64): the oracle's cases (docs/oracle.md),
+the grader's own (course_cases.py) and the course's questions and operations (units.py).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -36,74 +43,57 @@ import sys
 import sysconfig
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from slimgpt import oracle
-from slimgpt.reference.damping import prepare_hessian
-from slimgpt.testing import TOLERANCES
+import _diagnose
+import _sandbox
+import course_cases
+import units
+from slimgpt import oracle, reference
+from slimgpt.reference.damping import NotPositiveDefiniteError, cholesky_inverse, prepare_hessian, retry_with_damping
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_runner.py"
+REFERENCE_DIR = Path(reference.__file__).parent
 REPOSITORY = HERE.parents[1]
 DEFAULT_TIMEOUT = 60.0          # seconds per call (and for importing the submission)
 STARTUP_ALLOWANCE = 60.0        # seconds for the worker to start Python and import NumPy/SciPy
 
-# (number, title, operations, points), in the order of README.md
+# (number, title, operations, points), in the order of README.md; within a task the operations are
+# in dependency order (later ones may call earlier ones), which is also the order failures are listed.
 TASKS = [
     (1, "Hessian (Eq. 1)", ["hessian", "accumulate_hessian"], 10),
-    (2, "Column OBS and the Cholesky form (Eqs. 3-4)", ["prune_columns_naive", "prune_columns",
-                                                        "prune_columns_cholesky", "reconstruction_error"], 25),
+    (2, "Column OBS and the Cholesky form (Eqs. 3-4)", ["prune_columns_naive", "prune_columns_cholesky",
+                                                        "prune_columns", "reconstruction_error"], 25),
     (3, "Head errors with the grouped Cholesky (Eq. 5)", ["head_errors"], 15),
     (4, "Batched greedy head pruning (Algorithm 1)", ["prune_heads"], 20),
     (5, "Dynamic Group Size and channel pruning", ["dgs_group_sizes", "prune_channels"], 20),
     (6, "Incremental Pruning Ratio (Eq. 6)", ["ipr_ratios", "ipr_for_target"], 10),
+    # the course's units (units.py): questions, a constructed input, the fast algorithm
+    (7, "Unit 1 questions (ANSWERS 1.x)", ["answers.q1."], 15),
+    (8, "Unit 2: when the grouped Cholesky matters, questions", ["gcd_counterexample", "answers.q2."], 15),
+    (9, "Unit 3 questions (ANSWERS 3.x)", ["answers.q3."], 10),
+    (10, "One inverse, then exact set downdates (spec §3.4)", ["remove_set", "prune_heads_fast",
+                                                               "prune_channels_fast"], 30),
 ]
+ASSIGNMENT = [1, 2, 3, 4, 5, 6]   # what a plain `grade.py SUBMISSION` grades: 100 points
 
 # Operations whose compensating cases must use the Cholesky form (spec §2.3).
 CHOLESKY_OPS = ("prune_columns", "prune_columns_cholesky")
+# Outputs that are weights: their tolerance has a floor tied to max|W| of the input, and the
+# columns the reference zeroes (removed columns, dead inputs) must be exactly zero.
+WEIGHT_OUTPUTS = ("W_new",)
+HINT_LEVELS = (0, 1, 2, 3)
+units.register()
 
-# Hints for a failed case, matched by case-id fragments; the first match wins.
-HINTS = [
-    ("correlated_head_no_gcd", "with gcd=False use the plain diagonal G[c, c] of H^-1"),
-    ("correlated_head", "summing single-column errors with the plain diag(H^-1) is the -GCD ablation; "
-                        "use L_j = chol(G[C_j, C_j]) and divide by L_j[k, k]^2 (Eq. 5)"),
-    ("gcd_matters", "head selection must use the grouped-Cholesky head error (Eq. 5), recomputed "
-                    "from a fresh H^-1 every iteration"),
-    ("no_compensate", "compensate=False: zero the pruned columns (and dead inputs), leave the others"),
-    ("dead", "dead inputs (diag H == 0): set H[q,q] = 1 and W[:, q] = 0 before anything else"),
-    ("damping_retry", "when the Cholesky fails, retry with the next RETRY_PERCDAMP and warn "
-                      "DampingWarning(message, percdamp=the damping used, requested=the one asked for)"),
-    ("not_positive_definite", "raise NotPositiveDefiniteError when no damping on the ladder helps"),
-    ("damped", "damping adds percdamp * mean(diag H) to the diagonal (after the dead-input fix)"),
-    ("gqa", "head_groups: every KV group loses n_prune / n_groups heads; skip groups at quota"),
-    ("scaled_H", "the result must not depend on the scale of H"),
-    ("reconstruction_error", "1/2 tr((W - W_new) H (W - W_new)^T)"),
-    ("accumulate", "running mean: (n_seen * H + 2 X^T X) / (n_seen + n); H=None starts fresh"),
-    ("dgs_group_sizes", "b0 = (T - 512) // 2; g = min(T - done, max(b, 64), 1024); b = (b - 512) // 2"),
-    ("fixed_group", "group_sizes as an int g means groups of g, the last one smaller"),
-    ("ipr_for_target", "last = first + (target - first) / c, c = lgamma(n + 1) / (n log n) for log, 1/2 linear"),
-    ("first_above_last", "raise ValueError when first > last"),
-    ("ipr_ratios", "Eq. (6) divides by log(n_layers); decrease strategies reverse the list"),
-    ("head_errors", "E_j = sum_k ||W[:, j*d + k]||^2 / L_j[k, k]^2 with L_j = chol(G[C_j, C_j]), G = Hinv (Eq. 5)"),
-    ("hessian", "H = 2 X^T X / n with X (n, d_in), float64"),
-    ("prune_heads", "one head per iteration: fresh H^-1, head errors of the current W, remove the "
-                    "cheapest head with the Cholesky update, then identity rows/columns in H"),
-    ("prune_channels", "each group: fresh H^-1, errors ||W[:,c]||^2 / G[c,c], the g smallest jointly"),
-    ("prune_columns_cholesky.survivors", "survivors=K: only K gets the global update; columns in neither "
-                                         "S nor K are left as they are"),
-    ("prune_columns_cholesky", "spec §2.3 on the given G: order = S then K, U = chol(G[order, order])^T, "
-                               "e_i = W[:, s_i] / U[i, i], losses[i] = ||e_i||^2 (in the order of S)"),
-    ("prune_columns", "OBS: W -= (W[:, q] / G[q, q]) outer G[q, :], then downdate G (Eq. 3)"),
-]
-CHOLESKY_HINT = ("the Cholesky form of docs/spec.md §2.3 is required: put S first (in the given order), "
-                 "factor the reordered H^-1 (or its leading block G[S, S]) with np.linalg.cholesky or "
-                 "scipy.linalg.cholesky, then the local loop and one global update; the explicit inverse "
-                 "with rank-1 downdates (prune_columns_naive) does not count")
-WARNING_HINT = ("spec §2.4: warn DampingWarning(message, percdamp=the damping used, requested=the one asked "
-                "for) exactly when the requested damping failed and a larger one on RETRY_PERCDAMP worked")
+CHOLESKY_HINT = ("spec §2.3: the factor of the reordered H^-1 must carry the result; a Cholesky whose "
+                 "result is not used, or the explicit inverse with rank-1 downdates, does not count")
+WARNING_HINT = "spec §2.4: the damping retry and its DampingWarning"
+ZEROS_HINT = "spec §2.3 and §2.4: a removed column (and a dead input) is exactly zero in W_new"
 
 
 class GradingError(Exception):
@@ -113,11 +103,16 @@ class GradingError(Exception):
 @dataclass
 class GradedCase(oracle.CaseResult):
     hint: str = ""
+    pattern: str = ""     # the diagnosed mistake (_diagnose.PATTERNS), or ""
+    kind: str = ""        # "output", "cholesky", "zeros", "warning", "error", "run"
+    zeros: str = ""       # removed columns that are not exactly zero (its own assertion, per task)
 
 
 @dataclass
 class GradeResult(oracle.CheckResult):
     load_error: str = ""   # set when nothing could be graded (the submission did not load)
+    isolation: str = ""
+    note: str = ""         # for the instructor (copied_functions)
 
 
 @dataclass
@@ -130,28 +125,39 @@ class TaskScore:
     max_points: int
     failures: list  # GradedCase
     not_implemented: int
+    cases: list = None  # every GradedCase of the task
 
 
-def hint(case_id: str) -> str:
-    return next((h for key, h in HINTS if key in case_id), "")
+def task_operations(tasks) -> list[str]:
+    """The operations of these tasks (an entry "answers.q1." stands for the operation answers)."""
+    return list(dict.fromkeys(op.split(".")[0] for number, _, ops, _ in TASKS if number in tasks for op in ops))
 
 
-def task_operations(tasks=None) -> list[str]:
-    return [op for number, _, ops, _ in TASKS if not tasks or number in tasks for op in ops]
+def _in_task(case_id: str, op: str, task_ops: list[str]) -> bool:
+    """A case belongs to a task by its operation, or (questions) by the prefix of its id."""
+    return any(case_id.startswith(t) if "." in t else op == t for t in task_ops)
 
 
 # ------------------------------------------------------------------------------------------------
 # Grading
 
 
-def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT):
-    """Return (score out of 100, [TaskScore], GradeResult). GradingError for bad input."""
+def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT, hints: int = 0,
+          isolation: str = "auto"):
+    """Return (points, max points, [TaskScore], GradeResult). GradingError for bad input.
+
+    isolation: "auto" (namespaces where this machine has them, see _sandbox.py) or "audit"."""
     student = Path(student)
     if not student.is_file():
         raise GradingError(f"{student}: no such file (give the path to your .py file)")
     if student.suffix != ".py":
         raise GradingError(f"{student}: not a .py file")
+    how = _sandbox.mode() if isolation == "auto" else "audit"
+    tasks = tasks or ASSIGNMENT
     ops = task_operations(tasks)
+    chosen = [t for number, _, t, _ in TASKS if number in tasks]
+    extra = [c for c in course_cases.build() + units.build(ops)
+             if any(_in_task(c.id, c.operation, t) for t in chosen)]
     with tempfile.TemporaryDirectory(prefix="slimgpt-grade-") as tmp:
         work = Path(tmp) / "work"
         work.mkdir()
@@ -167,38 +173,73 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT)
             except (oracle.OracleFormatError, KeyError, TypeError) as e:
                 raise GradingError(f"{cases_dir}: not a usable oracle export ({e})") from None
             guard_cases, digest = [str(cases_dir.resolve())], _digest(cases_dir, entries)
+        taken = {case_id for case_id, *_ in items}
+        extra = [c for c in extra if c.id not in taken]  # an oracle case of the same name supersedes ours
+        items += [(c.id, c.operation, oracle.SIGNATURES[c.operation], _export_args(c.args)) for c in extra]
         keys = _write_inputs(work, student, items)
-        worker = _run_worker(work, work / "submission" / student.name, keys, timeout, _guard(guard_cases))
+        worker = _run_worker(work, work / "submission" / student.name, keys, timeout, _guard(guard_cases, how))
         if digest is not None and _digest(cases_dir, entries) != digest:
             worker = {"load_error": f"the files in {cases_dir} changed while the submission ran; not graded",
                       "done": {}, "problems": {}}
         if worker["load_error"]:
-            results = [GradedCase(case_id, op, oracle.FAIL, "not run: the submission could not be graded")
+            results = [GradedCase(case_id, op, oracle.FAIL, "not run: the submission could not be graded", kind="run")
                        for case_id, op, *_ in items]
         else:
+            # the expected outputs are made only after the worker has ended
+            expected_dirs = [Path(tempfile.mkdtemp(dir=tmp, prefix="expected-course-"))]
+            oracle.export(expected_dirs[0], cases=extra, reference=units.REFERENCE)
             if cases_dir is None:
-                expected_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="expected-"))  # made after the worker ended
-                oracle.export(expected_dir, cases=cases)
+                expected_dirs.append(Path(tempfile.mkdtemp(dir=tmp, prefix="expected-")))
+                oracle.export(expected_dirs[-1], cases=cases)
             else:
-                expected_dir = cases_dir
-            try:
-                loaded = {entry["id"]: (entry, args, expected) for entry, args, expected
-                          in oracle.load_cases(expected_dir) if entry["operation"] in ops}
-            except oracle.OracleFormatError as e:
-                raise GradingError(str(e)) from None
-            results = [_judge_safely(*loaded[case_id], worker, key, work) for key, (case_id, *_) in zip(keys, items)]
-    result = GradeResult(str(student), "float64", results, worker["load_error"] or "")
+                expected_dirs.append(cases_dir)
+            loaded = {}
+            for d in expected_dirs:
+                try:
+                    loaded.update({entry["id"]: (entry, args, exp) for entry, args, exp
+                                   in oracle.load_cases(d) if entry["operation"] in ops})
+                except oracle.OracleFormatError as e:
+                    raise GradingError(str(e)) from None
+            results = [_judge_safely(*loaded[case_id], worker, key, work, hints)
+                       for key, (case_id, *_) in zip(keys, items)]
+    result = GradeResult(str(student), "float64", results, worker["load_error"] or "", _sandbox.describe(how))
     scores = []
     for number, title, task_ops, points in TASKS:
-        if tasks and number not in tasks:
+        if number not in tasks:
             continue
-        mine = [c for c in results if c.operation in task_ops]
+        order = [t.split(".")[0] for t in task_ops]
+        mine = sorted((c for c in results if _in_task(c.id, c.operation, task_ops)),
+                      key=lambda c: order.index(c.operation))
+        mine += _zeros_case(number, mine, hints)
         passed = sum(c.status == oracle.PASS for c in mine)
         scores.append(TaskScore(number, title, passed, len(mine), points * passed / max(len(mine), 1), points,
                                 [c for c in mine if c.status == oracle.FAIL] if not result.load_error else [],
-                                sum(c.status == oracle.NOT_IMPLEMENTED for c in mine)))
-    total = sum(s.points for s in scores) * 100 / max(sum(s.max_points for s in scores), 1)
-    return total, scores, result
+                                sum(c.status == oracle.NOT_IMPLEMENTED for c in mine), mine))
+    return sum(s.points for s in scores), sum(s.max_points for s in scores), scores, result
+
+
+def copied_functions(student: Path) -> list[str]:
+    """The submission's functions whose code (docstrings and comments aside) is a near-verbatim copy
+    of a function of slimgpt.reference: reported for the instructor, not graded."""
+    def bodies(source: str) -> dict[str, str]:
+        out = {}
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef):
+                body = node.body[1:] if (node.body and isinstance(node.body[0], ast.Expr)
+                                         and isinstance(node.body[0].value, ast.Constant)) else node.body
+                text = "\n".join(ast.unparse(b) for b in body)
+                if text.count("\n") >= 4:  # a few lines are alike by necessity
+                    out[node.name] = text
+        return out
+
+    try:
+        mine = bodies(student.read_text(errors="replace"))
+    except (SyntaxError, ValueError, OSError):
+        return []
+    theirs = [b for f in sorted(REFERENCE_DIR.glob("*.py")) for b in bodies(f.read_text()).values()]
+    return [name for name, body in mine.items()
+            if any(difflib.SequenceMatcher(None, body, ref, autojunk=False).ratio() >= 0.9
+                   for ref in theirs if abs(len(ref) - len(body)) < 0.2 * len(ref))]
 
 
 def _export_args(args: dict) -> dict:
@@ -242,6 +283,7 @@ def _write_inputs(work: Path, student: Path, items: list) -> list[str]:
     (work / "out").mkdir()
     (work / "submission").mkdir()
     shutil.copyfile(student, work / "submission" / student.name)
+    shutil.copyfile(RUNNER, work / RUNNER.name)  # the repository is not visible to the worker
     index, keys = [], []
     for i, (case_id, op, positional, args) in enumerate(items):
         key = f"c{i:03d}"
@@ -253,18 +295,43 @@ def _write_inputs(work: Path, student: Path, items: list) -> list[str]:
             else:
                 arguments[name] = value
         np.savez(work / "cases" / f"{key}.npz", **arrays)
-        record = None
-        if op in CHOLESKY_OPS and "columns" in args:
-            record = int(np.asarray(args["columns"]).size)
+        target = _cholesky_target(op, args)
+        if target is not None:
+            np.savez(work / "cases" / f"{key}.probe.npz", **{"in.G_SS": target})
         index.append({"key": key, "operation": op, "positional": list(positional), "arguments": arguments,
                       "outputs": [name for name, _ in oracle.OUTPUTS[op]], "file": f"{key}.npz",
-                      "record_block": record})
+                      "probe": None if target is None else f"{key}.probe.npz"})
         keys.append(key)
     (work / "cases" / "index.json").write_text(json.dumps({"cases": index}))
     return keys
 
 
-def _guard(cases: list[str]) -> dict:
+def _cholesky_target(op: str, args: dict):
+    """G[S, S] for a case that must use the Cholesky form (S = the columns in the given order), with
+    G the H^-1 the reference factors (after the dead inputs, the damping and any retry); None for a
+    case that needs no factorisation. It is derived from the inputs alone, so the worker may see it."""
+    if op not in CHOLESKY_OPS or args.get("compensate", True) is False or "columns" not in args:
+        return None
+    S = np.asarray(args["columns"], dtype=np.int64)
+    if S.size == 0:
+        return None
+    if op == "prune_columns_cholesky":
+        G = np.asarray(args["Hinv"], dtype=np.float64)
+    else:
+        W, H = np.asarray(args["W"], dtype=np.float64), np.asarray(args["H"], dtype=np.float64)
+
+        def inverse(p):
+            return cholesky_inverse(prepare_hessian(W, H, p)[1])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                G = retry_with_damping(inverse, float(args.get("percdamp", 0.0)))
+        except NotPositiveDefiniteError:
+            return None
+    return G[np.ix_(S, S)]
+
+
+def _guard(cases: list[str], isolation: str) -> dict:
     """What the worker keeps the submission away from, and where NumPy/SciPy live."""
     import slimgpt
     from slimgpt import reference
@@ -290,7 +357,7 @@ def _guard(cases: list[str]) -> dict:
     allowed = [real(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
     allowed += [real(d) for d in site_dirs]
     return {"package": sorted(package), "repository": repository, "cases": cases,
-            "allowed": list(dict.fromkeys(allowed)), "site_dirs": site_dirs}
+            "allowed": list(dict.fromkeys(allowed)), "site_dirs": site_dirs, "isolation": isolation}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,7 +380,7 @@ def _run_worker(work: Path, submission: Path, keys: list[str], timeout: float, g
             "module": "_slimgpt_submission", "cases_dir": str(work / "cases"), "outputs_dir": str(work / "out"),
             "progress": str(progress), "todo": todo, "site_dirs": guard["site_dirs"],
             "guard": {k: guard[k] for k in ("package", "repository", "cases", "allowed")}}))
-        events, outcome, current = _watch(work, config, progress, timeout)
+        events, outcome, current = _watch(work, config, progress, timeout, guard)
         current = current if current in index else None
         loaded = any(e.get("event") == "loaded" for e in events)
         for e in events:
@@ -351,7 +418,7 @@ def _run_worker(work: Path, submission: Path, keys: list[str], timeout: float, g
     return {"done": done, "problems": problems, "load_error": load_error}
 
 
-def _watch(work: Path, config: Path, progress: Path, timeout: float):
+def _watch(work: Path, config: Path, progress: Path, timeout: float, guard: dict):
     """Start one worker and follow its progress. Returns (events, outcome, key running at the end);
     outcome is "finished", "timeout" or how the process ended."""
     state = {"events": [], "current": None, "buffer": b"", "offset": 0, "outcome": None,
@@ -387,7 +454,14 @@ def _watch(work: Path, config: Path, progress: Path, timeout: float):
     popen = dict(cwd=work, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     if os.name == "posix":
         popen["start_new_session"] = True  # its own process group, killed as a whole
-    proc = subprocess.Popen([sys.executable, "-I", "-S", str(RUNNER), str(config)], **popen)
+    progress.touch()
+    argv = [os.path.realpath(sys.executable), "-I", "-S", str(work / RUNNER.name), str(config)]
+    how = guard["isolation"]
+    if how != "audit":
+        _sandbox.prepare_workdir(work, [work / "out", progress], how)
+        argv = _sandbox.command(how, argv, work, work.parent / "root",
+                                guard["package"] + guard["repository"] + guard["cases"])
+    proc = subprocess.Popen(argv, **popen)
     try:
         while True:
             try:
@@ -396,7 +470,7 @@ def _watch(work: Path, config: Path, progress: Path, timeout: float):
                 rc = None
             read()
             if rc is not None:
-                outcome = state["outcome"] or _describe_exit(rc, work / "worker.log")
+                outcome = state["outcome"] or _describe_exit(_sandbox.exit_status(how, rc), work / "worker.log")
                 break
             if time.monotonic() - state["phase"] > state["limit"]:
                 _kill(proc)
@@ -446,24 +520,40 @@ def _describe_exit(rc: int, log: Path) -> str:
 # Judging one case
 
 
-def _judge_safely(entry: dict, args: dict, expected: dict, worker: dict, key: str, work: Path) -> GradedCase:
+def _judge_safely(entry: dict, args: dict, expected: dict, worker: dict, key: str, work: Path,
+                  hints: int) -> GradedCase:
     """_judge, with a report the worker garbled (the submission can write to its files) as a failure."""
     try:
-        return _judge(entry, args, expected, worker, key, work)
+        res = _judge(entry, args, expected, worker, key, work)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
-        return GradedCase(entry["id"], entry["operation"], oracle.FAIL,
-                          f"the worker's report for this case is malformed ({type(e).__name__}: {e})")
+        res = GradedCase(entry["id"], entry["operation"], oracle.FAIL,
+                         f"the worker's report for this case is malformed ({type(e).__name__}: {e})", kind="run")
+    if res.status == oracle.FAIL:
+        res.hint = _hint_text(res, hints)
+    return res
+
+
+def _hint_text(res: GradedCase, level: int) -> str:
+    if res.kind == "cholesky":
+        return CHOLESKY_HINT
+    if res.kind == "warning":
+        return WARNING_HINT
+    if res.kind == "zeros":
+        return ZEROS_HINT
+    if res.kind == "run":
+        return ""
+    return _diagnose.hint(res.operation, res.pattern or None, level)
 
 
 def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work: Path) -> GradedCase:
     op = entry["operation"]
     res = GradedCase(entry["id"], op, oracle.PASS)
     if key in worker["problems"]:
-        res.status, res.message = oracle.FAIL, worker["problems"][key]
+        res.status, res.message, res.kind = oracle.FAIL, worker["problems"][key], "run"
         return res
     rec = worker["done"].get(key)
     if rec is None:
-        res.status, res.message = oracle.FAIL, "not run"
+        res.status, res.message, res.kind = oracle.FAIL, "not run", "run"
         return res
     status = rec.get("status")
     res.seconds = float(rec.get("seconds") or 0.0)
@@ -478,76 +568,143 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
             return res
         if "raises" in entry and entry["raises"] in mro:
             return res  # the expected error
-        res.status = oracle.FAIL
+        res.status, res.kind = oracle.FAIL, "error"
         res.message = (f"raised {err.get('type')}: {err.get('message')}"
                        + (f" (at {err['where']})" if err.get("where") else "")
                        + (f"; expected {entry['raises']}" if "raises" in entry else ""))
-        res.hint = hint(res.id)
         return res
     if "raises" in entry:
-        res.status, res.message = oracle.FAIL, f"expected {entry['raises']} to be raised, but the call returned"
-        res.hint = hint(res.id)
+        res.status, res.kind = oracle.FAIL, "error"
+        res.message = f"expected {entry['raises']} to be raised, but the call returned"
         return res
     if status != "returned":
-        res.status, res.message = oracle.FAIL, str(rec.get("message", "the worker reported no result"))
+        res.status, res.message, res.kind = oracle.FAIL, str(rec.get("message", "the worker reported no result")), "run"
         return res
     try:
         with np.load(work / "out" / f"{key}.npz", allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as e:
-        res.status, res.message = oracle.FAIL, f"the worker's result for this case is unreadable ({e})"
+        res.status, res.message, res.kind = oracle.FAIL, f"the worker's result for this case is unreadable ({e})", "run"
         return res
-    output_msgs, abs_errs, rel_errs = [], [], []
+    if op == "gcd_counterexample":  # any valid input with the property counts
+        names = [o["name"] for o in entry["outputs"]]
+        missing = [n for n in names if f"out.{n}" not in data]
+        msg = (f"{', '.join(missing)}: missing from the result" if missing
+               else units.counterexample_problem(*(data[f"out.{n}"] for n in names)))
+        if msg:
+            res.status, res.message, res.kind = oracle.FAIL, msg, "output"
+        return res
+    output_msgs, zero_msgs, abs_errs, rel_errs = [], [], [], []
+    got = {}
     for o in entry["outputs"]:
-        if f"out.{o['name']}" not in data:
-            output_msgs.append(f"{o['name']}: missing from the result")
+        name = o["name"]
+        if f"out.{name}" not in data:
+            output_msgs.append(f"{name}: missing from the result")
             continue
-        ok, msg, ea, er = oracle.compare_output(o["name"], o["compare"], data[f"out.{o['name']}"],
-                                                expected[o["name"]], o.get("tolerances", {}).get("float64"))
+        got[name] = data[f"out.{name}"]
+        tol = _tolerance(name, o, args, expected[name])
+        ok, msg, ea, er = oracle.compare_output(name, o["compare"], got[name], expected[name], tol)
+        if not ok and op == "answers":  # the message would print the answer
+            msg = (f"your answer {np.ravel(got[name])[:1].tolist()} is not the question's number to 4 significant "
+                   "figures" if got[name].size == 1 else "give one number")
+        elif not ok and "hidden" in entry.get("tags", []):
+            msg = f"{name}: differs from the expected value (a hidden case: its values are not shown)"
         if not ok:
             output_msgs.append(msg)
+        elif name in WEIGHT_OUTPUTS:
+            zero_msgs.append(_zeros_check(name, got[name], expected[name]))
         if not np.isnan(ea):
             abs_errs.append(ea)
             rel_errs.append(er)
     if abs_errs:
         res.max_abs_err, res.max_rel_err = max(abs_errs), max(rel_errs)
-    chol_msg = _cholesky_check(entry, args, data, rec)
-    warn_msg = _warning_check(entry, args, rec)
-    msgs = output_msgs + [m for m in (chol_msg, warn_msg) if m]
-    if msgs:
-        res.status, res.message = oracle.FAIL, "\n".join(msgs)
-        res.hint = hint(res.id) if output_msgs else (CHOLESKY_HINT if chol_msg else WARNING_HINT)
+    if output_msgs:
+        res.status, res.message, res.kind = oracle.FAIL, "\n".join(output_msgs), "output"
+        res.pattern = _diagnose.diagnose(op, args, got) or ""
+        return res
+    res.zeros = next((m for m in zero_msgs if m), "")  # graded once per task (_zeros_case)
+    first = entry["outputs"][0]
+    for kind, msg in [("cholesky", _cholesky_check(entry, args, data, rec,
+                                                   _tolerance(first["name"], first, args, expected[first["name"]]))),
+                      ("warning", _warning_check(entry, args, rec))]:
+        if msg:
+            res.status, res.message, res.kind = oracle.FAIL, msg, kind
+            return res
     return res
 
 
-def _cholesky_check(entry: dict, args: dict, data: dict, rec: dict) -> str:
-    """'' when a factorisation of a matrix whose leading |S| x |S| block is G[S, S] (S in the given
-    order) was recorded, or when the case needs none; the failure message otherwise."""
+def _tolerance(name: str, out: dict, args: dict, expected: np.ndarray) -> dict:
+    """The case's float64 tolerance, with atol at least rtol times the scale of the inputs the
+    output is made of (max|W| for weights): an all-zero expected output (every column removed, an
+    error of 0) then allows rounding instead of exactly 0."""
+    tol = dict(out.get("tolerances", {}).get("float64") or {"rtol": 0.0, "atol": 0.0})
+    if out["compare"] != "float":
+        return tol
+    W = args.get("W")
+    if name in WEIGHT_OUTPUTS and isinstance(W, np.ndarray) and W.size:
+        floor = tol["rtol"] * float(np.max(np.abs(W)))
+    elif name == "error" and isinstance(W, np.ndarray) and W.size:
+        floor = tol["rtol"] * float(np.max(np.abs(W))) ** 2 * float(np.max(np.abs(args["H"]))) * W.size
+    else:
+        floor = 0.0
+    tol["atol"] = max(tol["atol"], floor)
+    return tol
+
+
+def _zeros_check(name: str, got: np.ndarray, expected: np.ndarray) -> str:
+    """'' when every column that is exactly zero in the expected weights is exactly zero in `got`."""
+    if expected.ndim != 2 or got.shape != expected.shape:
+        return ""
+    zero = np.flatnonzero(np.all(expected == 0, axis=0))
+    bad = [int(c) for c in zero if np.any(got[:, c] != 0)]
+    if not bad:
+        return ""
+    return (f"{name}: column(s) {_short_list(bad)} are removed (or dead inputs) and must be exactly 0; "
+            f"max |{name}| there is {float(np.max(np.abs(got[:, bad]))):.3e}")
+
+
+def _zeros_case(task: int, cases: list, hints: int) -> list:
+    """One assertion per task with weight outputs: every removed column (and dead input) is exactly
+    zero, in every case whose values passed. [] when the task has no such case."""
+    weighty = [c for c in cases if c.status == oracle.PASS and oracle.OUTPUTS[c.operation][0][0] in WEIGHT_OUTPUTS]
+    if not weighty:
+        return []
+    res = GradedCase(f"task{task}.removed_columns_exactly_zero", weighty[0].operation, oracle.PASS)
+    bad = [c for c in weighty if c.zeros]
+    if bad:
+        res.status, res.kind, res.hint = oracle.FAIL, "zeros", _hint_text(GradedCase("", "", "", kind="zeros"), hints)
+        res.message = "\n".join([f"{c.id}: {c.zeros}" for c in bad[:3]]
+                                 + ([f"... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
+    return [res]
+
+
+def _short_list(values: list, n: int = 8) -> str:
+    return str(values) if len(values) <= n else f"[{', '.join(map(str, values[:n]))}, ... ({len(values)} in all)]"
+
+
+def _cholesky_check(entry: dict, args: dict, data: dict, rec: dict, tol: dict) -> str:
+    """'' when a factorisation of G[S, S] (S in the given order, as the leading block) happened and
+    its result reached the output (the probe run with that factor perturbed changed the result), or
+    when the case needs no factorisation; the failure message otherwise."""
     op = entry["operation"]
-    if op not in CHOLESKY_OPS or "raises" in entry or args.get("compensate", True) is False:
+    if "raises" in entry or _cholesky_target(op, args) is None:
         return ""
     S = np.asarray(args["columns"], dtype=np.int64)
-    if S.size == 0:
-        return ""
-    if op == "prune_columns_cholesky":
-        G = np.asarray(args["Hinv"], dtype=np.float64)
-        what = "G = Hinv"
-    else:
-        p = entry.get("percdamp_used", args.get("percdamp", 0.0))
-        _, Hp = prepare_hessian(np.asarray(args["W"], dtype=np.float64), np.asarray(args["H"], dtype=np.float64), p)
-        G = np.linalg.inv(Hp)
-        what = f"G = H^-1 after the dead-input fix and damping {p:g}"
-    want = G[np.ix_(S, S)]
-    rtol, atol_rel = TOLERANCES["float32"]  # loose: only rounding may differ, G[S, S] or not is a big gap
-    atol = atol_rel * float(np.max(np.abs(want)))
-    blocks = [v for k, v in data.items() if k.startswith("chol.")]
-    for b in blocks:
-        if b.shape == want.shape and np.all(np.abs(b - want) <= atol + rtol * np.abs(want)):
-            return ""
-    seen = int(rec.get("factorisations") or 0)
-    return (f"{op} did not use the Cholesky form: no Cholesky factorisation of G[S, S] ({what}, S = the "
-            f"{S.size} pruned column(s) in the given order, as the leading block) was seen; "
-            + (f"it factorised {seen} other matrix(es)" if seen else "it called no Cholesky at all"))
+    if not rec.get("factor_matched"):
+        seen = int(rec.get("factorisations") or 0)
+        return (f"{op} did not use the Cholesky form: no Cholesky factorisation of a matrix whose leading block is "
+                f"G[S, S] (S = the {S.size} pruned column(s) in the given order) was seen; "
+                + (f"it factorised {seen} other matrix(es)" if seen else "it called no Cholesky at all"))
+    first = oracle.OUTPUTS[op][0][0]
+    probe, normal = data.get(f"probe.{first}"), data[f"out.{first}"]
+    # the change must exceed the output's own tolerance: a trace of the factor added below the
+    # tolerance (W + 1e-300 * L[0, 0]) is not its use
+    moved = (probe is not None and probe.shape == normal.shape
+             and np.any(np.abs(probe - normal) > tol["atol"] + tol["rtol"] * np.abs(normal)))
+    if not moved:
+        return (f"{op} factorised G[S, S] but its result does not reach {first}: perturbing that factorisation "
+                f"left the output unchanged (a factor computed and discarded is not the Cholesky form)")
+    return ""
 
 
 def _warning_check(entry: dict, args: dict, rec: dict) -> str:
@@ -577,25 +734,73 @@ def _warning_check(entry: dict, args: dict, rec: dict) -> str:
 # Report and command line
 
 
-def report(total, scores, verbose=False, load_error: str = "") -> str:
-    lines = [load_error, ""] if load_error else []
+def _groups(failures: list) -> list[list]:
+    """Failures in dependency order, cases of one operation with the same diagnosis together."""
+    groups, index = [], {}
+    for c in failures:
+        if c.pattern or c.kind in ("cholesky", "warning", "zeros"):
+            key = (c.operation, c.kind, c.pattern)
+        elif c.kind in ("error", "run"):
+            key = (c.operation, c.kind, c.message)
+        else:
+            key = id(c)
+        if key in index:
+            groups[index[key]].append(c)
+        else:
+            index[key] = len(groups)
+            groups.append([c])
+    return groups
+
+
+def _task_lines(s: TaskScore, verbose: bool) -> list[str]:
+    lines = []
+    if s.not_implemented:
+        lines.append(f"     {s.not_implemented} case(s) not implemented yet (NotImplementedError or missing)")
+    groups = [[c] for c in s.failures] if verbose else _groups(s.failures)
+    for group in groups[: None if verbose else 3]:
+        c = group[0]
+        if len(group) >= 3 and not verbose:
+            names = ", ".join(g.id.split(".", 1)[1] for g in group)
+            lines.append(f"     FAIL {c.operation}: {len(group)} cases show the same problem ({names}); the first:")
+        else:
+            lines.append(f"     FAIL {', '.join(g.id for g in group)}")
+        lines += [f"          {m}" for m in c.message.splitlines()]
+        if c.hint:
+            lines.append(f"          hint: {c.hint}")
+    if not verbose and len(groups) > 3:
+        lines.append(f"     ... and {sum(map(len, groups[3:]))} more failures (-v shows all)")
+    return lines
+
+
+def report(points, max_points, scores, verbose=False, load_error: str = "", isolation: str = "",
+           unit: int | None = None) -> str:
+    lines = [f"isolation: {isolation}"] if isolation else []
+    lines += [load_error, ""] if load_error else []
     for s in scores:
         mark = "ok " if s.passed == s.total else ("-- " if s.passed == 0 and not s.failures else "XX ")
         lines.append(f"{mark}Task {s.number}: {s.title:<48} {s.passed:3d}/{s.total:<3d} cases  "
                      f"{s.points:5.1f}/{s.max_points} points")
-        if s.not_implemented:
-            lines.append(f"     {s.not_implemented} case(s) not implemented yet (NotImplementedError or missing)")
-        for c in s.failures[: None if verbose else 3]:
-            lines.append(f"     FAIL {c.id}")
-            for m in c.message.splitlines():
-                lines.append(f"          {m}")
-            h = c.hint if isinstance(c, GradedCase) else hint(c.id)
-            if h:
-                lines.append(f"          hint: {h}")
-        if not verbose and len(s.failures) > 3:
-            lines.append(f"     ... and {len(s.failures) - 3} more failures (-v shows all)")
-    lines.append(f"\nscore: {total:.1f} / 100")
+        lines += _task_lines(s, verbose)
+    if [s.number for s in scores] == ASSIGNMENT:
+        lines.append(f"\nscore: {points:.1f} / 100")
+    elif unit is not None:
+        lines.append(f"\nscore: {points:.1f} / {max_points} points (unit {unit}: {units.UNITS[unit][0]})")
+    else:
+        graded = ", ".join(str(s.number) for s in scores)
+        plural = "s" if len(scores) > 1 else ""
+        lines.append(f"\nscore: {points:.1f} / {max_points} points (task{plural} {graded} only)")
     return "\n".join(lines)
+
+
+def gradescope(points, max_points, scores, result: GradeResult) -> dict:
+    """Gradescope's autograder results (results.json): one test per task, its report as output."""
+    tests = [{"name": f"Task {s.number}: {s.title}", "number": str(s.number), "score": round(s.points, 4),
+              "max_score": s.max_points, "status": "passed" if s.passed == s.total else "failed",
+              "output": "\n".join([f"{s.passed}/{s.total} cases passed"] + _task_lines(s, verbose=True)),
+              "visibility": "visible"} for s in scores]
+    output = "\n".join(x for x in (f"isolation: {result.isolation}", result.load_error, result.note) if x)
+    return {"score": round(points, 4), "output": output, "visibility": "visible",
+            "stdout_visibility": "hidden", "tests": tests}
 
 
 def main(argv=None) -> int:
@@ -603,25 +808,54 @@ def main(argv=None) -> int:
     p.add_argument("student", help="path to the student's .py file")
     p.add_argument("--cases", help="an exported oracle directory (default: the cases are built here)")
     p.add_argument("--task", type=int, action="append", help="grade only this task number (repeatable)")
-    p.add_argument("--pass-score", type=float, default=100.0, help="exit 0 at or above this score")
+    p.add_argument("--unit", type=int, help="grade one unit of the course (README.md): its tasks and questions")
+    p.add_argument("--pass-score", type=float, default=100.0,
+                   help="exit 0 at or above this percentage of the graded points (default 100)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds allowed per call and for importing the submission (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--hints", type=int, default=0,
+                   help="hint level: 0 what failed and where to read (default), 1 what your output shows, "
+                        "2 why, 3 the step")
+    p.add_argument("--gradescope", metavar="RESULTS_JSON", help="also write Gradescope's results.json here")
+    p.add_argument("--isolation", choices=("auto", "audit"), default="auto",
+                   help="auto: a private file tree (namespaces) where the machine allows it; "
+                        "audit: the audit hook only")
     p.add_argument("-v", "--verbose", action="store_true", help="show every failure")
     args = p.parse_args(argv)
     known = {number for number, *_ in TASKS}
     try:
         if args.task and not set(args.task) <= known:
             raise GradingError(f"no task {sorted(set(args.task) - known)}; the tasks are {sorted(known)}")
+        if args.unit is not None and args.unit not in units.UNITS:
+            raise GradingError(f"no unit {args.unit}; the units are {sorted(units.UNITS)}")
+        if args.unit is not None and args.task:
+            raise GradingError("give --unit or --task, not both")
+        tasks = units.UNITS[args.unit][1] if args.unit is not None else args.task
         if not args.timeout > 0:
             raise GradingError(f"--timeout must be positive, got {args.timeout:g}")
+        if args.hints not in HINT_LEVELS:
+            raise GradingError(f"--hints must be one of {', '.join(map(str, HINT_LEVELS))}, got {args.hints}")
         if args.cases is not None and not Path(args.cases).is_dir():
             raise GradingError(f"{args.cases}: no such directory (export one with `slimgpt oracle export DIR`)")
-        total, scores, result = grade(args.student, args.cases, args.task, args.timeout)
+        if args.gradescope is not None and not Path(args.gradescope).resolve().parent.is_dir():
+            raise GradingError(f"{args.gradescope}: its folder does not exist")
+        points, max_points, scores, result = grade(args.student, args.cases, tasks, args.timeout,
+                                                   args.hints, args.isolation)
     except GradingError as e:
         print(f"grade.py: error: {e}", file=sys.stderr)
         return 2
-    print(report(total, scores, args.verbose, result.load_error))
-    return 0 if total >= args.pass_score - 1e-9 else 1
+    copied = copied_functions(Path(args.student))
+    result.note = (f"note: {len(copied)} function(s) are near-verbatim copies of slimgpt's reference "
+                   f"({', '.join(copied[:6])}{', ...' if len(copied) > 6 else ''}); not graded down, but an "
+                   "instructor may ask how they were written") if copied else ""
+    print(report(points, max_points, scores, args.verbose, result.load_error, result.isolation, args.unit))
+    if result.note:
+        print(result.note)
+    if args.gradescope:
+        tmp = Path(args.gradescope).with_name(Path(args.gradescope).name + ".tmp")
+        tmp.write_text(json.dumps(gradescope(points, max_points, scores, result), indent=1))
+        os.replace(tmp, args.gradescope)
+    return 0 if points >= max_points * args.pass_score / 100 - 1e-9 else 1
 
 
 if __name__ == "__main__":

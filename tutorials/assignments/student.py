@@ -9,7 +9,7 @@ Conventions (the same as the project's reference implementation, which the golde
 
 - NumPy only (SciPy is allowed too), float64 everywhere. Return new arrays; do not modify the inputs.
 - W is (d_out, d_in), the PyTorch Linear layout; pruning removes INPUT columns of W.
-- X is (n, d_in): n calibration tokens. H = 2 X^T X / n is (d_in, d_in). G = H^-1.
+- X is (n, d_in): n calibration tokens. H is (d_in, d_in), the Hessian of Task 1. G = H^-1.
 - Indices are 0-based integers.
 
 The rules of the grader (README.md, "How the grader runs your code"):
@@ -18,10 +18,11 @@ The rules of the grader (README.md, "How the grader runs your code"):
   standard library, NumPy and SciPy, but not slimgpt (nor read the repository's files): a
   submission that imports or loads slimgpt scores 0.
 - Task 2's Cholesky cases check the method, not only the numbers: prune_columns and
-  prune_columns_cholesky must factor the reordered H^-1 (or its leading block G[S, S]) with
-  np.linalg.cholesky, scipy.linalg.cholesky or scipy.linalg.cho_factor (docs/spec.md §2.3).
-- The damping retry is graded: warn DampingWarning(message, percdamp, requested) with the
-  damping actually used, and only when a retry happened (docs/spec.md §2.4).
+  prune_columns_cholesky must compute their result through a Cholesky factor (docs/spec.md §2.3)
+  taken with np.linalg.cholesky, scipy.linalg.cholesky or scipy.linalg.cho_factor; the grader
+  checks that the factor's result reaches your output.
+- The damping retry is graded (docs/spec.md §2.4): DampingWarning below has the attributes the
+  grader reads.
 
 Paper: Ling et al., "SlimGPT: Layer-wise Structured Pruning for Large Language Models",
 NeurIPS 2024, arXiv 2412.18110. Equation numbers follow the paper; the project restates the
@@ -37,8 +38,8 @@ import numpy as np  # noqa: F401 - you will need it
 class DampingWarning(UserWarning):
     """Warned when H is not positive definite at the requested damping and you retry with more.
 
-    Spec §2.4. Raise it as  warnings.warn(DampingWarning(message, percdamp=p_used, requested=p_asked)):
-    the grader checks the class name and the `percdamp` attribute (the damping actually used).
+    Spec §2.4. The grader checks the class name and the `percdamp` attribute (the damping actually
+    used); `requested` is the one the caller asked for.
     """
 
     def __init__(self, message: str, percdamp: float, requested: float):
@@ -51,9 +52,7 @@ class NotPositiveDefiniteError(ValueError):
     """Raised when no damping on the retry ladder makes H positive definite (e.g. H = -I). Spec §2.4."""
 
 
-# Retry ladder for an H that is not positive definite at the requested percdamp (spec §2.4): redo
-# the whole run with each larger value in turn; warn DampingWarning for the first that works;
-# raise NotPositiveDefiniteError when all fail.
+# The project's damping ladder (spec §2.4 says how it is used).
 RETRY_PERCDAMP = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -61,9 +60,9 @@ RETRY_PERCDAMP = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # Task 1: the Hessian of the layer-wise objective (Eq. 1)
 
 def hessian(X):
-    """H = 2 X^T X / n, the Hessian of ||W X^T - W' X^T||_F^2 / n with respect to each row of W.
+    """The Hessian of the layer-wise objective of Eq. (1) with respect to one row of W.
 
-    Paper: Eq. (1); spec §1.2.
+    Paper: Eq. (1); spec §1.2 (the project's unit: a mean over tokens).
 
     Parameters
     ----------
@@ -77,75 +76,55 @@ def hessian(X):
 
 
 def accumulate_hessian(H, n_seen, X):
-    """Running mean of the Hessian over chunks: after all chunks, H equals hessian(all tokens).
+    """Add one chunk of tokens to a Hessian accumulated over n_seen tokens so far.
 
-    Paper: Eq. (1); spec §1.2 (the published code accumulates H as a running mean).
-
-    H_new = (n_seen * H + 2 X^T X) / (n_seen + n). With H None (or n_seen 0), start from hessian(X).
+    Paper: Eq. (1); spec §1.2. After all chunks the result equals hessian() of all tokens.
+    H is None (and n_seen 0) for the first chunk.
 
     Returns
     -------
-    (H_new, n_seen + n)
+    (H_new : (d_in, d_in) float64, n_seen + n : int)
     """
     raise NotImplementedError
 
 
 # ------------------------------------------------------------------------------------------------
-# Task 2: Optimal Brain Surgeon for columns (Eqs. 3-4) and the Cholesky trick
+# Task 2: Optimal Brain Surgeon for columns (Eqs. 3-4) and the Cholesky form
 
 def prune_columns_naive(W, H, columns, *, percdamp=0.0):
-    """Remove the input `columns` of W one by one with the textbook OBS formulas.
+    """Remove the input `columns` of W, one at a time, with the textbook OBS formulas.
 
-    Paper: Eq. (4) (column OBS) and Eq. (3) (inverse downdate); spec §2.1, §2.4.
-
-    Before anything: dead inputs (diag H == 0) get H[q,q] = 1 and W[:,q] = 0; with percdamp > 0
-    add percdamp * mean(diag H) to the diagonal. G = H^-1 (explicit inverse is fine here).
-    For each q in `columns`, in order:
-        W <- W - (W[:, q] / G[q, q]) outer G[q, :]            (Eq. 4: column q becomes 0)
-        G <- G - G[:, q] outer G[q, :] / G[q, q]               (Eq. 3)
-    Damping is chosen as in prune_columns: if the (damped) H is not positive definite (its
-    Cholesky fails), redo it with the next RETRY_PERCDAMP and warn DampingWarning (spec §2.4).
+    Paper: Eq. (4) (column OBS) and Eq. (3) (the inverse downdate); spec §2.1, §2.2, §2.4.
+    An explicit inverse is fine here: this is your oracle for the Cholesky form. Dead inputs,
+    damping and the retry ladder as in spec §2.4.
 
     Returns
     -------
-    W_new : (d_out, d_in) float64 with W_new[:, columns] == 0.
+    W_new : (d_out, d_in) float64.
     """
     raise NotImplementedError
 
 
 def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
-    """The Cholesky form of sequential column OBS, on a given G = H^-1 (no damping here).
+    """The same removal through one Cholesky factor, on a given G = H^-1 (no damping here).
 
-    Paper: §3, Fig. 1 steps 3-5 (Eqs. 3-4 through one Cholesky factor, as in GPTQ); spec §2.3.
-    S = `columns` in the given order, K = `survivors` (None: every column not in S). Permute so
-    that S comes first, then K; take the upper Cholesky factor U of the permuted G
-    (G[order, order] = U^T U; only its first |S| rows are needed, and by Lemma (ii) their
-    leading |S| x |S| block is the factor of G[S, S] alone); then for i = 0..|S|-1:
-        e_i = W[:, s_i] / U[i, i];  W[:, s_i..] -= e_i outer U[i, i..]       (local update in S)
-    and finally W[:, K] -= E @ U[:|S|, K]                                   (global update)
-    with E = [e_0 ... e_{|S|-1}]. Columns in neither S nor K are left untouched.
-    Use np.linalg.cholesky, scipy.linalg.cholesky or scipy.linalg.cho_factor for the factor:
-    the grader checks that G[S, S] was factored.
+    Paper: §3, Fig. 1 steps 3-5 (as in GPTQ); spec §2.3. S = `columns` in the given order;
+    K = `survivors` (None: every column not in S). Columns in neither S nor K are left as they are.
 
     Returns
     -------
-    (W_new, losses) : ((d_out, d_in) float64 with W_new[:, S] == 0,
-                       (|S|,) float64, losses[i] = ||e_i||^2 in the order of S (Eq. 4 costs))
+    (W_new : (d_out, d_in) float64,
+     losses : (|S|,) float64, the Eq. (4) cost of each column of S in the order of S, as spec §2.3
+              defines it)
     """
     raise NotImplementedError
 
 
 def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
-    """The same result as prune_columns_naive, with the Cholesky trick (GPTQ / SlimGPT Fig. 1).
+    """Remove the input `columns` of W with OBS compensation, through the Cholesky form.
 
-    Paper: §3 (Fig. 1 steps 3-5), Eqs. (3)-(4); spec §2.2-2.4. Prepare H (dead inputs, damping;
-    spec §2.4), G = H^-1, then prune_columns_cholesky(W, G, columns). The grader checks that a
-    Cholesky factorisation of G[S, S] (S first, in the given order) happened: calling
-    prune_columns_naive here fails Task 2's Cholesky cases.
-    If a Cholesky factorisation fails, redo everything with the next larger damping of
-    RETRY_PERCDAMP and warn DampingWarning (its .percdamp = the damping used); raise
-    NotPositiveDefiniteError when all fail. With compensate=False, only zero the columns (and
-    the dead inputs); no factorisation is needed then.
+    Paper: §3 (Fig. 1), Eqs. (3)-(4); spec §2.2-2.4 (dead inputs, damping, the retry ladder and
+    its DampingWarning / NotPositiveDefiniteError). compensate=False: spec §2.2.
 
     Returns
     -------
@@ -155,10 +134,9 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True):
 
 
 def reconstruction_error(W, W_new, H):
-    """The layer objective of Eq. (1) written through H: 1/2 tr((W - W_new) H (W - W_new)^T).
+    """The layer objective of Eq. (1) for W_new, written through H.
 
-    Paper: Eq. (1). With H = 2 X^T X / n this is ||(W - W_new) X^T||_F^2 / n, and the OBS losses
-    1/2 ||e_i||^2 of the Cholesky form add up to it.
+    Paper: Eq. (1); spec §1.2 and §2.3 ("The costs add up").
 
     Returns
     -------
@@ -171,14 +149,10 @@ def reconstruction_error(W, W_new, H):
 # Task 3: head errors with the grouped Cholesky estimate (Eq. 5)
 
 def head_errors(W, Hinv, head_dim, *, gcd=True):
-    """Estimated cost of removing each head (a block of head_dim consecutive columns).
+    """Estimated cost of removing each head (a block of head_dim consecutive input columns).
 
-    Paper: Eq. (5), Lemmas (i)-(ii); spec §3.2.
-        L_j = chol(G[C_j, C_j]) (lower), C_j = {j*head_dim, ..., (j+1)*head_dim - 1}
-        E_j = sum_k ||W[:, j*head_dim + k]||^2 / L_j[k, k]^2
-    With gcd=False (the "-GCD" ablation) use the plain diagonal G[c, c] instead of L_j[k, k]^2.
-    Do NOT sum single-column errors with the plain diagonal when gcd=True: removing several
-    columns of one head needs the sequential downdates that the grouped Cholesky gives for free.
+    Paper: Eq. (5), Lemmas (i)-(ii); spec §3.1-3.2. gcd=False is the paper's "-GCD" ablation
+    (Table 5; spec §3.2).
 
     Returns
     -------
@@ -188,22 +162,18 @@ def head_errors(W, Hinv, head_dim, *, gcd=True):
 
 
 # ------------------------------------------------------------------------------------------------
-# Task 4: batched greedy head pruning (Algorithm 1)
+# Task 4: Batched Greedy Pruning of heads (Algorithm 1)
 
 def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
-    """Prune n_prune heads greedily, exactly one head per iteration.
+    """Prune n_prune heads of W with Batched Greedy Pruning.
 
-    Paper: Algorithm 1, §3; spec §3.3. Each iteration: G = H^-1 from scratch; head errors of the
-    current (already compensated) W (Eq. 5), already-pruned heads +inf; remove the cheapest head
-    with the Cholesky-trick update (local loop over its columns, then the global update); then
-    replace its rows/columns of H by the identity (H[p,:] = H[:,p] = 0, H[p,p] = 1).
-    head_groups (GQA, spec §6.6 option B): an int g means g equal contiguous KV groups (head h in
-    group h // (n_heads / g)); a list gives a group id per head. Every group must lose
-    n_prune / n_groups heads: a head is eligible only while its group is under that quota.
+    Paper: Algorithm 1, §3; spec §3.3 (the loop, ties), §2.4 (damping), §2.2 (compensate=False).
+    head_groups (GQA, spec §6.6 option B): None, an int number of equal contiguous KV groups, or a
+    group id per head.
 
     Returns
     -------
-    (W_new, pruned_heads) : ((d_out, d_in) float64, (n_prune,) int64 head indices)
+    (W_new : (d_out, d_in) float64, pruned_heads : (n_prune,) int64 head indices)
     """
     raise NotImplementedError
 
@@ -212,11 +182,10 @@ def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=T
 # Task 5: Dynamic Group Size for FFN channels
 
 def dgs_group_sizes(n_prune):
-    """The published code's group-size schedule for pruning T = n_prune channels.
+    """The published Dynamic Group Size schedule for pruning T = n_prune channels.
 
-    Spec §4.2: b_0 = floor((T - 512) / 2); g_k = min(T - pruned_so_far, max(b_k, 64), 1024);
-    b_{k+1} = floor((b_k - 512) / 2); stop when T channels are covered. (The paper says
-    "1024 down to 8"; the code's smallest group is 64.)
+    Paper: §3 "Dynamic Group Size" (prose); spec §4.1-4.2 (the published code's schedule, with a
+    table of worked values).
 
     Returns
     -------
@@ -226,17 +195,15 @@ def dgs_group_sizes(n_prune):
 
 
 def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
-    """Prune n_prune FFN channels (columns of down_proj) in groups.
+    """Prune n_prune FFN channels (input columns of down_proj) in groups.
 
-    Paper: §3 "Dynamic Group Size"; spec §4.2. group_sizes: None = dgs_group_sizes(n_prune); an
-    int g = fixed groups of g, the last one smaller (the "-DGS" ablation); a list = explicit
-    sizes summing to n_prune. For each group size g: G = H^-1 from scratch, single-column errors ||W[:,c]||^2 / G[c,c]
-    (pruned +inf), take the g smallest in ascending order, remove them jointly with the
-    Cholesky-trick update, and replace them by identity rows/columns in H.
+    Paper: §3 "Dynamic Group Size"; spec §4.2 (the loop, ties). group_sizes: None = the DGS
+    schedule; an int g = fixed groups of g, the last one smaller (the "-DGS" ablation); a list =
+    explicit sizes summing to n_prune.
 
     Returns
     -------
-    (W_new, pruned_channels) : ((d_out, d_in) float64, (n_prune,) int64, sorted)
+    (W_new : (d_out, d_in) float64, pruned_channels : (n_prune,) int64)
     """
     raise NotImplementedError
 
@@ -245,14 +212,11 @@ def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=
 # Task 6: Incremental Pruning Ratio (Eq. 6)
 
 def ipr_ratios(n_layers, first, last, strategy="log"):
-    """Per-layer pruning ratios rising from `first` (layer 0) to `last` (layer n-1).
+    """Per-layer pruning ratios from `first` (layer 0) to `last` (layer n-1).
 
-    Paper: Eq. (6) and Table 6's alternatives; spec §5.2.
-        "log":     r_i = first + (last - first) * log(i + 1) / log(n)   (r_0 = first when n = 1)
-        "linear":  r_i = first + (last - first) * i / (n - 1)
-        "uniform": every r_i = first (last must equal first)
-        "log-decrease", "linear-decrease": the log / linear list reversed
-    Raise ValueError when first > last or the strategy is unknown.
+    Paper: Eq. (6) and Table 6's alternatives; spec §5.1-5.2. strategy is one of "log", "linear",
+    "uniform", "log-decrease", "linear-decrease"; ValueError when first > last or the strategy is
+    unknown.
 
     Returns
     -------
@@ -262,16 +226,61 @@ def ipr_ratios(n_layers, first, last, strategy="log"):
 
 
 def ipr_for_target(n_layers, target, first=None, strategy="log"):
-    """Ratios whose mean is `target`: choose `last` from the closed form of the mean.
+    """Ratios whose mean over the layers is `target`.
 
-    Spec §5.4: mean = first + c * (last - first) with c = log(n!) / (n log n) for "log" (0.735395
-    for n = 32) and c = 1/2 for "linear", so last = first + (target - first) / c.
-    first=None means first = 0.3125 * target (the published 20% recipe: 0.0625 for 0.2);
-    "uniform" (or one layer) gives every layer the target. Raise ValueError when the needed
-    last is outside [first, 1).
+    Spec §5.4 (the mean in closed form; first=None is the published 20% recipe's first/target
+    proportion). ValueError when the `last` this needs is outside [first, 1).
 
     Returns
     -------
     ratios : (n_layers,) float64
     """
+    raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------
+# The course's units (README.md): questions, a constructed input, the fast algorithm
+
+# Units 1-3: each answer is a number you compute on the question's layer (README.md gives the
+# recipe); checked to 4 significant figures. Computing them here with your own functions is fine.
+ANSWERS = {"1.1": None, "1.2": None, "1.3": None,
+           "2.2": None, "2.3": None, "2.4": None,
+           "3.1": None, "3.2": None}
+
+
+def gcd_counterexample():
+    """Unit 2: an input on which the grouped Cholesky (Eq. 5) and the summed single-column errors
+    pick different cheapest heads.
+
+    Spec §3.1-3.2. H must be symmetric positive definite; head_dim >= 2, at least two heads.
+
+    Returns
+    -------
+    (W : (d_out, d_in) float64, H : (d_in, d_in) float64, head_dim : int)
+    """
+    raise NotImplementedError
+
+
+def remove_set(W, G, S):
+    """Unit 4: remove the columns S of W at once and downdate them out of G = H^-1.
+
+    Paper: Eqs. (3)-(4) for a set, Lemma (ii); spec §3.4. G is the current inverse (already
+    downdated for earlier sets). Output convention: G_new's rows and columns of S are those of the
+    identity matrix (they are never read again).
+
+    Returns
+    -------
+    (W_new : (d_out, d_in) float64, G_new : (d_in, d_in) float64,
+     loss : float, the Eq. (1) cost of the set as spec §3.4 defines it)
+    """
+    raise NotImplementedError
+
+
+def prune_heads_fast(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+    """Unit 4: prune_heads with one inverse and exact set downdates (spec §3.4): the same result."""
+    raise NotImplementedError
+
+
+def prune_channels_fast(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+    """Unit 4: prune_channels with one inverse and exact set downdates (spec §3.4): the same result."""
     raise NotImplementedError

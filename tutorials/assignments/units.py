@@ -1,0 +1,178 @@
+"""The course: units, their questions and the operations they add to the oracle's tables.
+
+What this is: the grader's view of README.md's units. Each unit names the tasks it grades and its
+numerical questions; a question is a case of the operation `answers` (the submission's
+`ANSWERS[question_id]`, a number the student computes) whose expected value the reference
+computes here. Unit 4 adds `remove_set`, `prune_heads_fast` and `prune_channels_fast` (spec §3.4),
+Unit 2 the constructed input `gcd_counterexample()`. `register()` adds their signatures and
+outputs to slimgpt.oracle's tables in the grader's process, so that export, load and compare
+treat them like the reference's own operations.
+
+What it is not: the reference (slimgpt.reference defines every expected value) or the grader.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+
+from slimgpt import oracle, reference
+from slimgpt.oracle import Case
+from slimgpt.reference import downdate
+from slimgpt.testing import calibration, hessian_of, weights
+
+# unit -> (title, tasks graded, question ids)
+UNITS = {
+    1: ("OBS on one layer", [1, 2, 7], ["1.1", "1.2", "1.3"]),
+    2: ("Structure: heads, greedy batches, group sizes", [3, 4, 5, 8], ["2.2", "2.3", "2.4"]),
+    3: ("The layer-wise schedule: Incremental Pruning Ratio", [6, 9], ["3.1", "3.2"]),
+    4: ("The fast algorithm: one inverse, exact set downdates", [10], []),
+}
+
+SIGNATURES = {"answers": ["question"], "gcd_counterexample": [], "remove_set": ["W", "G", "S"],
+              "prune_heads_fast": oracle.SIGNATURES["prune_heads"],
+              "prune_channels_fast": oracle.SIGNATURES["prune_channels"]}
+OUTPUTS = {"answers": [("value", "float")],
+           "gcd_counterexample": [("W", "float"), ("H", "float"), ("head_dim", "exact")],
+           "remove_set": [("W_new", "float"), ("G_new", "float"), ("loss", "float")],
+           "prune_heads_fast": oracle.OUTPUTS["prune_heads"],
+           "prune_channels_fast": oracle.OUTPUTS["prune_channels"]}
+
+
+def register() -> None:
+    """Make the course's operations known to slimgpt.oracle (in this process only)."""
+    oracle.SIGNATURES.update(SIGNATURES)
+    oracle.OUTPUTS.update(OUTPUTS)
+
+
+# ------------------------------------------------------------------------------------------------
+# The problems the questions are asked on (README.md prints the same lines)
+
+def layer(seed: int, n: int = 256, d_in: int = 16, d_out: int = 8):
+    """X (n, d_in) and W (d_out, d_in) of question layer `seed`: README.md's recipe."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d_in)) @ (np.eye(d_in) + 0.5 * rng.standard_normal((d_in, d_in)) / np.sqrt(d_in))
+    W = rng.standard_normal((d_out, d_in))
+    return X, W
+
+
+def _q11():
+    """Output change ||(W - W') X^T||^2 / n when column 3 of layer 1 is removed with OBS."""
+    X, W = layer(1)
+    W2 = reference.prune_columns(W, hessian_of(X), [3])
+    return float(np.sum(((W - W2) @ X.T) ** 2) / X.shape[0])
+
+
+def _q12():
+    """eps_q of Eq. (4) for q = 3 on layer 1 (twice the answer of 1.1)."""
+    X, W = layer(1)
+    G = np.linalg.inv(hessian_of(X))
+    return float(np.sum(W[:, 3] ** 2) / G[3, 3])
+
+
+def _q13():
+    """The least-squares optimum: min over W' with W'[:, S] = 0 of ||(W - W') X^T||^2 / n on
+    layer 2, S = {1, 3, 5, 8}."""
+    X, W = layer(2)
+    K = np.setdiff1d(np.arange(W.shape[1]), [1, 3, 5, 8])
+    coef, *_ = np.linalg.lstsq(X[:, K], X @ W.T, rcond=None)
+    return float(np.sum((X @ W.T - X[:, K] @ coef) ** 2) / X.shape[0])
+
+
+def _q22():
+    """Lemma (ii): the diagonal entry of G = H^-1 of layer 3 at column 6 after the Eq. (3)
+    downdates of columns 4 and 5, which is L_1[2, 2]^2 for head 1 of head_dim 4."""
+    X, _ = layer(3)
+    return float(reference.grouped_cholesky_diag(np.linalg.inv(hessian_of(X)), 4)[1, 2])
+
+
+def _q23():
+    """The number of greedy iterations (groups) for T = 5504 channels with DGS."""
+    return float(len(reference.dgs_group_sizes(5504)))
+
+
+def _q24():
+    """The number of greedy iterations for T = 5504 with fixed groups of 128 (-DGS)."""
+    return float(math.ceil(5504 / 128))
+
+
+def _q31():
+    """The mean of the log IPR ratios for 32 layers from 0.0625 to 0.25."""
+    return float(np.mean(reference.ipr_ratios(32, 0.0625, 0.25)))
+
+
+def _q32():
+    """The last layer's ratio for a 50% mean on 30 layers, first = 0.3125 * target (log)."""
+    return float(reference.ipr_for_target(30, 0.5)[-1])
+
+
+QUESTIONS = {"1.1": _q11, "1.2": _q12, "1.3": _q13, "2.2": _q22, "2.3": _q23, "2.4": _q24,
+             "3.1": _q31, "3.2": _q32}
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference for the course's operations
+
+def _gcd_counterexample():
+    """A case where the grouped Cholesky changes the cheapest head (oracle's correlated head)."""
+    case = next(c for c in oracle.build_cases() if c.id == "head_errors.correlated_head")
+    return case.args["W"], np.linalg.inv(case.args["Hinv"]), case.args["head_dim"]
+
+
+class _Reference(types.SimpleNamespace):
+    """slimgpt.reference plus the course's operations: what oracle.export runs for a course case."""
+
+    def __getattr__(self, name):
+        return getattr(reference, name)
+
+
+REFERENCE = _Reference(
+    answers=lambda question: QUESTIONS[question](),
+    gcd_counterexample=_gcd_counterexample,
+    remove_set=downdate.remove_set,
+    prune_heads_fast=downdate.prune_heads,
+    prune_channels_fast=downdate.prune_channels,
+)
+
+
+def counterexample_problem(W, H, head_dim) -> str:
+    """'' when (W, H, head_dim) is a valid input on which the grouped Cholesky (Eq. 5) and the
+    summed single-column errors pick different cheapest heads; the reason otherwise."""
+    W, H = np.asarray(W, dtype=np.float64), np.asarray(H, dtype=np.float64)
+    d = int(np.asarray(head_dim).ravel()[0]) if np.size(head_dim) else 0
+    if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]) or d < 2 or W.shape[1] % d or W.shape[1] // d < 2:
+        return "return (W (d_out, d_in), H (d_in, d_in), head_dim >= 2 dividing d_in into at least 2 heads)"
+    if not np.allclose(H, H.T) or np.linalg.eigvalsh(H).min() <= 1e-8 * np.abs(H).max():
+        return "H must be symmetric positive definite"
+    G = np.linalg.inv(H)
+    grouped, single = reference.head_errors(W, G, d), reference.head_errors(W, G, d, gcd=False)
+    if np.sort(grouped)[1] - np.sort(grouped)[0] < 1e-6 * np.abs(grouped).max():
+        return "the cheapest head must be clear (no near-tie in the grouped errors)"
+    if int(np.argmin(grouped)) == int(np.argmin(single)):
+        return (f"both estimates pick head {int(np.argmin(grouped))}: the grouped Cholesky does not change the "
+                "choice on this input (spec §3.1 says when it matters)")
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------
+# Cases
+
+def build(ops) -> list[Case]:
+    """The course's cases for the operations in `ops`."""
+    cases = [Case(f"answers.q{q}", "answers", {"question": q}, f"question {q}", ["question"], "float32")
+             for q in QUESTIONS]
+    cases.append(Case("gcd_counterexample.yours", "gcd_counterexample", {},
+                      "an input on which the grouped Cholesky changes the cheapest head", ["construct"]))
+    r = np.random.default_rng(90)
+    X, W = calibration(r, 256, 32), weights(r, 12, 32)
+    G = np.linalg.inv(hessian_of(X))
+    for name, S in [("single", [7]), ("set", [30, 4, 11, 20]), ("head", list(range(8, 16)))]:
+        cases.append(Case(f"remove_set.{name}", "remove_set", {"W": W, "G": G, "S": np.array(S)},
+                          "one set removed from W and downdated out of G (spec §3.4)", ["downdate"], "float64_solve"))
+    fast = [op[: -len("_fast")] for op in ops if op.endswith("_fast")]
+    for c in oracle.build_cases() if fast else []:
+        if c.operation in fast:
+            cases.append(Case(c.id.replace(c.operation, c.operation + "_fast", 1), c.operation + "_fast",
+                              c.args, c.description, c.tags, "float64_solve", c.float32, c.raises))
+    return [c for c in cases if c.operation in ops]
