@@ -39,6 +39,16 @@ def check(name: str, actual: float, expected: float, rtol: float = 1e-9, atol: f
         raise SystemExit(f"check failed: {name}")
 
 
+def check_same(name: str, actual, expected) -> None:
+    """Print one comparison of discrete results (indices) and stop the tutorial if they differ."""
+    actual, expected = [int(v) for v in actual], [int(v) for v in expected]
+    ok = actual == expected
+    shown = str(actual) if len(actual) <= 8 else f"[{', '.join(map(str, actual[:6]))}, ... ({len(actual)} in all)]"
+    print(f"  {name:<58} {shown}  {'ok' if ok else f'MISMATCH (expected {expected})'}")
+    if not ok:
+        raise SystemExit(f"check failed: {name}")
+
+
 def check_lesson(name: str, holds: bool, detail: str = "") -> None:
     """Print one line for a property the tutorial teaches and stop the tutorial if it fails.
 
