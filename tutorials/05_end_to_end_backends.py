@@ -59,7 +59,7 @@ else:
 calib = calibration_windows(tok, n_samples, seqlen, seed=0)
 ppl_dense = perplexity(dense, stream, seqlen=eval_seqlen, max_tokens=eval_tokens)["ppl"]
 print(f"{model_name}: {dense.num_parameters():,} parameters, PPL {ppl_dense:.3f} "
-      f"({eval_tokens} WikiText-2 tokens, seqlen {eval_seqlen})")
+      f"({eval_tokens} {'held-out ' if fast else ''}WikiText-2 tokens, seqlen {eval_seqlen})")
 
 # `--backends cpu` skips the float64 reference, which dominates the full-size run
 parser = argparse.ArgumentParser()
