@@ -108,8 +108,10 @@ print(f"(published loop: {per_iteration:.2f} s per re-inversion of the {d_in} x 
 # %% [markdown]
 # Without compensation the choice would not matter much; with it, the ranking changes after each
 # group, so small groups choose better. The time is dominated by one d_in × d_in inverse per
-# iteration — the count the published code pays (672 inversions of 11008² for LLaMA-7B at 20%
-# with fixed groups of 64 — about 25 with DGS, spec §4.2). In the paper's ablation (Table 5,
+# iteration — the count the published code pays: with DGS, 672 inversions of 11008² over the 32
+# down_proj layers of LLaMA-7B at 20%, 25 in the deepest layer (T = 2752) where groups of 64
+# would need 43 (spec §4.2). The larger T, the more the large first group saves; at T = 768 here
+# it saves one. In the paper's ablation (Table 5,
 # LLaMA-7B at 50%), fixed groups of 128 instead of DGS lower the zero-shot average from 52.23 to
 # 51.63 (spec §7.6). The checks below are the lesson.
 
