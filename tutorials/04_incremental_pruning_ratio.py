@@ -14,18 +14,18 @@
 # **Run**: `python tutorials/04_incremental_pruning_ratio.py [--fast] [--out DIR]`
 # (SmolLM2-135M: ~3-8 min on 2 cores). `--fast` (what the course and the test suite run) uses a
 # tiny LLaMA-style model (6 layers, 8 heads, FFN 96, byte tokens) that it first trains for 150
-# AdamW steps on the first 90% of the shipped WikiText-2 text (~10 s on 2 cores): a *random* tiny
-# model is no language model, and pruning it can even lower its perplexity.
+# AdamW steps on the first 90% of the shipped WikiText-2 text (~20-30 s in all on 2 cores): a
+# *random* tiny model is no language model, and pruning it can even lower its perplexity.
 #
 # **Expected output** (`--fast`; numbers from `python tutorials/04_incremental_pruning_ratio.py
-# --fast`): the schedules for a 20% target on 6 layers (log: 0.0625 → 0.3024, mean 0.2000) and the
-# LLaMA-7B recipe; `trained tiny-llama ... loss 6.11 -> 2.41`; dense PPL 9.76 on held-out
-# WikiText-2 bytes; pruning only layer 0 by 25/50/75% gives PPL ≈ 9.96 / 10.90 / 16.47, and the
+# --fast`): the schedules for a 20% target on 6 layers (log: 0.0625 → 0.3024, mean 0.2000) and
+# the LLaMA-7B recipe; `trained tiny-llama ... loss 6.11 -> 2.41`; dense PPL 9.764 on held-out
+# WikiText-2 bytes; pruning only layer 0 by 25/50/75% gives PPL 9.963 / 10.895 / 16.474, and the
 # relative FFN-output error of the last layer is 2.6-4.8x that of layer 0 itself; two `lesson:`
-# lines check exactly that (PPL rises with the ratio; the last layer's error exceeds layer 0's). Without `--fast` (SmolLM2-135M,
-# 30 layers): dense PPL 55.0 → ≈ 71.8 / 96.0 / 196.3, the error growing with depth by two to three
-# orders of magnitude. Both write `.../04_ipr_schedules.png` and `.../04_error_vs_depth.png` (the
-# Figure 2 analogue).
+# lines check exactly that (PPL rises with the ratio; the last layer's error exceeds layer 0's).
+# Without `--fast` (SmolLM2-135M, 30 layers): dense PPL 55.0 → ≈ 71.8 / 96.0 / 196.3, the error
+# growing with depth by two to three orders of magnitude. Both write `.../04_ipr_schedules.png`
+# and `.../04_error_vs_depth.png` (the Figure 2 analogue).
 #
 # **Paper**: SlimGPT Eq. (6) (Incremental Pruning Ratio), Figure 2 (LLaMA-7B: PPL 12.63 dense → 12.64 / 13.98 / 21.49
 # after pruning layer 0 by 25/50/75%), Table 6; spec §5, §6.3.
