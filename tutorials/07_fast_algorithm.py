@@ -19,11 +19,11 @@
 #
 # **Expected output** (numbers from `python tutorials/07_fast_algorithm.py --fast`): check lines
 # ending in `ok` — after one removal the lazy G equals inv(H without the head) (~1e-15); 3 of 8
-# heads (heads [1, 2, 6]) and 768 of 1024 channels (DGS `128, 64×10`) come out the same as
-# `reference.downdate` and the published loop (same indices, W to ~1e-16) and the C++ core
-# (same indices, float32 W to ~1e-7); then the time to prune 4 of 8 heads of 64 from a 512-wide
-# layer: published loop 0.59 s, lazy NumPy 0.09 s (6.7x), C++ core 0.03 s (19x) on a busy 2-core
-# machine, and a `lesson:` line checking that the lazy loop beats re-inversion;
+# heads (heads [1, 2, 6]) come out the same as `reference.downdate`, the published loop (W to
+# ~1e-16) and the C++ core (float32 W to ~1e-7), and 768 of 1024 channels (DGS `128, 64×10`) the
+# same as `reference.downdate` and the C++ core; then the time to prune 4 of 8 heads of 64 from
+# a 512-wide layer: published loop 0.59 s, lazy NumPy 0.09 s (6.7x), C++ core 0.03 s (19x) on a
+# busy 2-core machine, and a `lesson:` line checking that the lazy loop beats re-inversion;
 # `wrote .../07_fast_algorithm.png`.
 #
 # **Paper**: SlimGPT Eqs. (3)-(5), Lemma (ii), Algorithm 1; spec §3.4 (one inverse, exact

@@ -93,7 +93,7 @@ def trained_tiny_model(name: str = "tiny-llama", steps: int = 150, seed: int = 0
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     batch, seqlen, threads = 16, 64, torch.get_num_threads()
-    torch.set_num_threads(1)                      # bit-reproducible training
+    torch.set_num_threads(1)                      # the same numbers on every run of one machine
     losses = []
     with Timer() as t:
         for _ in range(steps):
