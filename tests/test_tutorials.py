@@ -21,7 +21,7 @@ EXPECTED = {
     "01_obs_by_hand": (["01_obs_by_hand.png"], 1),
     "02_grouped_cholesky": (["02_grouped_cholesky.png"], 2),
     "03_dynamic_group_size": (["03_dynamic_group_size.png"], 3),
-    "04_incremental_pruning_ratio": (["04_ipr_schedules.png", "04_error_vs_depth.png"], 2),
+    "04_incremental_pruning_ratio": (["04_ipr_schedules.png", "04_error_vs_depth.png"], 3),
     "05_end_to_end_backends": (["05_end_to_end_backends.png"], 2),
     "06_cuda_path": (["06_cuda_path.png"], 0),
     "07_fast_algorithm": (["07_fast_algorithm.png"], 1),
