@@ -26,8 +26,8 @@
 # 11.089 (uniform) < 16.683 (log decrease), Table 6's order. Three `lesson:` lines check those
 # three facts. Without `--fast` (SmolLM2-135M, 30 layers; `python
 # tutorials/04_incremental_pruning_ratio.py`): dense PPL 55.045 → 71.798 / 95.963 / 196.274,
-# layer 0's relative error 0.067 / 0.185 / 0.299 and a later layer's up to 0.70 / 0.65 / 0.64;
-# section 3 is the same as with `--fast`. Both write `.../04_ipr_schedules.png` and
+# layer 0's relative error 0.067 / 0.185 / 0.299 and a later layer's up to 0.70 / 0.65 / 1.61
+# (x10.3 / x3.5 / x5.4); section 3 is the same as with `--fast`. Both write `.../04_ipr_schedules.png` and
 # `.../04_error_vs_depth.png` (the Figure 2 analogue).
 #
 # **Paper**: SlimGPT Eq. (6) (Incremental Pruning Ratio), Figure 2 (LLaMA-7B: PPL 12.63 dense →
