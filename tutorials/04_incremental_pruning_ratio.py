@@ -27,8 +27,8 @@
 # three facts. Without `--fast` (SmolLM2-135M, 30 layers; `python
 # tutorials/04_incremental_pruning_ratio.py`): dense PPL 55.045 → 71.798 / 95.963 / 196.274,
 # layer 0's relative error 0.067 / 0.185 / 0.299 and a later layer's up to 0.70 / 0.65 / 1.61
-# (x10.3 / x3.5 / x5.4); section 3 is the same as with `--fast`. Both write `.../04_ipr_schedules.png` and
-# `.../04_error_vs_depth.png` (the Figure 2 analogue).
+# (x10.3 / x3.5 / x5.4); section 3 is the same as with `--fast`. Both write
+# `.../04_ipr_schedules.png` and `.../04_error_vs_depth.png` (the Figure 2 analogue).
 #
 # **Paper**: SlimGPT Eq. (6) (Incremental Pruning Ratio), Figure 2 (LLaMA-7B: PPL 12.63 dense →
 # 12.64 / 13.98 / 21.49 after pruning layer 0 by 25/50/75%), Table 6; spec §5, §6.3, §7.1, §7.9.
