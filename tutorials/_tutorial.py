@@ -39,6 +39,27 @@ def check(name: str, actual: float, expected: float, rtol: float = 1e-9, atol: f
         raise SystemExit(f"check failed: {name}")
 
 
+def check_same(name: str, actual, expected) -> None:
+    """Print one comparison of discrete results (indices) and stop the tutorial if they differ."""
+    actual, expected = [int(v) for v in actual], [int(v) for v in expected]
+    ok = actual == expected
+    shown = str(actual) if len(actual) <= 8 else f"[{', '.join(map(str, actual[:6]))}, ... ({len(actual)} in all)]"
+    print(f"  {name:<58} {shown}  {'ok' if ok else f'MISMATCH (expected {expected})'}")
+    if not ok:
+        raise SystemExit(f"check failed: {name}")
+
+
+def check_lesson(name: str, holds: bool, detail: str = "") -> None:
+    """Print one line for a property the tutorial teaches and stop the tutorial if it fails.
+
+    The lesson itself is asserted (perplexity rises, the choice changes), so a smaller run that
+    loses it fails loudly instead of teaching the opposite.
+    """
+    print(f"  lesson: {name:<50} {detail}  {'ok' if holds else 'MISMATCH'}")
+    if not holds:
+        raise SystemExit(f"check failed: {name}")
+
+
 def check_max_diff(name: str, A, B, tol: float = 1e-9) -> None:
     """Print max|A - B| (relative to max|B|) and stop if it exceeds tol."""
     import numpy as np
@@ -49,6 +70,46 @@ def check_max_diff(name: str, A, B, tol: float = 1e-9) -> None:
     print(f"  {name:<58} max rel diff {diff:.2e}  {'ok' if ok else 'MISMATCH'}")
     if not ok:
         raise SystemExit(f"check failed: {name}")
+
+
+def trained_tiny_model(name: str = "tiny-llama", steps: int = 150, seed: int = 0, **overrides):
+    """A tiny LLaMA-style model (slimgpt's `name` config) trained in-process on WikiText-2 bytes.
+
+    A random model is no language model: pruning it can even *lower* its perplexity. A few
+    seconds of AdamW on the shipped WikiText-2 text (byte tokens, the first 90% of the stream)
+    give one whose perplexity pruning raises, as in the paper. Training is single-threaded and
+    seeded, so the printed numbers repeat. Returns (model in eval mode, tokenizer, held-out
+    tokens: the last 10% of the stream, never trained on).
+    """
+    import torch
+    import torch.nn.functional as F
+    from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
+    from slimgpt.textdata import wikitext2_tokens
+
+    tok = byte_tokenizer()
+    stream = wikitext2_tokens(tok)
+    split = stream.numel() * 9 // 10
+    model = tiny_model(name, seed=seed, **overrides).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    batch, seqlen, threads = 16, 64, torch.get_num_threads()
+    torch.set_num_threads(1)                      # the same numbers on every run of one machine
+    losses = []
+    with Timer() as t:
+        for _ in range(steps):
+            starts = torch.randint(0, split - seqlen, (batch,), generator=gen)
+            ids = torch.stack([stream[s:s + seqlen] for s in starts])
+            logits = model(ids)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    torch.set_num_threads(threads)
+    print(f"trained {name} ({sum(p.numel() for p in model.parameters()):,} parameters) for {steps} steps of "
+          f"{batch} x {seqlen} WikiText-2 bytes in {t.seconds:.1f} s: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    model.eval().requires_grad_(False)
+    return model, tok, stream[split:]
 
 
 class Timer:
