@@ -139,6 +139,31 @@ ORACLE_MAP = {
     assert status["prune_heads.basic"] == oracle.PASS
 
 
+def test_error_names_resolve_in_the_module_as_the_user_wrote_it(golden, tmp_path):
+    """my_slimgpt.py is imported as _oracle_impl_my_slimgpt: "my_slimgpt.HessianNotPD" still names
+    its class; a key that names no class is an adapter warning."""
+    path = tmp_path / "my_slimgpt.py"
+    path.write_text('''
+from slimgpt import reference as R
+
+class HessianNotPD(Exception):
+    pass
+
+def prune_columns(W, H, columns, **kw):
+    try:
+        return R.prune_columns(W, H, columns, **kw)
+    except R.NotPositiveDefiniteError:
+        raise HessianNotPD()
+
+ORACLE_MAP = {"errors": {"my_slimgpt.HessianNotPD": "not_positive_definite",
+                         "my_slimgpt.NoSuchError": "invalid_argument"}}
+''')
+    result = oracle.check(golden, str(path), case_ids=["prune_columns.not_positive_definite"])
+    assert _statuses(result) == {"prune_columns.not_positive_definite": oracle.PASS}, result.table()
+    assert len(result.problems) == 1 and "'my_slimgpt.NoSuchError' matches no exception class" in result.problems[0]
+    assert "my_slimgpt.NoSuchError" in result.table()
+
+
 def test_template_round_trip(golden, tmp_path):
     """The reference dressed as the template (each stub's body replaced by a call with all its
     parameters) passes every case: the template's signatures are the oracle's."""

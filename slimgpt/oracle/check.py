@@ -40,6 +40,7 @@ class CheckResult:
     impl: str
     profile: str
     cases: list[CaseResult]
+    problems: list[str] = field(default_factory=list)  # adapter problems of the whole map (warnings)
 
     def count(self, status: str) -> int:
         return sum(c.status == status for c in self.cases)
@@ -78,6 +79,8 @@ class CheckResult:
                 lines += [f"    {line}" for line in c.message.splitlines()]
             lines += [f"    warning: {w}" for w in c.warnings]
         adapter = [c for c in self.cases if c.status == ADAPTER]
+        if self.problems:
+            lines += ["", "adapter warnings (the map):"] + [f"  {p}" for p in self.problems]
         if adapter and not verbose:
             lines += ["", "adapter problems (the call or the result does not fit; not a numeric failure):"]
             for c in adapter:
@@ -197,7 +200,8 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
     adapter = Adapter(module, label, {"backend": backend} if backend is not None else {})
     selected = [(e, a, x) for e, a, x in cases if (operations is None or e["operation"] in operations)
                 and (not tags or set(tags) & set(e["tags"])) and (case_ids is None or e["id"] in case_ids)]
-    return CheckResult(label, profile, [_check_case(*c, adapter, profile, skip, debug) for c in selected])
+    return CheckResult(label, profile, [_check_case(*c, adapter, profile, skip, debug) for c in selected],
+                       adapter.problems)
 
 
 def _check_names(what: str, given, known: set) -> None:
