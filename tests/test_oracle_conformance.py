@@ -315,6 +315,27 @@ def test_all_zero_outputs_get_a_floor_and_removed_columns_must_be_exact_zeros(go
         assert c.status == oracle.FAIL and "must be exactly 0.0" in c.message and "out of tolerance" not in c.message
 
 
+def test_a_wrong_selection_is_reported_first(golden):
+    """A channel swapped for another: the index-set difference comes first, then the weights, whose
+    exact-zero check names the columns the reference removed (§2.1), or a dead input (§2.4)."""
+    def swapped(W, H, n_prune, **kw):
+        _, idx = reference.prune_channels(W, H, n_prune, **kw)
+        idx = np.append(idx[1:], next(c for c in range(W.shape[1]) if c not in idx))
+        return reference.prune_columns(W, H, idx, percdamp=kw.get("percdamp", 0.0)), idx
+
+    def dead_kept(W, H, columns, **kw):
+        W_new = reference.prune_columns(W, H, columns, **kw)
+        W_new[:, 7] = W[:, 7]
+        return W_new
+    result = oracle.check(golden, {"prune_channels": swapped, "prune_columns": dead_kept},
+                          case_ids=["prune_channels.dead_damped", "prune_columns.dead_kept"])
+    msg = {c.id: c.message.splitlines() for c in result.cases}
+    channels = msg["prune_channels.dead_damped"]
+    assert channels[0].startswith("pruned_channels:") and "missing" in channels[0]
+    assert any("W_new: columns the reference removed must be exactly 0.0" in m and "§2.1" in m for m in channels)
+    assert any("W_new: dead inputs" in m and "[7]" in m and "§2.4" in m for m in msg["prune_columns.dead_kept"])
+
+
 def test_model_trace_names_the_layer_that_differs(golden):
     """prune_model.tiny_llama: a whole-pipeline implementation whose third layer keeps a different
     head fails on pruned_heads[2]; weights digests out of tolerance are named too."""

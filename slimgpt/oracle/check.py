@@ -100,9 +100,10 @@ class CheckResult:
 
 
 def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: dict | None,
-                   exact_zero_columns=None):
+                   exact_zero_columns=None, dead_inputs=()):
     """Compare one output. Returns (ok, message, max_abs_err, max_rel_err). `exact_zero_columns`:
-    columns of a pruned weight that must be exactly 0.0 (removed columns, spec §2.1)."""
+    columns of a pruned weight the reference removed, which must be exactly 0.0 (spec §2.1; dead
+    inputs among them, `dead_inputs`, spec §2.4)."""
     try:
         a = to_numpy(actual)
     except Exception as exc:  # noqa: BLE001
@@ -154,9 +155,13 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
     if exact_zero_columns:
         cols = np.asarray(exact_zero_columns, dtype=np.int64)
         nonzero = cols[np.any(a[:, cols] != 0.0, axis=0)]
-        if nonzero.size:
-            msgs.append(f"{name}: removed columns must be exactly 0.0, but {_short(nonzero.tolist())} are not "
-                        f"(largest |value| {float(np.max(np.abs(a[:, nonzero]))):.3e}; spec §2.1)")
+        dead = np.isin(nonzero, np.asarray(dead_inputs, dtype=np.int64))
+        for which, section, what in ((~dead, "§2.1", "columns the reference removed"),
+                                     (dead, "§2.4", "dead inputs (diag H = 0), which the reference zeroed,")):
+            if which.any():
+                cols_ = nonzero[which]
+                msgs.append(f"{name}: {what} must be exactly 0.0, but {_short(cols_.tolist())} are not "
+                            f"(largest |value| {float(np.max(np.abs(a[:, cols_]))):.3e}; spec {section})")
     allowed = tol["atol"] + tol["rtol"] * np.abs(np.where(fin, expected, 0.0))
     over = diff > allowed
     if over.any():
@@ -253,18 +258,20 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
     except AdapterProblem as e:
         res.status, res.message = ADAPTER, str(e)
         return res
-    return _compare_outputs(res, entry, outs, expected, numeric, profile)
+    return _compare_outputs(res, entry, args, outs, expected, numeric, profile)
 
 
-def _compare_outputs(res: CaseResult, entry: dict, outs: list, expected: dict, numeric: str, profile: str):
-    """Judge every output with its comparison and tolerance; warn on non-float64 results (float64 profile)."""
+def _compare_outputs(res: CaseResult, entry: dict, args: dict, outs: list, expected: dict, numeric: str,
+                     profile: str):
+    """Judge every output with its comparison and tolerance; warn on non-float64 results (float64 profile).
+    A wrong selection is reported first: the weights then differ because of it."""
     msgs, abs_errs, rel_errs = [], [], []
     for o, value in zip(entry["outputs"], outs):
         tol = o.get("tolerances", {}).get(numeric)
         ok, msg, ea, er = compare_output(o["name"], o["compare"], value, expected[o["name"]], tol,
-                                         o.get("exact_zero_columns"))
+                                         o.get("exact_zero_columns"), _dead_inputs(args))
         if not ok:
-            msgs.append(msg)
+            msgs.append((o["compare"] not in ("index_set", "index_sets"), msg))
         if not np.isnan(ea):
             abs_errs.append(ea)
             rel_errs.append(er)
@@ -276,8 +283,18 @@ def _compare_outputs(res: CaseResult, entry: dict, outs: list, expected: dict, n
     if abs_errs:
         res.max_abs_err, res.max_rel_err = max(abs_errs), max(rel_errs)
     if msgs:
-        res.status, res.message = FAIL, "\n".join(msgs)
+        res.status, res.message = FAIL, "\n".join(m for _, m in sorted(msgs, key=lambda m: m[0]))
     return res
+
+
+def _dead_inputs(args: dict) -> np.ndarray:
+    """Input columns with diag H = 0 (an all-zero column of X): zeroed as dead inputs (spec §2.4)."""
+    H, X = args.get("H"), args.get("X")
+    if isinstance(H, np.ndarray) and H.ndim == 2:
+        return np.flatnonzero(np.diag(H) == 0)
+    if isinstance(X, np.ndarray) and X.ndim == 2:
+        return np.flatnonzero(np.all(X == 0, axis=0))
+    return np.zeros(0, dtype=np.int64)
 
 
 def _kind(entry: dict) -> str:
