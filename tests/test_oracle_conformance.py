@@ -336,6 +336,18 @@ def test_a_wrong_selection_is_reported_first(golden):
     assert any("W_new: dead inputs" in m and "[7]" in m and "§2.4" in m for m in msg["prune_columns.dead_kept"])
 
 
+def test_index_set_messages_are_short(golden):
+    """dgs_full_schedule selects 660 channels: a shifted selection is named by what is missing and
+    unexpected, capped like the other lists, not by the two full sets."""
+    def shifted(W, H, n_prune, **kw):
+        W_new, idx = reference.prune_channels(W, H, n_prune, **kw)
+        return W_new, (idx + 1) % W.shape[1]
+    result = oracle.check(golden, {"prune_channels": shifted}, case_ids=["prune_channels.dgs_full_schedule"])
+    first = result.cases[0].message.splitlines()[0]
+    assert first.startswith("pruned_channels:") and "missing" in first and "unexpected" in first
+    assert len(first) < 300, first
+
+
 def test_model_trace_names_the_layer_that_differs(golden):
     """prune_model.tiny_llama: a whole-pipeline implementation whose third layer keeps a different
     head fails on pruned_heads[2]; weights digests out of tolerance are named too."""

@@ -124,8 +124,8 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
         missing = sorted(set(e.tolist()) - set(a.tolist()))
         extra = sorted(set(a.tolist()) - set(e.tolist()))
         if missing or extra:
-            return False, (f"{name}: expected indices {sorted(e.tolist())}, got {sorted(a.tolist())}; "
-                           f"missing {missing}, unexpected {extra}"), np.nan, np.nan
+            return False, (f"{name}: {len(missing)} of the {len(e)} expected indices missing {_short(missing)}, "
+                           f"{len(extra)} unexpected {_short(extra)}"), np.nan, np.nan
         return True, "", np.nan, np.nan
     if compare == "exact":
         a_list = np.asarray(a).astype(np.int64).ravel().tolist() if np.asarray(a).size else []
