@@ -367,6 +367,15 @@ def test_model_trace_names_the_layer_that_differs(golden):
     msg = result.cases[0].message
     assert result.cases[0].status == oracle.FAIL and "pruned_heads[2]" in msg and "weight_norms" in msg
 
+    def two_layers_wrong(weights, config, token_ids, ratio, *, percdamp=0.01):
+        c = channels.copy()
+        for layer in (3, 1):
+            c[layer, 0] = next(j for j in range(config["intermediate_size"]) if j not in c[layer])
+        return heads, c, traces, norms
+    msg = oracle.check(golden, {"prune_model": two_layers_wrong}, tags=["model"]).cases[0].message.splitlines()
+    assert "2 of 4 rows (layers) differ, the first diverging is 1" in msg[0]
+    assert msg[1].startswith("pruned_channels[1]") and msg[2].startswith("pruned_channels[3]")
+
 
 # --- the planted bugs -----------------------------------------------------------------------------
 

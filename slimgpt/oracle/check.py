@@ -111,10 +111,12 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
     if compare == "index_sets":
         if a.ndim != 2 or a.shape[0] != expected.shape[0]:
             return False, f"{name}: expected {expected.shape[0]} rows of indices, got shape {a.shape}", np.nan, np.nan
-        for row, (ar, er) in enumerate(zip(a, expected)):
-            ok, msg, _, _ = compare_output(f"{name}[{row}]", "index_set", ar, er, None)
-            if not ok:
-                return False, msg, np.nan, np.nan
+        rows = [(row, compare_output(f"{name}[{row}]", "index_set", ar, er, None)[1])
+                for row, (ar, er) in enumerate(zip(a, expected))]
+        bad = [(row, msg) for row, msg in rows if msg]
+        if bad:
+            return False, "\n".join([f"{name}: {len(bad)} of {len(rows)} rows (layers) differ, the first "
+                                     f"diverging is {bad[0][0]}"] + [msg for _, msg in bad]), np.nan, np.nan
         return True, "", np.nan, np.nan
     if compare == "index_set":
         a = a.astype(np.int64).ravel() if a.size else np.zeros(0, np.int64)
