@@ -67,6 +67,20 @@ def test_format_is_a_folder_of_plain_npy_per_case(golden):
             assert len(raw) == rec["offset"] + 8 * int(np.prod(rec["shape"])), (case["id"], key)
 
 
+def test_every_array_has_the_documented_dtype(golden):
+    """docs/oracle.md: real arrays '<f8'; indices, counts and group sizes '<i8', even when empty."""
+    integer_inputs = {"in.columns", "in.survivors", "in.token_ids"}
+    for entry in json.loads((golden / "index.json").read_text())["cases"]:
+        arrays = entry["arrays"]
+        for key, rec in arrays.items():
+            if key.startswith("in."):
+                assert rec["dtype"] == ("<i8" if key in integer_inputs else "<f8"), (entry["id"], key)
+        for o in entry["outputs"]:
+            rec = arrays[o["key"]]
+            assert rec["dtype"] == ("<f8" if o["compare"] == "float" else "<i8"), (entry["id"], o["name"])
+            assert np.load(golden / entry["folder"] / rec["file"]).dtype.str == rec["dtype"]
+
+
 def test_npy_files_parse_without_numpy(golden):
     """docs/oracle.md promises: version-1.0, little-endian, C-order .npy; data at case.json's offset."""
     import ast

@@ -103,9 +103,12 @@ def output_floor(operation: str, name: str, args: dict[str, Any]) -> float:
 # ------------------------------------------------------------------------------------------------
 # Export
 
-def write_npy(path: Path, arr: np.ndarray) -> dict:
-    """A version-1.0 .npy (little-endian, C order, data 64-byte aligned); its index record."""
-    arr = np.ascontiguousarray(arr, dtype="<i8" if arr.dtype.kind in "iub" else "<f8")
+def write_npy(path: Path, arr: np.ndarray, integer: bool | None = None) -> dict:
+    """A version-1.0 .npy (little-endian, C order, data 64-byte aligned); its index record.
+    integer: '<i8' (indices, counts, group sizes, even when empty) or '<f8'; None: from arr's dtype."""
+    if integer is None:
+        integer = arr.dtype.kind in "iub"
+    arr = np.ascontiguousarray(arr, dtype="<i8" if integer else "<f8")
     with open(path, "wb") as f:
         np.lib.format.write_array(f, arr, version=(1, 0), allow_pickle=False)
         offset = f.tell() - arr.nbytes
@@ -179,7 +182,7 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
         raise RuntimeError(f"case {case.id} expects an error but the reference returned")
     for (name, kind), value in zip(OPERATIONS[case.operation].outputs, outs or []):
         arr = to_numpy(value)
-        arrays[f"out.{name}"] = write_npy(folder / f"out.{name}.npy", arr)
+        arrays[f"out.{name}"] = write_npy(folder / f"out.{name}.npy", arr, integer=kind != "float")
         out = {"name": name, "key": f"out.{name}", "compare": kind}
         if kind == "float":
             floor = output_floor(case.operation, name, args)
