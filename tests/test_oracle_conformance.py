@@ -269,6 +269,23 @@ def test_adapter_problems_are_reported_apart_from_numbers(golden, capsys):
     assert "adapter problems" in table and "0 failed" in table
 
 
+def test_floats_where_integers_are_expected_are_adapter_problems(golden):
+    """Group sizes and pruned indices as float64 (integer-valued): an adapter problem, not a pass;
+    an empty list for T = 0 still passes."""
+    def float_sizes(n_prune):
+        return np.asarray(reference.dgs_group_sizes(n_prune), dtype=np.float64)
+
+    def float_heads(W, H, n_prune, head_dim, **kw):
+        W_new, heads = reference.prune_heads(W, H, n_prune, head_dim, **kw)
+        return W_new, heads.astype(np.float64)
+    result = oracle.check(golden, {"dgs_group_sizes": float_sizes, "prune_heads": float_heads},
+                          case_ids=["dgs_group_sizes.T100", "dgs_group_sizes.T0", "prune_heads.basic"])
+    status = {c.id: c for c in result.cases}
+    assert status["dgs_group_sizes.T0"].status == oracle.PASS
+    for case in ("dgs_group_sizes.T100", "prune_heads.basic"):
+        assert status[case].status == oracle.ADAPTER and "float64 values; return integers" in status[case].message
+
+
 def test_unexpected_keyword_from_a_builtin_is_an_adapter_problem(golden):
     class NoSignature:                              # a callable whose signature cannot be inspected
         __signature__ = property(lambda self: (_ for _ in ()).throw(ValueError()))

@@ -322,7 +322,8 @@ def _raised(res: CaseResult, entry: dict, adapter: Adapter, exc: Exception, debu
 
 
 def _check_kinds(entry: dict, outs: list, expected: dict) -> None:
-    """Index outputs given as boolean masks, or values that are not arrays at all: adapter problems."""
+    """Index outputs given as boolean masks, integer outputs as floats, or values that are not arrays
+    at all: adapter problems."""
     for o, value in zip(entry["outputs"], outs):
         if value is None:
             raise AdapterProblem(f"{o['name']}: the implementation returned None")
@@ -338,5 +339,6 @@ def _check_kinds(entry: dict, outs: list, expected: dict) -> None:
             if mask_like:
                 raise AdapterProblem(f"{o['name']}: got a boolean mask of {a.size} values; return the indices "
                                      f"(e.g. np.flatnonzero(mask)), {e.size} expected here")
-            if a.dtype.kind == "f" and a.size and not np.all(a == np.round(a)):
-                raise AdapterProblem(f"{o['name']}: got non-integer values; return 0-based integer indices")
+        if o["compare"] != "float" and a.size and a.dtype.kind not in "iu":
+            raise AdapterProblem(f"{o['name']}: got {a.dtype} values; return integers (int64"
+                                 f"{', 0-based indices' if o['compare'] != 'exact' else ''})")
