@@ -286,6 +286,25 @@ def test_floats_where_integers_are_expected_are_adapter_problems(golden):
         assert status[case].status == oracle.ADAPTER and "float64 values; return integers" in status[case].message
 
 
+def test_an_implementation_that_writes_into_its_inputs_is_warned(golden):
+    """prune_columns zeroing the caller's W in place: a warning naming W, on a torch map too."""
+    def in_place(W, H, columns, **kw):
+        W_new = reference.prune_columns(W, H, columns, **kw)
+        W[:, columns] = 0.0
+        return W_new
+
+    def torch_in_place(weight, H, columns, **kw):
+        weight[:, columns] = 0.0
+        return reference.prune_columns(weight.numpy(), H.numpy(), columns.numpy(), **kw)
+    torch_impl = _module(prune_columns=torch_in_place)
+    torch_impl.ORACLE_MAP = {"arguments": {"prune_columns": {"W": "weight"}}, "inputs": "torch"}
+    for impl, name in (({"prune_columns": in_place}, "W"), (torch_impl, "weight")):
+        case = oracle.check(golden, impl, case_ids=["prune_columns.single"]).cases[0]
+        assert any(w.startswith(f"modified input {name}:") for w in case.warnings), case.warnings
+    clean = oracle.check(golden, {"prune_columns": reference.prune_columns}, case_ids=["prune_columns.single"])
+    assert clean.cases[0].warnings == []
+
+
 def test_unexpected_keyword_from_a_builtin_is_an_adapter_problem(golden):
     class NoSignature:                              # a callable whose signature cannot be inspected
         __signature__ = property(lambda self: (_ for _ in ()).throw(ValueError()))

@@ -161,7 +161,7 @@ class Adapter:
                     continue
                 raise NotSupported(f"the case needs {name}={value!r}, which the map declares unsupported")
             renamed[target] = self._convert(value)
-        positional = self.map.get("positional", {}).get(op, [names.get(n, n) for n in OPERATIONS[op].positional])
+        positional = self.positional_names(op)
         missing = [p for p in positional if p not in renamed]
         if missing:
             raise AdapterProblem(f"ORACLE_MAP positional for {op} names {missing}, which are not arguments of the case "
@@ -169,6 +169,11 @@ class Adapter:
         pos = [renamed.pop(p) for p in positional]
         kw = {**renamed, **self.extra}
         return pos, self._fit_signature(op, fn, pos, kw, {names.get(k, k): k for k in defaults})
+
+    def positional_names(self, op: str) -> list[str]:
+        """The implementation's names of the arguments it takes positionally, in order."""
+        names = self.map.get("arguments", {}).get(op, {})
+        return self.map.get("positional", {}).get(op, [names.get(n, n) for n in OPERATIONS[op].positional])
 
     def _fit_signature(self, op, fn, pos, kw, keyword_names) -> dict:
         """Drop keywords the function lacks when the case uses the default; otherwise a mismatch

@@ -239,6 +239,7 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
     except AdapterProblem as e:
         res.status, res.message = ADAPTER, str(e)
         return res
+    before = _array_snapshots(adapter.positional_names(op), pos, kw)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -251,6 +252,9 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
         res.seconds = time.perf_counter() - t0
         return _raised(res, entry, adapter, exc, debug)
     res.seconds = time.perf_counter() - t0
+    res.warnings += [f"modified input {name}: the implementation wrote into an array it was given (a caller's "
+                     f"weights or Hessian would change under it)" for name, value, copy in before
+                     if not np.array_equal(to_numpy(value), copy, equal_nan=copy.dtype.kind == "f")]
     if "raises" in entry:
         res.status, res.message = FAIL, f"expected an error of kind {_kind(entry)} to be raised, but the call returned"
         return res
@@ -297,6 +301,17 @@ def _dead_inputs(args: dict) -> np.ndarray:
     if isinstance(X, np.ndarray) and X.ndim == 2:
         return np.flatnonzero(np.all(X == 0, axis=0))
     return np.zeros(0, dtype=np.int64)
+
+
+def _array_snapshots(pos_names: list, pos: list, kw: dict) -> list:
+    """(name, value, copy) for every array argument of a call (dicts of arrays entry by entry)."""
+    out = []
+    for name, value in [*zip(pos_names, pos), *kw.items()]:
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            if isinstance(v, np.ndarray) or hasattr(v, "detach"):
+                out.append((name if key is None else f"{name}[{key!r}]", v, to_numpy(v).copy()))
+    return out
 
 
 def _kind(entry: dict) -> str:
