@@ -462,6 +462,7 @@ def test_js_reader(golden, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["check", "{tmp}", "--impl", "slimgpt.reference"], "is not an oracle export"),
     (["check", "{tmp}/missing", "--impl", "slimgpt.reference"], "no such directory"),
+    (["check", "{golden}/index.json", "--impl", "slimgpt.reference"], "is a file, not an export folder"),
     (["check", "{golden}", "--impl", "no_such_module_xyz"], "cannot load the implementation"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--tag", "nonsense"], "unknown tag(s) nonsense"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "nonsense"], "unknown operation(s) nonsense"),

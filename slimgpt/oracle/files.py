@@ -209,6 +209,9 @@ class OracleFormatError(ValueError):
 def read_index(directory) -> dict:
     """index.json of an exported directory, checked for format and version."""
     path = Path(directory) / "index.json"
+    if Path(directory).is_file():
+        raise OracleFormatError(f"{directory} is a file, not an export folder (give the folder that holds "
+                                f"index.json)")
     if not Path(directory).is_dir():
         raise OracleFormatError(f"{directory}: no such directory (export the cases first: slimgpt oracle export DIR)")
     try:
