@@ -466,6 +466,7 @@ def test_js_reader(golden, tmp_path):
     (["check", "{golden}", "--impl", "no_such_module_xyz"], "cannot load the implementation"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--tag", "nonsense"], "unknown tag(s) nonsense"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "nonsense"], "unknown operation(s) nonsense"),
+    (["check", "{golden}", "--impl", "slimgpt.reference", "--profile", "nosuch"], "profile must be one of"),
     (["template", "--out", "{golden}/index.json"], "a Python module"),
     (["check", "{golden}", "--impl", "{tmp}/typo.py"], "ORACLE_MAP arguments of hessian name ['Y']"),
     (["check", "{golden}", "--impl", "{tmp}/gone.py"], "sends hessian to 'gram', which the module lacks"),

@@ -31,9 +31,10 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     pc = sub.add_parser("check", help="run an implementation over the cases in DIR")
     pc.add_argument("dir")
     pc.add_argument("--impl", required=True, help="module name (e.g. slimgpt.ops) or path to a .py file")
-    pc.add_argument("--profile", choices=PROFILES, default="float64",
-                    help="float64 (default); float32 for single-precision implementations; published-code: "
-                         "float32 and no cases tagged project (as the authors' code)")
+    # checked by check(), not by argparse: an unknown profile is one line, not a usage block
+    pc.add_argument("--profile", default="float64",
+                    help=f"one of {', '.join(PROFILES)}: float64 (default); float32 for single-precision "
+                         "implementations; published-code: float32 and no cases tagged project (as the authors' code)")
     pc.add_argument("--backend", default=None, help="pass backend=... to every call (slimgpt.ops)")
     pc.add_argument("--op", action="append", dest="operations", help="check only this operation (repeatable)")
     pc.add_argument("--tag", action="append", dest="tags", help="check only cases with this tag (repeatable)")
