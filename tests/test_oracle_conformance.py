@@ -168,6 +168,7 @@ def test_template_round_trip(golden, tmp_path):
     """The reference dressed as the template (each stub's body replaced by a call with all its
     parameters) passes every case: the template's signatures are the oracle's."""
     assert oracle.main(["template", "--out", str(tmp_path / "stubs.py")]) == 0
+    assert oracle.main(["template", "--out", str(tmp_path / "stubs.py"), "--force"]) == 0  # its own: replaced
     stubs = (tmp_path / "stubs.py").read_text()
     assert oracle.check(golden, str(tmp_path / "stubs.py")).count(oracle.NOT_IMPLEMENTED) == len(
         oracle.build_cases())
@@ -468,6 +469,9 @@ def test_js_reader(golden, tmp_path):
     (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "nonsense"], "unknown operation(s) nonsense"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--profile", "nosuch"], "profile must be one of"),
     (["template", "--out", "{golden}/index.json"], "a Python module"),
+    (["template", "--out", "{tmp}/nodir/x.py"], "the parent folder of the output does not exist"),
+    (["export", "{tmp}/a/b/c"], "the parent folder of the output does not exist"),
+    (["template", "--out", "{tmp}/typo.py", "--force"], "was not written by slimgpt"),
     (["check", "{golden}", "--impl", "{tmp}/typo.py"], "ORACLE_MAP arguments of hessian name ['Y']"),
     (["check", "{golden}", "--impl", "{tmp}/gone.py"], "sends hessian to 'gram', which the module lacks"),
 ])
