@@ -460,6 +460,18 @@ def test_js_reader(golden, tmp_path):
 
 # --- bad input ------------------------------------------------------------------------------------
 
+def test_a_damaged_case_fails_alone(golden, tmp_path):
+    """One truncated .npy: filtered out, it is never read; selected, it is that case's failure and
+    the other cases are still checked."""
+    damaged = tmp_path / "golden"
+    shutil.copytree(golden, damaged)
+    (damaged / "cases" / "hessian.basic" / "in.X.npy").write_bytes(b"\x93NUMPY")
+    assert oracle.check(damaged, reference, operations=["dgs_group_sizes"]).ok
+    status = {c.id: c for c in oracle.check(damaged, reference, operations=["hessian"]).cases}
+    assert status["hessian.basic"].status == oracle.FAIL and "damaged" in status["hessian.basic"].message
+    assert status["hessian.one_token"].status == oracle.PASS
+
+
 @pytest.mark.parametrize("argv, message", [
     (["check", "{tmp}", "--impl", "slimgpt.reference"], "is not an oracle export"),
     (["check", "{tmp}/missing", "--impl", "slimgpt.reference"], "no such directory"),

@@ -16,8 +16,9 @@ import numpy as np
 
 from slimgpt.oracle.adapter import (Adapter, AdapterProblem, NotSupported, implementation_traceback,
                                     load_implementation, raised_at_call, where)
-from slimgpt.oracle.files import (PROFILE_SKIP_TAGS, PROFILE_TOLERANCES, PROFILES, copy_args, load_cases,
-                                  to_numpy)
+from slimgpt.oracle.files import (PROFILE_SKIP_TAGS, PROFILE_TOLERANCES, PROFILES, OracleFormatError, copy_args,
+                                  load_case, read_index, to_numpy)
+from slimgpt.oracle.operations import OPERATIONS
 
 PASS, FAIL, NOT_IMPLEMENTED, SKIPPED, ADAPTER = "pass", "FAIL", "not implemented", "skipped", "ADAPTER"
 
@@ -194,21 +195,31 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    cases = load_cases(directory)
-    _check_names("operation", operations, {e["operation"] for e, _, _ in cases})
-    known_tags = {t for e, _, _ in cases for t in e["tags"]}
+    entries = _entries(directory)
+    _check_names("operation", operations, {e["operation"] for e in entries})
+    known_tags = {t for e in entries for t in e["tags"]}
     _check_names("tag", tags, known_tags)
     _check_names("tag", skip_tags, known_tags)
-    _check_names("case", case_ids, {e["id"] for e, _, _ in cases})
+    _check_names("case", case_ids, {e["id"] for e in entries})
     skip = set(skip_tags or ()) | set(PROFILE_SKIP_TAGS[profile])
     module, label = load_implementation(impl)
     if backend is not None:
         label += f" (backend={backend})"
     adapter = Adapter(module, label, {"backend": backend} if backend is not None else {})
-    selected = [(e, a, x) for e, a, x in cases if (operations is None or e["operation"] in operations)
+    selected = [e for e in entries if (operations is None or e["operation"] in operations)
                 and (not tags or set(tags) & set(e["tags"])) and (case_ids is None or e["id"] in case_ids)]
-    return CheckResult(label, profile, [_check_case(*c, adapter, profile, skip, debug) for c in selected],
+    return CheckResult(label, profile, [_check_case(e, directory, adapter, profile, skip, debug) for e in selected],
                        adapter.problems)
+
+
+def _entries(directory) -> list[dict]:
+    """The index's case entries (their arrays are read only for the cases checked)."""
+    entries = read_index(directory)["cases"]
+    if not all(isinstance(e, dict) and isinstance(e.get("id"), str) and e.get("operation") in OPERATIONS
+               and isinstance(e.get("tags"), list) for e in entries):
+        raise OracleFormatError(f"{directory}/index.json is damaged (a case without an id, a known operation "
+                                f"or tags); export the cases again")
+    return entries
 
 
 def _check_names(what: str, given, known: set) -> None:
@@ -217,8 +228,8 @@ def _check_names(what: str, given, known: set) -> None:
         raise ValueError(f"unknown {what}(s) {', '.join(unknown)}; the cases have {', '.join(sorted(known))}")
 
 
-def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -> CaseResult:
-    """Run one case and compare every output."""
+def _check_case(entry, directory, adapter: Adapter, profile, skip, debug) -> CaseResult:
+    """Load one case, run it and compare every output; damaged files are this case's failure."""
     op = entry["operation"]
     res = CaseResult(entry["id"], op, PASS, description=entry.get("description", ""))
     fn = adapter.function(op)
@@ -230,6 +241,11 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
         why = (f"tagged {', '.join(sorted(skip & set(entry['tags'])))}" if skip & set(entry["tags"])
                else f"float64-only (not in profile {profile})")
         res.status, res.message = SKIPPED, f"case is {why}"
+        return res
+    try:
+        args, expected = load_case(directory, entry)
+    except OracleFormatError as e:
+        res.status, res.message = FAIL, f"{e}: export the cases again"
         return res
     try:
         pos, kw = adapter.bind(op, fn, copy_args(args))

@@ -262,15 +262,17 @@ def _resolve(value, data: dict):
     return value
 
 
+def load_case(directory, entry: dict) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One case's arguments (arrays filled in) and expected outputs; OracleFormatError if damaged."""
+    data = read_arrays(directory, entry)
+    try:
+        args = {name: _resolve(v, data) for name, v in entry["arguments"].items()}
+        expected = {o["name"]: data[o["key"]] for o in entry["outputs"]}
+    except (KeyError, TypeError) as e:
+        raise OracleFormatError(f"{directory}: case {entry.get('id', '?')!r} is damaged ({e})") from None
+    return args, expected
+
+
 def load_cases(directory) -> list[tuple[dict, dict[str, Any], dict[str, np.ndarray]]]:
     """Read an exported directory: [(index entry, arguments with arrays filled in, expected outputs)]."""
-    out = []
-    for entry in read_index(directory)["cases"]:
-        data = read_arrays(directory, entry)
-        try:
-            args = {name: _resolve(v, data) for name, v in entry["arguments"].items()}
-            expected = {o["name"]: data[o["key"]] for o in entry["outputs"]}
-        except (KeyError, TypeError) as e:
-            raise OracleFormatError(f"{directory}: case {entry.get('id', '?')!r} is damaged ({e})") from None
-        out.append((entry, args, expected))
-    return out
+    return [(entry, *load_case(directory, entry)) for entry in read_index(directory)["cases"]]
