@@ -480,6 +480,8 @@ def test_a_damaged_case_fails_alone(golden, tmp_path):
     (["check", "{golden}", "--impl", "slimgpt.reference", "--tag", "nonsense"], "unknown tag(s) nonsense"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "nonsense"], "unknown operation(s) nonsense"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--profile", "nosuch"], "profile must be one of"),
+    (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "hessian", "--tag", "gqa"],
+     "the filters (--op hessian, --tag gqa) match no case"),
     (["template", "--out", "{golden}/index.json"], "a Python module"),
     (["template", "--out", "{tmp}/nodir/x.py"], "the parent folder of the output does not exist"),
     (["export", "{tmp}/a/b/c"], "the parent folder of the output does not exist"),

@@ -208,6 +208,12 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
     adapter = Adapter(module, label, {"backend": backend} if backend is not None else {})
     selected = [e for e in entries if (operations is None or e["operation"] in operations)
                 and (not tags or set(tags) & set(e["tags"])) and (case_ids is None or e["id"] in case_ids)]
+    if not any(set(e["tags"]).isdisjoint(skip) for e in selected):
+        filters = [f"{flag} {v}" for flag, given in (("--op", operations), ("--tag", tags), ("--skip-tag", skip_tags),
+                                                      ("case", case_ids), ("--profile", [profile] if
+                                                                           PROFILE_SKIP_TAGS[profile] else []))
+                   for v in sorted(given or ())]
+        raise ValueError(f"the filters ({', '.join(filters)}) match no case to check")
     return CheckResult(label, profile, [_check_case(e, directory, adapter, profile, skip, debug) for e in selected],
                        adapter.problems)
 
