@@ -44,7 +44,11 @@ def test_format_is_a_folder_of_plain_npy_per_case(golden):
     for case in index["cases"]:
         folder = golden / case["folder"]
         assert json.loads((folder / "case.json").read_text()) == case
-        assert {p.name for p in folder.iterdir()} == {"case.json"} | {a["file"] for a in case["arrays"].values()}
+        assert {p.name for p in folder.iterdir()} == {"case.json", "arrays.txt"} | {
+            a["file"] for a in case["arrays"].values()}
+        manifest = [line.split() for line in (folder / "arrays.txt").read_text().splitlines()]
+        assert {m[0]: {"file": m[1], "dtype": m[2], "offset": int(m[3]), "shape": [int(d) for d in m[5:]]}
+                for m in manifest} == case["arrays"] and all(int(m[4]) == len(m) - 5 for m in manifest)
         for name, value in case["arguments"].items():
             if isinstance(value, dict) and set(value) == {"array"}:
                 assert value["array"] in case["arrays"]

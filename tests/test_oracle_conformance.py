@@ -447,6 +447,13 @@ def test_c_reader(golden, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("pass ")} == _reader_ids(golden)
     assert subprocess.run([str(exe), str(tmp_path)], capture_output=True).returncode == 2
+    # JSON whitespace is not part of the format: the same cases with compact case.json files
+    for case in _reader_ids(golden):
+        shutil.copytree(golden / "cases" / case, tmp_path / "compact" / "cases" / case)
+        path = tmp_path / "compact" / "cases" / case / "case.json"
+        path.write_text(json.dumps(json.loads(path.read_text()), separators=(",", ":")))
+    proc = subprocess.run([str(exe), str(tmp_path / "compact")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and f"{len(_reader_ids(golden))} passed" in proc.stdout, proc.stdout
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="no node")

@@ -195,7 +195,15 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
         entry["outputs"].append(out)
     entry["arrays"] = arrays
     (folder / "case.json").write_text(json.dumps(entry, indent=1) + "\n")
+    (folder / "arrays.txt").write_text(arrays_manifest(arrays))
     return entry
+
+
+def arrays_manifest(arrays: dict) -> str:
+    """case.json's "arrays" as flat lines for readers without JSON (docs/oracle.md):
+    `KEY FILE DTYPE OFFSET NDIM DIM...`, one array per line."""
+    return "".join(" ".join(map(str, [key, r["file"], r["dtype"], r["offset"], len(r["shape"]), *r["shape"]])) + "\n"
+                   for key, r in arrays.items())
 
 
 
