@@ -236,7 +236,9 @@ def test_exceptions_are_failures_and_expected_errors_pass(golden):
     index = json.loads((golden / "index.json").read_text())
     raising = {c["id"]: c["raises"] for c in index["cases"] if "raises" in c}
     assert raising == {"prune_columns.not_positive_definite": "NotPositiveDefiniteError",
-                       "ipr_ratios.first_above_last": "ValueError", "ipr_for_target.unreachable": "ValueError"}
+                       "ipr_ratios.first_above_last": "ValueError", "ipr_for_target.unreachable": "ValueError",
+                       "ipr_for_target.last_exactly_1": "ValueError", "ipr_for_target.uniform_other_first": "ValueError",
+                       "prune_heads.gqa_indivisible": "ValueError"}
     kinds = {c["id"]: c["error_kind"] for c in index["cases"] if "raises" in c}
     assert set(kinds.values()) == {"not_positive_definite", "invalid_argument"}
 

@@ -91,7 +91,7 @@ def test_tag_filters(golden):
     result = oracle.check(golden, "slimgpt.reference", tags=["gqa"], skip_tags=["layer"])
     assert result.ok and {c.id for c in result.cases if c.status == oracle.PASS} == {
         "prune_heads.whole_group_blocks", "prune_heads.gqa_quota", "prune_heads.gqa_quota_2",
-        "prune_heads.gqa_group_ids", "prune_heads.gqa_uneven_groups"}
+        "prune_heads.gqa_group_ids", "prune_heads.gqa_uneven_groups", "prune_heads.gqa_indivisible"}
 
 
 # --- adapters ---------------------------------------------------------------------------------

@@ -83,8 +83,11 @@ OPERATIONS: dict[str, Operation] = {
         "ValueError. Returns ratios (n_layers,)."),
     "ipr_for_target": Operation(
         ["n_layers", "target"], {"first": None, "strategy": "log"}, [("ratios", "float")], "§5.4",
-        "The ratios whose mean is `target`, from `first` (None: the project's default); a\n"
-        "ValueError when no last <= 1 reaches it. Returns ratios (n_layers,)."),
+        "The ratios whose mean is `target`, from `first` (None: the project's default; the\n"
+        "ratio of the last layer for the '-decrease' strategies); a ValueError when the last\n"
+        "ratio this needs is outside [first, 1) (1 itself included). 'uniform' (and one layer):\n"
+        "every ratio is first, first=None means target, another first is a ValueError.\n"
+        "Returns ratios (n_layers,)."),
     "prune_attention_layer": Operation(
         ["X", "W", "n_prune", "head_dim"], {"percdamp": 0.0, "head_groups": None},
         [("W_new", "float"), ("pruned_heads", "index_set"), ("loss", "float")], "§3.3, §6.4",
