@@ -352,6 +352,18 @@ def test_all_zero_outputs_get_a_floor_and_removed_columns_must_be_exact_zeros(go
         assert c.status == oracle.FAIL and "must be exactly 0.0" in c.message and "out of tolerance" not in c.message
 
 
+def test_an_all_zero_expected_output_has_no_relative_error(golden):
+    """prune_heads.all expects W_new = 0: a wrong W_new is reported by its absolute error, never
+    as 'max rel err inf'."""
+    def ones(W, H, n_prune, head_dim, **kw):
+        W_new, heads = reference.prune_heads(W, H, n_prune, head_dim, **kw)
+        return W_new + 1.0, heads
+    result = oracle.check(golden, {"prune_heads": ones}, case_ids=["prune_heads.all"])
+    case = result.cases[0]
+    assert case.status == oracle.FAIL and "expected all 0.0" in case.message and case.max_abs_err == 1.0
+    assert "inf" not in case.message and "inf" not in result.table()
+
+
 def test_a_wrong_selection_is_reported_first(golden):
     """A channel swapped for another: the index-set difference comes first, then the weights, whose
     exact-zero check names the columns the reference removed (§2.1), or a dead input (§2.4)."""
