@@ -268,6 +268,10 @@ def test_adapter_problems_are_reported_apart_from_numbers(golden, capsys):
     assert result.failed == 0 and not result.ok
     table = result.table()
     assert "adapter problems" in table and "0 failed" in table
+    # one line for the operation whose every case has the same problem
+    section = table[table.index("adapter problems ("):]
+    n_heads = sum(c.operation == "prune_heads" and c.status == oracle.ADAPTER for c in result.cases)
+    assert n_heads > 10 and section.count("prune_heads, ") == 1 and f"prune_heads, {n_heads} cases (basic, " in section
 
 
 def test_floats_where_integers_are_expected_are_adapter_problems(golden):

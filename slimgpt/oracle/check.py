@@ -84,9 +84,7 @@ class CheckResult:
             lines += ["", "adapter warnings (the map):"] + [f"  {p}" for p in self.problems]
         if adapter and not verbose:
             lines += ["", "adapter problems (the call or the result does not fit; not a numeric failure):"]
-            for c in adapter:
-                lines.append(f"  {c.id}: {c.message.splitlines()[0]}")
-                lines += [f"    {line}" for line in c.message.splitlines()[1:]]
+            lines += _grouped_problems(adapter)
         lines.append("")
         for op, row in self.by_operation().items():
             if row[NOT_IMPLEMENTED] and not (row[PASS] or row[FAIL] or row[ADAPTER]):
@@ -98,6 +96,21 @@ class CheckResult:
         if self.passed + self.failed + self.count(ADAPTER) == 0:
             lines.append("no case was checked: FAIL")
         return "\n".join(lines)
+
+
+def _grouped_problems(cases: list[CaseResult]) -> list[str]:
+    """One entry per operation and message, naming the cases that share it (a map's mistake
+    repeats over every case of its operation)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for c in cases:
+        groups.setdefault((c.operation, c.message), []).append(c.id.removeprefix(f"{c.operation}."))
+    lines = []
+    for (op, message), names in groups.items():
+        first, *rest = message.splitlines()
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        lines.append(f"  {op}, {len(names)} case{'s' * (len(names) > 1)} ({shown}): {first}")
+        lines += [f"    {line}" for line in rest]
+    return lines
 
 
 def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: dict | None,
