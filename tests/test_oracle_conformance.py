@@ -164,6 +164,18 @@ ORACLE_MAP = {"errors": {"my_slimgpt.HessianNotPD": "not_positive_definite",
     assert "my_slimgpt.NoSuchError" in result.table()
 
 
+def test_check_result_subclasses_keep_adding_positional_fields():
+    """The course grader's GradeResult(impl, profile, cases, load_error): the map's problems are
+    keyword-only, so they cannot take its fourth positional argument."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Graded(oracle.CheckResult):
+        load_error: str = ""
+    graded = Graded("impl", "float64", [], "did not load")
+    assert graded.load_error == "did not load" and graded.problems == []
+
+
 def test_template_round_trip(golden, tmp_path):
     """The reference dressed as the template (each stub's body replaced by a call with all its
     parameters) passes every case: the template's signatures are the oracle's."""

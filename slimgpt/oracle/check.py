@@ -41,7 +41,9 @@ class CheckResult:
     impl: str
     profile: str
     cases: list[CaseResult]
-    problems: list[str] = field(default_factory=list)  # adapter problems of the whole map (warnings)
+    # adapter problems of the whole map (warnings); keyword-only so that subclasses (the course
+    # grader's GradeResult) keep adding positional fields after `cases`
+    problems: list[str] = field(default_factory=list, kw_only=True)
 
     def count(self, status: str) -> int:
         return sum(c.status == status for c in self.cases)
@@ -140,7 +142,9 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
         missing = sorted(set(e.tolist()) - set(a.tolist()))
         extra = sorted(set(a.tolist()) - set(e.tolist()))
         if missing or extra:
-            return False, (f"{name}: {len(missing)} of the {len(e)} expected indices missing {_short(missing)}, "
+            both = (f"expected indices {sorted(e.tolist())}, got {sorted(a.tolist())}; "
+                    if max(len(e), len(a)) <= _SHORT else "")  # whole sets only while they are short
+            return False, (f"{name}: {both}{len(missing)} of the {len(e)} expected indices missing {_short(missing)}, "
                            f"{len(extra)} unexpected {_short(extra)}"), np.nan, np.nan
         return True, "", np.nan, np.nan
     if compare == "exact":
@@ -191,7 +195,10 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
     return not msgs, "\n".join(msgs), max_abs, max_rel
 
 
-def _short(values: list, n: int = 12) -> str:
+_SHORT = 12  # values listed in a message before it is cut
+
+
+def _short(values: list, n: int = _SHORT) -> str:
     return str(values) if len(values) <= n else f"[{', '.join(map(str, values[:n]))}, ... ({len(values)} values)]"
 
 
@@ -229,7 +236,7 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
                    for v in sorted(given or ())]
         raise ValueError(f"the filters ({', '.join(filters)}) match no case to check")
     return CheckResult(label, profile, [_check_case(e, directory, adapter, profile, skip, debug) for e in selected],
-                       adapter.problems)
+                       problems=adapter.problems)
 
 
 def _entries(directory) -> list[dict]:
