@@ -213,6 +213,8 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
     skip_tags: leave out cases with any of these tags; case_ids: only these cases. backend: passed as backend=... (slimgpt.ops).
     debug: failures carry the implementation's own traceback. A missing function, one that raises
     NotImplementedError or a setting the map declares unsupported counts as not implemented.
+    Only the selected cases' files are read; a damaged one is that case's FAIL. Filters that
+    together leave no case to check are a ValueError, like unknown names.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
@@ -234,7 +236,8 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
                                                       ("case", case_ids), ("--profile", [profile] if
                                                                            PROFILE_SKIP_TAGS[profile] else []))
                    for v in sorted(given or ())]
-        raise ValueError(f"the filters ({', '.join(filters)}) match no case to check")
+        raise ValueError(f"the filters ({', '.join(filters)}) match no case to check" if filters
+                         else f"{directory} holds no case to check")
     return CheckResult(label, profile, [_check_case(e, directory, adapter, profile, skip, debug) for e in selected],
                        problems=adapter.problems)
 
