@@ -44,7 +44,11 @@ def test_format_is_a_folder_of_plain_npy_per_case(golden):
     for case in index["cases"]:
         folder = golden / case["folder"]
         assert json.loads((folder / "case.json").read_text()) == case
-        assert {p.name for p in folder.iterdir()} == {"case.json"} | {a["file"] for a in case["arrays"].values()}
+        assert {p.name for p in folder.iterdir()} == {"case.json", "arrays.txt"} | {
+            a["file"] for a in case["arrays"].values()}
+        manifest = [line.split() for line in (folder / "arrays.txt").read_text().splitlines()]
+        assert {m[0]: {"file": m[1], "dtype": m[2], "offset": int(m[3]), "shape": [int(d) for d in m[5:]]}
+                for m in manifest} == case["arrays"] and all(int(m[4]) == len(m) - 5 for m in manifest)
         for name, value in case["arguments"].items():
             if isinstance(value, dict) and set(value) == {"array"}:
                 assert value["array"] in case["arrays"]
@@ -65,6 +69,20 @@ def test_format_is_a_folder_of_plain_npy_per_case(golden):
             raw = (folder / rec["file"]).read_bytes()
             assert rec["dtype"] in ("<f8", "<i8") and rec["offset"] % 64 == 0, (case["id"], key)
             assert len(raw) == rec["offset"] + 8 * int(np.prod(rec["shape"])), (case["id"], key)
+
+
+def test_every_array_has_the_documented_dtype(golden):
+    """docs/oracle.md: real arrays '<f8'; indices, counts and group sizes '<i8', even when empty."""
+    integer_inputs = {"in.columns", "in.survivors", "in.token_ids"}
+    for entry in json.loads((golden / "index.json").read_text())["cases"]:
+        arrays = entry["arrays"]
+        for key, rec in arrays.items():
+            if key.startswith("in."):
+                assert rec["dtype"] == ("<i8" if key in integer_inputs else "<f8"), (entry["id"], key)
+        for o in entry["outputs"]:
+            rec = arrays[o["key"]]
+            assert rec["dtype"] == ("<f8" if o["compare"] == "float" else "<i8"), (entry["id"], o["name"])
+            assert np.load(golden / entry["folder"] / rec["file"]).dtype.str == rec["dtype"]
 
 
 def test_npy_files_parse_without_numpy(golden):
@@ -218,7 +236,9 @@ def test_exceptions_are_failures_and_expected_errors_pass(golden):
     index = json.loads((golden / "index.json").read_text())
     raising = {c["id"]: c["raises"] for c in index["cases"] if "raises" in c}
     assert raising == {"prune_columns.not_positive_definite": "NotPositiveDefiniteError",
-                       "ipr_ratios.first_above_last": "ValueError", "ipr_for_target.unreachable": "ValueError"}
+                       "ipr_ratios.first_above_last": "ValueError", "ipr_for_target.unreachable": "ValueError",
+                       "ipr_for_target.last_exactly_1": "ValueError", "ipr_for_target.uniform_other_first": "ValueError",
+                       "prune_heads.gqa_indivisible": "ValueError"}
     kinds = {c["id"]: c["error_kind"] for c in index["cases"] if "raises" in c}
     assert set(kinds.values()) == {"not_positive_definite", "invalid_argument"}
 

@@ -91,7 +91,7 @@ def test_tag_filters(golden):
     result = oracle.check(golden, "slimgpt.reference", tags=["gqa"], skip_tags=["layer"])
     assert result.ok and {c.id for c in result.cases if c.status == oracle.PASS} == {
         "prune_heads.whole_group_blocks", "prune_heads.gqa_quota", "prune_heads.gqa_quota_2",
-        "prune_heads.gqa_group_ids", "prune_heads.gqa_uneven_groups"}
+        "prune_heads.gqa_group_ids", "prune_heads.gqa_uneven_groups", "prune_heads.gqa_indivisible"}
 
 
 # --- adapters ---------------------------------------------------------------------------------
@@ -139,10 +139,48 @@ ORACLE_MAP = {
     assert status["prune_heads.basic"] == oracle.PASS
 
 
+def test_error_names_resolve_in_the_module_as_the_user_wrote_it(golden, tmp_path):
+    """my_slimgpt.py is imported as _oracle_impl_my_slimgpt: "my_slimgpt.HessianNotPD" still names
+    its class; a key that names no class is an adapter warning."""
+    path = tmp_path / "my_slimgpt.py"
+    path.write_text('''
+from slimgpt import reference as R
+
+class HessianNotPD(Exception):
+    pass
+
+def prune_columns(W, H, columns, **kw):
+    try:
+        return R.prune_columns(W, H, columns, **kw)
+    except R.NotPositiveDefiniteError:
+        raise HessianNotPD()
+
+ORACLE_MAP = {"errors": {"my_slimgpt.HessianNotPD": "not_positive_definite",
+                         "my_slimgpt.NoSuchError": "invalid_argument"}}
+''')
+    result = oracle.check(golden, str(path), case_ids=["prune_columns.not_positive_definite"])
+    assert _statuses(result) == {"prune_columns.not_positive_definite": oracle.PASS}, result.table()
+    assert len(result.problems) == 1 and "'my_slimgpt.NoSuchError' matches no exception class" in result.problems[0]
+    assert "my_slimgpt.NoSuchError" in result.table()
+
+
+def test_check_result_subclasses_keep_adding_positional_fields():
+    """The course grader's GradeResult(impl, profile, cases, load_error): the map's problems are
+    keyword-only, so they cannot take its fourth positional argument."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Graded(oracle.CheckResult):
+        load_error: str = ""
+    graded = Graded("impl", "float64", [], "did not load")
+    assert graded.load_error == "did not load" and graded.problems == []
+
+
 def test_template_round_trip(golden, tmp_path):
     """The reference dressed as the template (each stub's body replaced by a call with all its
     parameters) passes every case: the template's signatures are the oracle's."""
     assert oracle.main(["template", "--out", str(tmp_path / "stubs.py")]) == 0
+    assert oracle.main(["template", "--out", str(tmp_path / "stubs.py"), "--force"]) == 0  # its own: replaced
     stubs = (tmp_path / "stubs.py").read_text()
     assert oracle.check(golden, str(tmp_path / "stubs.py")).count(oracle.NOT_IMPLEMENTED) == len(
         oracle.build_cases())
@@ -242,6 +280,46 @@ def test_adapter_problems_are_reported_apart_from_numbers(golden, capsys):
     assert result.failed == 0 and not result.ok
     table = result.table()
     assert "adapter problems" in table and "0 failed" in table
+    # one line for the operation whose every case has the same problem
+    section = table[table.index("adapter problems ("):]
+    n_heads = sum(c.operation == "prune_heads" and c.status == oracle.ADAPTER for c in result.cases)
+    assert n_heads > 10 and section.count("prune_heads, ") == 1 and f"prune_heads, {n_heads} cases (basic, " in section
+
+
+def test_floats_where_integers_are_expected_are_adapter_problems(golden):
+    """Group sizes and pruned indices as float64 (integer-valued): an adapter problem, not a pass;
+    an empty list for T = 0 still passes."""
+    def float_sizes(n_prune):
+        return np.asarray(reference.dgs_group_sizes(n_prune), dtype=np.float64)
+
+    def float_heads(W, H, n_prune, head_dim, **kw):
+        W_new, heads = reference.prune_heads(W, H, n_prune, head_dim, **kw)
+        return W_new, heads.astype(np.float64)
+    result = oracle.check(golden, {"dgs_group_sizes": float_sizes, "prune_heads": float_heads},
+                          case_ids=["dgs_group_sizes.T100", "dgs_group_sizes.T0", "prune_heads.basic"])
+    status = {c.id: c for c in result.cases}
+    assert status["dgs_group_sizes.T0"].status == oracle.PASS
+    for case in ("dgs_group_sizes.T100", "prune_heads.basic"):
+        assert status[case].status == oracle.ADAPTER and "float64 values; return integers" in status[case].message
+
+
+def test_an_implementation_that_writes_into_its_inputs_is_warned(golden):
+    """prune_columns zeroing the caller's W in place: a warning naming W, on a torch map too."""
+    def in_place(W, H, columns, **kw):
+        W_new = reference.prune_columns(W, H, columns, **kw)
+        W[:, columns] = 0.0
+        return W_new
+
+    def torch_in_place(weight, H, columns, **kw):
+        weight[:, columns] = 0.0
+        return reference.prune_columns(weight.numpy(), H.numpy(), columns.numpy(), **kw)
+    torch_impl = _module(prune_columns=torch_in_place)
+    torch_impl.ORACLE_MAP = {"arguments": {"prune_columns": {"W": "weight"}}, "inputs": "torch"}
+    for impl, name in (({"prune_columns": in_place}, "W"), (torch_impl, "weight")):
+        case = oracle.check(golden, impl, case_ids=["prune_columns.single"]).cases[0]
+        assert any(w.startswith(f"modified input {name}:") for w in case.warnings), case.warnings
+    clean = oracle.check(golden, {"prune_columns": reference.prune_columns}, case_ids=["prune_columns.single"])
+    assert clean.cases[0].warnings == []
 
 
 def test_unexpected_keyword_from_a_builtin_is_an_adapter_problem(golden):
@@ -290,6 +368,51 @@ def test_all_zero_outputs_get_a_floor_and_removed_columns_must_be_exact_zeros(go
         assert c.status == oracle.FAIL and "must be exactly 0.0" in c.message and "out of tolerance" not in c.message
 
 
+def test_an_all_zero_expected_output_has_no_relative_error(golden):
+    """prune_heads.all expects W_new = 0: a wrong W_new is reported by its absolute error, never
+    as 'max rel err inf'."""
+    def ones(W, H, n_prune, head_dim, **kw):
+        W_new, heads = reference.prune_heads(W, H, n_prune, head_dim, **kw)
+        return W_new + 1.0, heads
+    result = oracle.check(golden, {"prune_heads": ones}, case_ids=["prune_heads.all"])
+    case = result.cases[0]
+    assert case.status == oracle.FAIL and "expected all 0.0" in case.message and case.max_abs_err == 1.0
+    assert "inf" not in case.message and "inf" not in result.table()
+
+
+def test_a_wrong_selection_is_reported_first(golden):
+    """A channel swapped for another: the index-set difference comes first, then the weights, whose
+    exact-zero check names the columns the reference removed (§2.1), or a dead input (§2.4)."""
+    def swapped(W, H, n_prune, **kw):
+        _, idx = reference.prune_channels(W, H, n_prune, **kw)
+        idx = np.append(idx[1:], next(c for c in range(W.shape[1]) if c not in idx))
+        return reference.prune_columns(W, H, idx, percdamp=kw.get("percdamp", 0.0)), idx
+
+    def dead_kept(W, H, columns, **kw):
+        W_new = reference.prune_columns(W, H, columns, **kw)
+        W_new[:, 7] = W[:, 7]
+        return W_new
+    result = oracle.check(golden, {"prune_channels": swapped, "prune_columns": dead_kept},
+                          case_ids=["prune_channels.dead_damped", "prune_columns.dead_kept"])
+    msg = {c.id: c.message.splitlines() for c in result.cases}
+    channels = msg["prune_channels.dead_damped"]
+    assert channels[0].startswith("pruned_channels:") and "missing" in channels[0]
+    assert any("W_new: columns the reference removed must be exactly 0.0" in m and "§2.1" in m for m in channels)
+    assert any("W_new: dead inputs" in m and "[7]" in m and "§2.4" in m for m in msg["prune_columns.dead_kept"])
+
+
+def test_index_set_messages_are_short(golden):
+    """dgs_full_schedule selects 660 channels: a shifted selection is named by what is missing and
+    unexpected, capped like the other lists, not by the two full sets."""
+    def shifted(W, H, n_prune, **kw):
+        W_new, idx = reference.prune_channels(W, H, n_prune, **kw)
+        return W_new, (idx + 1) % W.shape[1]
+    result = oracle.check(golden, {"prune_channels": shifted}, case_ids=["prune_channels.dgs_full_schedule"])
+    first = result.cases[0].message.splitlines()[0]
+    assert first.startswith("pruned_channels:") and "missing" in first and "unexpected" in first
+    assert len(first) < 300, first
+
+
 def test_model_trace_names_the_layer_that_differs(golden):
     """prune_model.tiny_llama: a whole-pipeline implementation whose third layer keeps a different
     head fails on pruned_heads[2]; weights digests out of tolerance are named too."""
@@ -308,6 +431,15 @@ def test_model_trace_names_the_layer_that_differs(golden):
     result = oracle.check(golden, {"prune_model": wrong_head}, tags=["model"])
     msg = result.cases[0].message
     assert result.cases[0].status == oracle.FAIL and "pruned_heads[2]" in msg and "weight_norms" in msg
+
+    def two_layers_wrong(weights, config, token_ids, ratio, *, percdamp=0.01):
+        c = channels.copy()
+        for layer in (3, 1):
+            c[layer, 0] = next(j for j in range(config["intermediate_size"]) if j not in c[layer])
+        return heads, c, traces, norms
+    msg = oracle.check(golden, {"prune_model": two_layers_wrong}, tags=["model"]).cases[0].message.splitlines()
+    assert "2 of 4 rows (layers) differ, the first diverging is 1" in msg[0]
+    assert msg[1].startswith("pruned_channels[1]") and msg[2].startswith("pruned_channels[3]")
 
 
 # --- the planted bugs -----------------------------------------------------------------------------
@@ -343,6 +475,13 @@ def test_c_reader(golden, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("pass ")} == _reader_ids(golden)
     assert subprocess.run([str(exe), str(tmp_path)], capture_output=True).returncode == 2
+    # JSON whitespace is not part of the format: the same cases with compact case.json files
+    for case in _reader_ids(golden):
+        shutil.copytree(golden / "cases" / case, tmp_path / "compact" / "cases" / case)
+        path = tmp_path / "compact" / "cases" / case / "case.json"
+        path.write_text(json.dumps(json.loads(path.read_text()), separators=(",", ":")))
+    proc = subprocess.run([str(exe), str(tmp_path / "compact")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and f"{len(_reader_ids(golden))} passed" in proc.stdout, proc.stdout
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="no node")
@@ -356,13 +495,32 @@ def test_js_reader(golden, tmp_path):
 
 # --- bad input ------------------------------------------------------------------------------------
 
+def test_a_damaged_case_fails_alone(golden, tmp_path):
+    """One truncated .npy: filtered out, it is never read; selected, it is that case's failure and
+    the other cases are still checked."""
+    damaged = tmp_path / "golden"
+    shutil.copytree(golden, damaged)
+    (damaged / "cases" / "hessian.basic" / "in.X.npy").write_bytes(b"\x93NUMPY")
+    assert oracle.check(damaged, reference, operations=["dgs_group_sizes"]).ok
+    status = {c.id: c for c in oracle.check(damaged, reference, operations=["hessian"]).cases}
+    assert status["hessian.basic"].status == oracle.FAIL and "damaged" in status["hessian.basic"].message
+    assert status["hessian.one_token"].status == oracle.PASS
+
+
 @pytest.mark.parametrize("argv, message", [
     (["check", "{tmp}", "--impl", "slimgpt.reference"], "is not an oracle export"),
     (["check", "{tmp}/missing", "--impl", "slimgpt.reference"], "no such directory"),
+    (["check", "{golden}/index.json", "--impl", "slimgpt.reference"], "is a file, not an export folder"),
     (["check", "{golden}", "--impl", "no_such_module_xyz"], "cannot load the implementation"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--tag", "nonsense"], "unknown tag(s) nonsense"),
     (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "nonsense"], "unknown operation(s) nonsense"),
+    (["check", "{golden}", "--impl", "slimgpt.reference", "--profile", "nosuch"], "profile must be one of"),
+    (["check", "{golden}", "--impl", "slimgpt.reference", "--op", "hessian", "--tag", "gqa"],
+     "the filters (--op hessian, --tag gqa) match no case"),
     (["template", "--out", "{golden}/index.json"], "a Python module"),
+    (["template", "--out", "{tmp}/nodir/x.py"], "the parent folder of the output does not exist"),
+    (["export", "{tmp}/a/b/c"], "the parent folder of the output does not exist"),
+    (["template", "--out", "{tmp}/typo.py", "--force"], "was not written by slimgpt"),
     (["check", "{golden}", "--impl", "{tmp}/typo.py"], "ORACLE_MAP arguments of hessian name ['Y']"),
     (["check", "{golden}", "--impl", "{tmp}/gone.py"], "sends hessian to 'gram', which the module lacks"),
 ])

@@ -3,10 +3,13 @@
  *
  *   gcc -O2 -std=c99 -o reader examples/oracle/reader.c -lm && ./reader golden/
  *
- * Reads each cases/<id>/case.json by looking keys up (no JSON library: the keys it needs are
- * unique after the point it starts from) and each .npy at the offset case.json gives.
+ * Reads each case's arrays through cases/<id>/arrays.txt (one line per array: KEY FILE DTYPE
+ * OFFSET NDIM DIM...) and the data of each .npy at that offset; its scalar arguments and
+ * tolerances by looking keys up in case.json (no JSON library: the keys it needs are unique
+ * after the point it starts from, and any JSON whitespace is allowed).
  * Prints one line per case; exit 0 when all pass, 1 when any fails, 2 on bad input. */
 #define _DEFAULT_SOURCE
+#include <ctype.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,15 +30,20 @@ static char *slurp(const char *path, long *size) {
     return buf;
 }
 
-/* the text right after "key": (whitespace skipped), searching from `from` */
+static const char *skip_space(const char *p) {
+    while (isspace((unsigned char)*p)) p++;
+    return p;
+}
+
+/* the value after the first "key" : at or after `from` (a "key" that is a value is passed over) */
 static const char *value_of(const char *from, const char *key) {
     char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = from ? strstr(from, pat) : NULL;
-    if (!p) return NULL;
-    p += strlen(pat);
-    while (*p == ' ' || *p == '\n') p++;
-    return p;
+    snprintf(pat, sizeof pat, "\"%s\"", key);
+    for (const char *p = from ? strstr(from, pat) : NULL; p; p = strstr(p + 1, pat)) {
+        const char *q = skip_space(p + strlen(pat));
+        if (*q == ':') return skip_space(q + 1);
+    }
+    return NULL;
 }
 
 static double num(const char *from, const char *key) {
@@ -44,29 +52,35 @@ static double num(const char *from, const char *key) {
 }
 
 /* an array of the case: data (float64 or int64 as double), element count, shape */
-typedef struct { double *v; long n; long shape[2]; int ndim; } Array;
+typedef struct { double *v; long n; long shape[8]; int ndim; } Array;
 
-static int load(const char *dir, const char *json, const char *key, Array *a) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\": {", key);
-    const char *rec = strstr(value_of(json, "arrays"), pat);
-    if (!rec) return 0;
-    const char *p = value_of(rec, "shape") + 1;  /* after '[' */
-    a->ndim = 0; a->n = 1;
-    while (1) {
-        while (*p == ' ' || *p == '\n' || *p == ',') p++;
-        if (*p == ']') break;
-        a->shape[a->ndim] = strtol(p, (char **)&p, 10);
-        a->n *= a->shape[a->ndim++];
+/* the array `key` of the case in folder `dir`, found in its arrays.txt */
+static int load(const char *dir, const char *key, Array *a) {
+    char path[1500], line[512], k[128], file[128], dtype[8];
+    long offset = 0;
+    int found = 0;
+    snprintf(path, sizeof path, "%s/arrays.txt", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        int used;
+        if (sscanf(line, "%127s %127s %7s %ld %d%n", k, file, dtype, &offset, &a->ndim, &used) != 5 ||
+            strcmp(k, key) || a->ndim > 8) continue;
+        const char *p = line + used;
+        a->n = 1;
+        for (int i = 0; i < a->ndim; i++, p += used) {
+            if (sscanf(p, "%ld%n", &a->shape[i], &used) != 1) { fclose(f); return 0; }
+            a->n *= a->shape[i];
+        }
+        found = 1;
     }
-    int is_int = strncmp(value_of(rec, "dtype"), "\"<i8\"", 5) == 0;
-    long offset = (long)num(rec, "offset");
-    char path[1024], file[128];
-    sscanf(value_of(rec, "file"), "\"%127[^\"]\"", file);
+    fclose(f);
+    if (!found) return 0;
     snprintf(path, sizeof path, "%s/%s", dir, file);
     long size;
     char *raw = slurp(path, &size);
     if (!raw || size != offset + 8 * a->n) { free(raw); return 0; }
+    int is_int = !strcmp(dtype, "<i8");
     a->v = malloc(sizeof(double) * (a->n ? a->n : 1));
     for (long i = 0; i < a->n; i++) {   /* little-endian host assumed (x86, arm64) */
         if (is_int) { long long t; memcpy(&t, raw + offset + 8 * i, 8); a->v[i] = (double)t; }
@@ -78,9 +92,11 @@ static int load(const char *dir, const char *json, const char *key, Array *a) {
 
 /* |a - e| <= atol + rtol |e| for every element, with the output's float64 tolerances */
 static int close_all(const char *json, const char *out, const double *a, const Array *e) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"name\": \"%s\"", out);
-    const char *tol = value_of(strstr(json, pat), "float64");
+    char quoted[64];
+    snprintf(quoted, sizeof quoted, "\"%s\"", out);
+    const char *p = value_of(json, "outputs");
+    while ((p = value_of(p, "name")) && strncmp(p, quoted, strlen(quoted))) {}
+    const char *tol = value_of(p, "float64");
     double rtol = num(tol, "rtol"), atol = num(tol, "atol");
     for (long i = 0; i < e->n; i++)
         if (!(fabs(a[i] - e->v[i]) <= atol + rtol * fabs(e->v[i]))) return 0;
@@ -102,10 +118,10 @@ static int check_case(const char *dir, const char *json) {
     char op[64];
     sscanf(value_of(json, "operation"), "\"%63[^\"]\"", op);
     const char *args = value_of(json, "arguments");
-    int raises = strstr(json, "\"raises\":") != NULL;
+    int raises = value_of(json, "raises") != NULL;
     Array X, H, W, Wn, E;
     if (!strcmp(op, "hessian")) {
-        if (!load(dir, json, "in.X", &X) || !load(dir, json, "out.H", &E)) return 0;
+        if (!load(dir, "in.X", &X) || !load(dir, "out.H", &E)) return 0;
         double *out = malloc(sizeof(double) * E.n);
         hessian_into(out, &X, 0, NULL, 0);
         return close_all(json, "H", out, &E);
@@ -113,16 +129,16 @@ static int check_case(const char *dir, const char *json) {
     if (!strcmp(op, "accumulate_hessian")) {
         long n_seen = (long)num(args, "n_seen");
         int has_H = strncmp(value_of(args, "H"), "null", 4) != 0;
-        if (!load(dir, json, "in.X", &X) || !load(dir, json, "out.H", &E) || !load(dir, json, "out.n_seen", &Wn))
+        if (!load(dir, "in.X", &X) || !load(dir, "out.H", &E) || !load(dir, "out.n_seen", &Wn))
             return 0;
-        if (has_H && !load(dir, json, "in.H", &H)) return 0;
+        if (has_H && !load(dir, "in.H", &H)) return 0;
         double *out = malloc(sizeof(double) * E.n);
         hessian_into(out, &X, (double)n_seen, has_H ? H.v : NULL, n_seen);
         return close_all(json, "H", out, &E) && Wn.v[0] == n_seen + X.shape[0];
     }
     if (!strcmp(op, "dgs_group_sizes")) {
         long T = (long)num(args, "n_prune"), b = (T - 512) / 2 - ((T - 512) % 2 < 0), left = T, k = 0;
-        if (!load(dir, json, "out.group_sizes", &E)) return 0;
+        if (!load(dir, "out.group_sizes", &E)) return 0;
         long sizes[4096];
         while (left > 0) {
             long g = b > 64 ? b : 64;
@@ -142,7 +158,7 @@ static int check_case(const char *dir, const char *json) {
         char strategy[32];
         sscanf(value_of(args, "strategy"), "\"%31[^\"]\"", strategy);
         if (first > last || (!strcmp(strategy, "uniform") && first != last)) return raises;
-        if (raises || !load(dir, json, "out.ratios", &E)) return 0;
+        if (raises || !load(dir, "out.ratios", &E)) return 0;
         double *r = malloc(sizeof(double) * n);
         int decrease = strstr(strategy, "-decrease") != NULL, is_log = !strncmp(strategy, "log", 3);
         for (long i = 0; i < n; i++) {
@@ -153,8 +169,8 @@ static int check_case(const char *dir, const char *json) {
         return close_all(json, "ratios", r, &E);
     }
     if (!strcmp(op, "reconstruction_error")) {
-        if (!load(dir, json, "in.W", &W) || !load(dir, json, "in.W_new", &Wn) || !load(dir, json, "in.H", &H) ||
-            !load(dir, json, "out.error", &E)) return 0;
+        if (!load(dir, "in.W", &W) || !load(dir, "in.W_new", &Wn) || !load(dir, "in.H", &H) ||
+            !load(dir, "out.error", &E)) return 0;
         long r = W.shape[0], d = W.shape[1];
         double err = 0;
         for (long o = 0; o < r; o++)

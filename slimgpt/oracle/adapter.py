@@ -20,6 +20,7 @@ the comparison of numbers (check.py).
 """
 from __future__ import annotations
 
+import builtins
 import importlib
 import importlib.util
 import inspect
@@ -34,6 +35,7 @@ from slimgpt.oracle.operations import ERROR_KINDS, OPERATIONS
 
 MAP_KEYS = ("operations", "arguments", "positional", "outputs", "errors", "inputs")
 _ORACLE_DIR = str(Path(__file__).resolve().parent)
+_FILE_PREFIX = "_oracle_impl_"  # a .py path is imported under this prefix, beside the user's own modules
 
 
 class ImplementationError(ValueError):
@@ -62,7 +64,7 @@ def load_implementation(impl):
             path = Path(text).resolve()
             if not path.is_file():
                 raise ImportError(f"no such file {path}")
-            name = f"_oracle_impl_{path.stem}"
+            name = f"{_FILE_PREFIX}{path.stem}"
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
@@ -73,13 +75,34 @@ def load_implementation(impl):
         raise ImplementationError(f"cannot load the implementation {text!r}: {type(e).__name__}: {e}") from e
 
 
-def _resolve_class(name: str):
-    """A class from a dotted name ("numpy.linalg.LinAlgError"), or None when it does not import."""
-    module, _, attr = name.rpartition(".")
+def user_name(module) -> str:
+    """The module's name as the user wrote it: `my_slimgpt` for a file imported as
+    `_oracle_impl_my_slimgpt` from my_slimgpt.py."""
+    name = getattr(module, "__name__", "")
+    return name[len(_FILE_PREFIX):] if name.startswith(_FILE_PREFIX) else name
+
+
+def _resolve_class(name: str, module):
+    """The class a name in ORACLE_MAP['errors'] means, or None: a name of the implementation's own
+    module as the user wrote it ("my_slimgpt.HessianNotPD", or just "HessianNotPD"), a builtin
+    ("ValueError") or an importable dotted name ("numpy.linalg.LinAlgError")."""
+    head, _, rest = name.partition(".")
+    candidates = []
+    if head == user_name(module) and rest:
+        candidates.append((module, rest))
+    candidates += [(module, name), (builtins, name)]
+    for owner, path in candidates:
+        obj = owner
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            return obj
+    parent, _, attr = name.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), attr) if module else None
-    except (ImportError, AttributeError):
+        obj = getattr(importlib.import_module(parent), attr) if parent else None
+    except (ImportError, AttributeError, ValueError):
         return None
+    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
 
 
 def _checked_map(module, label: str) -> dict:
@@ -113,8 +136,12 @@ class Adapter:
     def __init__(self, module, label: str, extra: dict | None = None):
         self.module, self.label, self.extra = module, label, dict(extra or {})
         self.map = _checked_map(module, label)
-        self.errors = [(_resolve_class(k) if isinstance(k, str) else k, k, v)
+        self.errors = [(_resolve_class(k, module) if isinstance(k, str) else k, k, v)
                        for k, v in self.map.get("errors", {}).items()]
+        # adapter problems of the whole map, reported once above the cases
+        self.problems = [f"ORACLE_MAP['errors'] key {k!r} matches no exception class (not importable, not "
+                         f"in {user_name(module)}, not a builtin); write it as module.Class or give the class"
+                         for cls, k, _ in self.errors if cls is None]
 
     def function(self, op: str):
         """The implementation's function for `op`, or None."""
@@ -134,7 +161,7 @@ class Adapter:
                     continue
                 raise NotSupported(f"the case needs {name}={value!r}, which the map declares unsupported")
             renamed[target] = self._convert(value)
-        positional = self.map.get("positional", {}).get(op, [names.get(n, n) for n in OPERATIONS[op].positional])
+        positional = self.positional_names(op)
         missing = [p for p in positional if p not in renamed]
         if missing:
             raise AdapterProblem(f"ORACLE_MAP positional for {op} names {missing}, which are not arguments of the case "
@@ -142,6 +169,11 @@ class Adapter:
         pos = [renamed.pop(p) for p in positional]
         kw = {**renamed, **self.extra}
         return pos, self._fit_signature(op, fn, pos, kw, {names.get(k, k): k for k in defaults})
+
+    def positional_names(self, op: str) -> list[str]:
+        """The implementation's names of the arguments it takes positionally, in order."""
+        names = self.map.get("arguments", {}).get(op, {})
+        return self.map.get("positional", {}).get(op, [names.get(n, n) for n in OPERATIONS[op].positional])
 
     def _fit_signature(self, op, fn, pos, kw, keyword_names) -> dict:
         """Drop keywords the function lacks when the case uses the default; otherwise a mismatch
@@ -205,7 +237,8 @@ class Adapter:
         mro = type(exc).__mro__
         for cls, key, kind in self.errors:
             if (cls is not None and isinstance(exc, cls)) or (isinstance(key, str) and any(
-                    key in (c.__name__, f"{c.__module__}.{c.__qualname__}") for c in mro)):
+                    key in (c.__name__, f"{c.__module__}.{c.__qualname__}",
+                            f"{user_name(sys.modules.get(c.__module__))}.{c.__qualname__}") for c in mro)):
                 return kind
         return next((ERROR_KINDS[c.__name__] for c in mro if c.__name__ in ERROR_KINDS), None)
 

@@ -139,6 +139,9 @@ def _column_cases() -> list[Case]:
          "dead input 7 (diag H = 0) pruned together with column 20", ["dead"], "float64", True),
         ("dead_kept", {"W": Wd, "H": _H(Xd), "columns": np.array([20, 30])},
          "dead input 7 not in S: it is handled as diag 1 and its W column set to 0", ["dead"], "float64", True),
+        ("dead_no_compensate", {"W": Wd, "H": _H(Xd), "columns": np.array([20, 30]), "compensate": False},
+         "compensate=False with dead input 7 not in S: its column is zeroed too, the rest untouched (spec §2.4)",
+         ["project", "dead", "ablation"], "float64", True),
     ]
     r = _rng(12)
     col_cases += [
@@ -234,6 +237,10 @@ def _head_cases() -> list[Case]:
     ]
     for name, kw, desc, tags, tol in heads:
         add(Case(f"prune_heads.{name}", "prune_heads", {"W": W, "H": H, **kw}, desc, tags, tol))
+    add(Case("prune_heads.gqa_indivisible", "prune_heads",
+             {"W": W, "H": H, "n_prune": 3, "head_dim": 8, "head_groups": 2},
+             "3 heads over 2 KV groups: n_prune is not a multiple of the groups, raises ValueError "
+             "(no rounding, spec §6.6)", ["gqa", "error", "edge"], raises=True))
     add(Case("prune_heads.scaled_H", "prune_heads", {"W": W, "H": 1000.0 * H, "n_prune": 3, "head_dim": 8},
              "H scaled by 1000: same selection and weights as prune_heads.basic (spec §10.1.9)",
              ["invariance"], "float64_solve"))
@@ -359,5 +366,16 @@ def _ipr_cases() -> list[Case]:
     add(Case("ipr_for_target.unreachable", "ipr_for_target",
              {"n_layers": 32, "target": 0.9, "first": 0.0, "strategy": "log"},
              "target 0.9 from first 0 needs last >= 1: raises ValueError", ["error", "edge"], raises=True))
+    add(Case("ipr_for_target.log_decrease_32_p2", "ipr_for_target",
+             {"n_layers": 32, "target": 0.2, "first": 0.0625, "strategy": "log-decrease"},
+             "log-decrease: the log list for the same target reversed, layer 0 gets last = 0.2495", ["schedule"]))
+    add(Case("ipr_for_target.last_exactly_1", "ipr_for_target",
+             {"n_layers": 2, "target": 0.75, "first": 0.5, "strategy": "linear"},
+             "2 layers, linear, first 0.5, target 0.75 needs last = 1.0 exactly, outside [first, 1): "
+             "raises ValueError (spec §5.4)", ["error", "edge"], raises=True))
+    add(Case("ipr_for_target.uniform_other_first", "ipr_for_target",
+             {"n_layers": 32, "target": 0.5, "first": 0.4, "strategy": "uniform"},
+             "uniform with first 0.4 != target 0.5: no last can fix the mean, raises ValueError (spec §5.4)",
+             ["error", "edge"], raises=True))
     return cases
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from slimgpt.oracle.adapter import (Adapter, AdapterProblem, NotSupported, implementation_traceback,
                                     load_implementation, raised_at_call, where)
-from slimgpt.oracle.files import (PROFILE_SKIP_TAGS, PROFILE_TOLERANCES, PROFILES, copy_args, load_cases,
-                                  to_numpy)
+from slimgpt.oracle.files import (PROFILE_SKIP_TAGS, PROFILE_TOLERANCES, PROFILES, OracleFormatError, copy_args,
+                                  load_case, read_index, to_numpy)
+from slimgpt.oracle.operations import OPERATIONS
 
 PASS, FAIL, NOT_IMPLEMENTED, SKIPPED, ADAPTER = "pass", "FAIL", "not implemented", "skipped", "ADAPTER"
 
@@ -40,6 +41,9 @@ class CheckResult:
     impl: str
     profile: str
     cases: list[CaseResult]
+    # adapter problems of the whole map (warnings); keyword-only so that subclasses (the course
+    # grader's GradeResult) keep adding positional fields after `cases`
+    problems: list[str] = field(default_factory=list, kw_only=True)
 
     def count(self, status: str) -> int:
         return sum(c.status == status for c in self.cases)
@@ -78,11 +82,11 @@ class CheckResult:
                 lines += [f"    {line}" for line in c.message.splitlines()]
             lines += [f"    warning: {w}" for w in c.warnings]
         adapter = [c for c in self.cases if c.status == ADAPTER]
+        if self.problems:
+            lines += ["", "adapter warnings (the map):"] + [f"  {p}" for p in self.problems]
         if adapter and not verbose:
             lines += ["", "adapter problems (the call or the result does not fit; not a numeric failure):"]
-            for c in adapter:
-                lines.append(f"  {c.id}: {c.message.splitlines()[0]}")
-                lines += [f"    {line}" for line in c.message.splitlines()[1:]]
+            lines += _grouped_problems(adapter)
         lines.append("")
         for op, row in self.by_operation().items():
             if row[NOT_IMPLEMENTED] and not (row[PASS] or row[FAIL] or row[ADAPTER]):
@@ -96,10 +100,26 @@ class CheckResult:
         return "\n".join(lines)
 
 
+def _grouped_problems(cases: list[CaseResult]) -> list[str]:
+    """One entry per operation and message, naming the cases that share it (a map's mistake
+    repeats over every case of its operation)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for c in cases:
+        groups.setdefault((c.operation, c.message), []).append(c.id.removeprefix(f"{c.operation}."))
+    lines = []
+    for (op, message), names in groups.items():
+        first, *rest = message.splitlines()
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        lines.append(f"  {op}, {len(names)} case{'s' * (len(names) > 1)} ({shown}): {first}")
+        lines += [f"    {line}" for line in rest]
+    return lines
+
+
 def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: dict | None,
-                   exact_zero_columns=None):
+                   exact_zero_columns=None, dead_inputs=()):
     """Compare one output. Returns (ok, message, max_abs_err, max_rel_err). `exact_zero_columns`:
-    columns of a pruned weight that must be exactly 0.0 (removed columns, spec §2.1)."""
+    columns of a pruned weight the reference removed, which must be exactly 0.0 (spec §2.1; dead
+    inputs among them, `dead_inputs`, spec §2.4)."""
     try:
         a = to_numpy(actual)
     except Exception as exc:  # noqa: BLE001
@@ -107,10 +127,12 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
     if compare == "index_sets":
         if a.ndim != 2 or a.shape[0] != expected.shape[0]:
             return False, f"{name}: expected {expected.shape[0]} rows of indices, got shape {a.shape}", np.nan, np.nan
-        for row, (ar, er) in enumerate(zip(a, expected)):
-            ok, msg, _, _ = compare_output(f"{name}[{row}]", "index_set", ar, er, None)
-            if not ok:
-                return False, msg, np.nan, np.nan
+        rows = [(row, compare_output(f"{name}[{row}]", "index_set", ar, er, None)[1])
+                for row, (ar, er) in enumerate(zip(a, expected))]
+        bad = [(row, msg) for row, msg in rows if msg]
+        if bad:
+            return False, "\n".join([f"{name}: {len(bad)} of {len(rows)} rows (layers) differ, the first "
+                                     f"diverging is {bad[0][0]}"] + [msg for _, msg in bad]), np.nan, np.nan
         return True, "", np.nan, np.nan
     if compare == "index_set":
         a = a.astype(np.int64).ravel() if a.size else np.zeros(0, np.int64)
@@ -120,8 +142,10 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
         missing = sorted(set(e.tolist()) - set(a.tolist()))
         extra = sorted(set(a.tolist()) - set(e.tolist()))
         if missing or extra:
-            return False, (f"{name}: expected indices {sorted(e.tolist())}, got {sorted(a.tolist())}; "
-                           f"missing {missing}, unexpected {extra}"), np.nan, np.nan
+            both = (f"expected indices {sorted(e.tolist())}, got {sorted(a.tolist())}; "
+                    if max(len(e), len(a)) <= _SHORT else "")  # whole sets only while they are short
+            return False, (f"{name}: {both}{len(missing)} of the {len(e)} expected indices missing {_short(missing)}, "
+                           f"{len(extra)} unexpected {_short(extra)}"), np.nan, np.nan
         return True, "", np.nan, np.nan
     if compare == "exact":
         a_list = np.asarray(a).astype(np.int64).ravel().tolist() if np.asarray(a).size else []
@@ -146,14 +170,18 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
     diff[~fin] = 0.0
     scale = float(np.max(np.abs(expected[fin]))) if fin.any() else 0.0
     max_abs = float(diff.max())
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
+    max_rel = max_abs / scale if scale > 0 else np.nan  # all-zero expected output: no relative error
     msgs = []
     if exact_zero_columns:
         cols = np.asarray(exact_zero_columns, dtype=np.int64)
         nonzero = cols[np.any(a[:, cols] != 0.0, axis=0)]
-        if nonzero.size:
-            msgs.append(f"{name}: removed columns must be exactly 0.0, but {_short(nonzero.tolist())} are not "
-                        f"(largest |value| {float(np.max(np.abs(a[:, nonzero]))):.3e}; spec §2.1)")
+        dead = np.isin(nonzero, np.asarray(dead_inputs, dtype=np.int64))
+        for which, section, what in ((~dead, "§2.1", "columns the reference removed"),
+                                     (dead, "§2.4", "dead inputs (diag H = 0), which the reference zeroed,")):
+            if which.any():
+                cols_ = nonzero[which]
+                msgs.append(f"{name}: {what} must be exactly 0.0, but {_short(cols_.tolist())} are not "
+                            f"(largest |value| {float(np.max(np.abs(a[:, cols_]))):.3e}; spec {section})")
     allowed = tol["atol"] + tol["rtol"] * np.abs(np.where(fin, expected, 0.0))
     over = diff > allowed
     if over.any():
@@ -161,12 +189,16 @@ def compare_output(name: str, compare: str, actual, expected: np.ndarray, tol: d
         where_ = tuple(int(i) for i in worst)
         msgs.append(f"{name}: {int(over.sum())} of {diff.size} entries out of tolerance; "
                     f"max abs err {max_abs:.3e} (allowed there {float(allowed[worst]):.3e} = atol {tol['atol']:.2e} "
-                    f"+ rtol {tol['rtol']:.0e} * |expected|), max rel err {max_rel:.3e}; "
+                    f"+ rtol {tol['rtol']:.0e} * |expected|), "
+                    f"{'expected all 0.0' if np.isnan(max_rel) else f'max rel err {max_rel:.3e}'}; "
                     f"worst at {where_}: expected {expected[worst]:.10g}, got {a[worst]:.10g}")
     return not msgs, "\n".join(msgs), max_abs, max_rel
 
 
-def _short(values: list, n: int = 12) -> str:
+_SHORT = 12  # values listed in a message before it is cut
+
+
+def _short(values: list, n: int = _SHORT) -> str:
     return str(values) if len(values) <= n else f"[{', '.join(map(str, values[:n]))}, ... ({len(values)} values)]"
 
 
@@ -181,23 +213,43 @@ def check(directory, impl, *, profile: str = "float64", operations=None, backend
     skip_tags: leave out cases with any of these tags; case_ids: only these cases. backend: passed as backend=... (slimgpt.ops).
     debug: failures carry the implementation's own traceback. A missing function, one that raises
     NotImplementedError or a setting the map declares unsupported counts as not implemented.
+    Only the selected cases' files are read; a damaged one is that case's FAIL. Filters that
+    together leave no case to check are a ValueError, like unknown names.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    cases = load_cases(directory)
-    _check_names("operation", operations, {e["operation"] for e, _, _ in cases})
-    known_tags = {t for e, _, _ in cases for t in e["tags"]}
+    entries = _entries(directory)
+    _check_names("operation", operations, {e["operation"] for e in entries})
+    known_tags = {t for e in entries for t in e["tags"]}
     _check_names("tag", tags, known_tags)
     _check_names("tag", skip_tags, known_tags)
-    _check_names("case", case_ids, {e["id"] for e, _, _ in cases})
+    _check_names("case", case_ids, {e["id"] for e in entries})
     skip = set(skip_tags or ()) | set(PROFILE_SKIP_TAGS[profile])
     module, label = load_implementation(impl)
     if backend is not None:
         label += f" (backend={backend})"
     adapter = Adapter(module, label, {"backend": backend} if backend is not None else {})
-    selected = [(e, a, x) for e, a, x in cases if (operations is None or e["operation"] in operations)
+    selected = [e for e in entries if (operations is None or e["operation"] in operations)
                 and (not tags or set(tags) & set(e["tags"])) and (case_ids is None or e["id"] in case_ids)]
-    return CheckResult(label, profile, [_check_case(*c, adapter, profile, skip, debug) for c in selected])
+    if not any(set(e["tags"]).isdisjoint(skip) for e in selected):
+        filters = [f"{flag} {v}" for flag, given in (("--op", operations), ("--tag", tags), ("--skip-tag", skip_tags),
+                                                      ("case", case_ids), ("--profile", [profile] if
+                                                                           PROFILE_SKIP_TAGS[profile] else []))
+                   for v in sorted(given or ())]
+        raise ValueError(f"the filters ({', '.join(filters)}) match no case to check" if filters
+                         else f"{directory} holds no case to check")
+    return CheckResult(label, profile, [_check_case(e, directory, adapter, profile, skip, debug) for e in selected],
+                       problems=adapter.problems)
+
+
+def _entries(directory) -> list[dict]:
+    """The index's case entries (their arrays are read only for the cases checked)."""
+    entries = read_index(directory)["cases"]
+    if not all(isinstance(e, dict) and isinstance(e.get("id"), str) and e.get("operation") in OPERATIONS
+               and isinstance(e.get("tags"), list) for e in entries):
+        raise OracleFormatError(f"{directory}/index.json is damaged (a case without an id, a known operation "
+                                f"or tags); export the cases again")
+    return entries
 
 
 def _check_names(what: str, given, known: set) -> None:
@@ -206,8 +258,8 @@ def _check_names(what: str, given, known: set) -> None:
         raise ValueError(f"unknown {what}(s) {', '.join(unknown)}; the cases have {', '.join(sorted(known))}")
 
 
-def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -> CaseResult:
-    """Run one case and compare every output."""
+def _check_case(entry, directory, adapter: Adapter, profile, skip, debug) -> CaseResult:
+    """Load one case, run it and compare every output; damaged files are this case's failure."""
     op = entry["operation"]
     res = CaseResult(entry["id"], op, PASS, description=entry.get("description", ""))
     fn = adapter.function(op)
@@ -221,6 +273,11 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
         res.status, res.message = SKIPPED, f"case is {why}"
         return res
     try:
+        args, expected = load_case(directory, entry)
+    except OracleFormatError as e:
+        res.status, res.message = FAIL, f"{e}: export the cases again"
+        return res
+    try:
         pos, kw = adapter.bind(op, fn, copy_args(args))
     except NotSupported as e:
         res.status, res.message = NOT_IMPLEMENTED, str(e)
@@ -228,6 +285,7 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
     except AdapterProblem as e:
         res.status, res.message = ADAPTER, str(e)
         return res
+    before = _array_snapshots(adapter.positional_names(op), pos, kw)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -240,6 +298,9 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
         res.seconds = time.perf_counter() - t0
         return _raised(res, entry, adapter, exc, debug)
     res.seconds = time.perf_counter() - t0
+    res.warnings += [f"modified input {name}: the implementation wrote into an array it was given (a caller's "
+                     f"weights or Hessian would change under it)" for name, value, copy in before
+                     if not np.array_equal(to_numpy(value), copy, equal_nan=copy.dtype.kind == "f")]
     if "raises" in entry:
         res.status, res.message = FAIL, f"expected an error of kind {_kind(entry)} to be raised, but the call returned"
         return res
@@ -249,20 +310,23 @@ def _check_case(entry, args, expected, adapter: Adapter, profile, skip, debug) -
     except AdapterProblem as e:
         res.status, res.message = ADAPTER, str(e)
         return res
-    return _compare_outputs(res, entry, outs, expected, numeric, profile)
+    return _compare_outputs(res, entry, args, outs, expected, numeric, profile)
 
 
-def _compare_outputs(res: CaseResult, entry: dict, outs: list, expected: dict, numeric: str, profile: str):
-    """Judge every output with its comparison and tolerance; warn on non-float64 results (float64 profile)."""
+def _compare_outputs(res: CaseResult, entry: dict, args: dict, outs: list, expected: dict, numeric: str,
+                     profile: str):
+    """Judge every output with its comparison and tolerance; warn on non-float64 results (float64 profile).
+    A wrong selection is reported first: the weights then differ because of it."""
     msgs, abs_errs, rel_errs = [], [], []
     for o, value in zip(entry["outputs"], outs):
         tol = o.get("tolerances", {}).get(numeric)
         ok, msg, ea, er = compare_output(o["name"], o["compare"], value, expected[o["name"]], tol,
-                                         o.get("exact_zero_columns"))
+                                         o.get("exact_zero_columns"), _dead_inputs(args))
         if not ok:
-            msgs.append(msg)
+            msgs.append((o["compare"] not in ("index_set", "index_sets"), msg))
         if not np.isnan(ea):
             abs_errs.append(ea)
+        if not np.isnan(er):
             rel_errs.append(er)
         dtype = getattr(value, "dtype", None)
         if profile == "float64" and o["compare"] == "float" and dtype is not None and str(dtype) not in (
@@ -270,10 +334,33 @@ def _compare_outputs(res: CaseResult, entry: dict, outs: list, expected: dict, n
             res.warnings.append(f"{o['name']} is {dtype}, not float64: the float64 profile expects float64 results "
                                 f"(a float32 implementation: --profile float32)")
     if abs_errs:
-        res.max_abs_err, res.max_rel_err = max(abs_errs), max(rel_errs)
+        res.max_abs_err = max(abs_errs)
+    if rel_errs:
+        res.max_rel_err = max(rel_errs)
     if msgs:
-        res.status, res.message = FAIL, "\n".join(msgs)
+        res.status, res.message = FAIL, "\n".join(m for _, m in sorted(msgs, key=lambda m: m[0]))
     return res
+
+
+def _dead_inputs(args: dict) -> np.ndarray:
+    """Input columns with diag H = 0 (an all-zero column of X): zeroed as dead inputs (spec §2.4)."""
+    H, X = args.get("H"), args.get("X")
+    if isinstance(H, np.ndarray) and H.ndim == 2:
+        return np.flatnonzero(np.diag(H) == 0)
+    if isinstance(X, np.ndarray) and X.ndim == 2:
+        return np.flatnonzero(np.all(X == 0, axis=0))
+    return np.zeros(0, dtype=np.int64)
+
+
+def _array_snapshots(pos_names: list, pos: list, kw: dict) -> list:
+    """(name, value, copy) for every array argument of a call (dicts of arrays entry by entry)."""
+    out = []
+    for name, value in [*zip(pos_names, pos), *kw.items()]:
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            if isinstance(v, np.ndarray) or hasattr(v, "detach"):
+                out.append((name if key is None else f"{name}[{key!r}]", v, to_numpy(v).copy()))
+    return out
 
 
 def _kind(entry: dict) -> str:
@@ -299,7 +386,8 @@ def _raised(res: CaseResult, entry: dict, adapter: Adapter, exc: Exception, debu
 
 
 def _check_kinds(entry: dict, outs: list, expected: dict) -> None:
-    """Index outputs given as boolean masks, or values that are not arrays at all: adapter problems."""
+    """Index outputs given as boolean masks, integer outputs as floats, or values that are not arrays
+    at all: adapter problems."""
     for o, value in zip(entry["outputs"], outs):
         if value is None:
             raise AdapterProblem(f"{o['name']}: the implementation returned None")
@@ -315,5 +403,6 @@ def _check_kinds(entry: dict, outs: list, expected: dict) -> None:
             if mask_like:
                 raise AdapterProblem(f"{o['name']}: got a boolean mask of {a.size} values; return the indices "
                                      f"(e.g. np.flatnonzero(mask)), {e.size} expected here")
-            if a.dtype.kind == "f" and a.size and not np.all(a == np.round(a)):
-                raise AdapterProblem(f"{o['name']}: got non-integer values; return 0-based integer indices")
+        if o["compare"] != "float" and a.size and a.dtype.kind not in "iu":
+            raise AdapterProblem(f"{o['name']}: got {a.dtype} values; return integers (int64"
+                                 f"{', 0-based indices' if o['compare'] != 'exact' else ''})")

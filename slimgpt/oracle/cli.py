@@ -9,7 +9,7 @@ from slimgpt import paths
 from slimgpt.oracle.check import check
 from slimgpt.oracle.files import FORMAT, PROFILES, export
 from slimgpt.oracle.operations import OPERATIONS
-from slimgpt.oracle.template import render
+from slimgpt.oracle.template import TEMPLATE_MARKER, render
 
 DESCRIPTION = "Golden cases for the SlimGPT operations: export them from the reference, check any implementation."
 
@@ -31,9 +31,10 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     pc = sub.add_parser("check", help="run an implementation over the cases in DIR")
     pc.add_argument("dir")
     pc.add_argument("--impl", required=True, help="module name (e.g. slimgpt.ops) or path to a .py file")
-    pc.add_argument("--profile", choices=PROFILES, default="float64",
-                    help="float64 (default); float32 for single-precision implementations; published-code: "
-                         "float32 and no cases tagged project (as the authors' code)")
+    # checked by check(), not by argparse: an unknown profile is one line, not a usage block
+    pc.add_argument("--profile", default="float64",
+                    help=f"one of {', '.join(PROFILES)}: float64 (default); float32 for single-precision "
+                         "implementations; published-code: float32 and no cases tagged project (as the authors' code)")
     pc.add_argument("--backend", default=None, help="pass backend=... to every call (slimgpt.ops)")
     pc.add_argument("--op", action="append", dest="operations", help="check only this operation (repeatable)")
     pc.add_argument("--tag", action="append", dest="tags", help="check only cases with this tag (repeatable)")
@@ -43,7 +44,7 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     pc.set_defaults(func=_cmd_check)
     pt = sub.add_parser("template", help="write a module of stubs (signatures, defaults, docs) to fill in")
     pt.add_argument("--out", required=True, help="the .py file to write")
-    pt.add_argument("--force", action="store_true", help="replace an existing file")
+    pt.add_argument("--force", action="store_true", help="replace a module written by template before")
     pt.set_defaults(func=_cmd_template)
     for sp in (pe, pc, pt):
         sp.add_argument("--debug", action="store_true",
@@ -67,15 +68,21 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_template(args) -> int:
-    out = Path(args.out)
-    if out.suffix != ".py":
-        raise ValueError(f"{out}: the template is a Python module; give a .py path")
-    if out.exists() and not args.force:
-        raise ValueError(f"{out} exists; pass --force to replace it")
-    out.write_text(render(out.stem))
-    print(f"wrote {out}: {len(OPERATIONS)} operations to fill in or map; "
-          f"check with: slimgpt oracle check GOLDEN --impl {out}")
+    if Path(args.out).suffix != ".py":
+        raise ValueError(f"{args.out}: the template is a Python module; give a .py path")
+    out = paths.check_output(args.out, force=args.force, folder=False, is_ours=_is_template)
+    paths.write_file(out, render(out.stem).encode())
+    print(f"wrote {args.out}: {len(OPERATIONS)} operations to fill in or map; "
+          f"check with: slimgpt oracle check GOLDEN --impl {args.out}")
     return 0
+
+
+def _is_template(path: Path) -> bool:
+    """A module written by `template` (its marker line), which --force may replace."""
+    try:
+        return TEMPLATE_MARKER in path.read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def _is_export(folder: Path) -> bool:

@@ -2,7 +2,7 @@
 
 What this is: the second half of the case table: the full Dynamic Group Size schedule inside
 prune_channels, dead inputs together with damping, heads whose count differs from head_dim,
-GQA quotas over uneven groups, exact ties (spec §4.2: lower index first), and layer-level cases
+GQA quotas over uneven groups, exact channel and head ties (spec §3.3, §4.2: lower index first), and layer-level cases
 (X and W in, pruned W, selection and loss out). What it is not: the basic per-operation cases
 (cases.py).
 """
@@ -83,7 +83,21 @@ def _tie_cases() -> list[Case]:
     return [Case("prune_channels.tie", "prune_channels",
                  {"W": W, "H": np.diag(h), "n_prune": rank + 1, "group_sizes": [rank + 1]},
                  f"channels 3 and 12 have bit-identical errors at the boundary of a group of {rank + 1}: "
-                 "the lower index (3) is pruned", ["tie", "edge"], "float64")]
+                 "the lower index (3) is pruned", ["tie", "edge"], "float64"),
+            _head_tie_case()]
+
+
+def _head_tie_case() -> Case:
+    """Heads 2 and 5 of 6 (head_dim 4) are duplicates, identical W blocks and diagonal H blocks,
+    and the cheapest: bit-identical errors E, one head pruned, the lower index (2) wins (spec §3.3)."""
+    h = np.geomspace(1.0, 3.0, 24)
+    W = np.outer(np.linspace(1.0, 2.0, 5), np.geomspace(1.0, 2.0, 24))
+    h[20:24] = h[8:12]
+    W[:, 8:12] *= 0.25
+    W[:, 20:24] = W[:, 8:12]
+    return Case("prune_heads.tie", "prune_heads", {"W": W, "H": np.diag(h), "n_prune": 1, "head_dim": 4},
+                "heads 2 and 5 are duplicates (identical W blocks and diagonal H blocks), the cheapest, with "
+                "bit-identical errors: the lower index (2) is pruned", ["tie", "edge"], "float64")
 
 
 def _layer_cases() -> list[Case]:

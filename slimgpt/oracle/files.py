@@ -103,9 +103,12 @@ def output_floor(operation: str, name: str, args: dict[str, Any]) -> float:
 # ------------------------------------------------------------------------------------------------
 # Export
 
-def write_npy(path: Path, arr: np.ndarray) -> dict:
-    """A version-1.0 .npy (little-endian, C order, data 64-byte aligned); its index record."""
-    arr = np.ascontiguousarray(arr, dtype="<i8" if arr.dtype.kind in "iub" else "<f8")
+def write_npy(path: Path, arr: np.ndarray, integer: bool | None = None) -> dict:
+    """A version-1.0 .npy (little-endian, C order, data 64-byte aligned); its index record.
+    integer: '<i8' (indices, counts, group sizes, even when empty) or '<f8'; None: from arr's dtype."""
+    if integer is None:
+        integer = arr.dtype.kind in "iub"
+    arr = np.ascontiguousarray(arr, dtype="<i8" if integer else "<f8")
     with open(path, "wb") as f:
         np.lib.format.write_array(f, arr, version=(1, 0), allow_pickle=False)
         offset = f.tell() - arr.nbytes
@@ -179,7 +182,7 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
         raise RuntimeError(f"case {case.id} expects an error but the reference returned")
     for (name, kind), value in zip(OPERATIONS[case.operation].outputs, outs or []):
         arr = to_numpy(value)
-        arrays[f"out.{name}"] = write_npy(folder / f"out.{name}.npy", arr)
+        arrays[f"out.{name}"] = write_npy(folder / f"out.{name}.npy", arr, integer=kind != "float")
         out = {"name": name, "key": f"out.{name}", "compare": kind}
         if kind == "float":
             floor = output_floor(case.operation, name, args)
@@ -192,7 +195,15 @@ def _export_case(directory: Path, case: Case, expected) -> dict:
         entry["outputs"].append(out)
     entry["arrays"] = arrays
     (folder / "case.json").write_text(json.dumps(entry, indent=1) + "\n")
+    (folder / "arrays.txt").write_text(arrays_manifest(arrays))
     return entry
+
+
+def arrays_manifest(arrays: dict) -> str:
+    """case.json's "arrays" as flat lines for readers without JSON (docs/oracle.md):
+    `KEY FILE DTYPE OFFSET NDIM DIM...`, one array per line."""
+    return "".join(" ".join(map(str, [key, r["file"], r["dtype"], r["offset"], len(r["shape"]), *r["shape"]])) + "\n"
+                   for key, r in arrays.items())
 
 
 
@@ -206,6 +217,9 @@ class OracleFormatError(ValueError):
 def read_index(directory) -> dict:
     """index.json of an exported directory, checked for format and version."""
     path = Path(directory) / "index.json"
+    if Path(directory).is_file():
+        raise OracleFormatError(f"{directory} is a file, not an export folder (give the folder that holds "
+                                f"index.json)")
     if not Path(directory).is_dir():
         raise OracleFormatError(f"{directory}: no such directory (export the cases first: slimgpt oracle export DIR)")
     try:
@@ -256,15 +270,17 @@ def _resolve(value, data: dict):
     return value
 
 
+def load_case(directory, entry: dict) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One case's arguments (arrays filled in) and expected outputs; OracleFormatError if damaged."""
+    data = read_arrays(directory, entry)
+    try:
+        args = {name: _resolve(v, data) for name, v in entry["arguments"].items()}
+        expected = {o["name"]: data[o["key"]] for o in entry["outputs"]}
+    except (KeyError, TypeError) as e:
+        raise OracleFormatError(f"{directory}: case {entry.get('id', '?')!r} is damaged ({e})") from None
+    return args, expected
+
+
 def load_cases(directory) -> list[tuple[dict, dict[str, Any], dict[str, np.ndarray]]]:
     """Read an exported directory: [(index entry, arguments with arrays filled in, expected outputs)]."""
-    out = []
-    for entry in read_index(directory)["cases"]:
-        data = read_arrays(directory, entry)
-        try:
-            args = {name: _resolve(v, data) for name, v in entry["arguments"].items()}
-            expected = {o["name"]: data[o["key"]] for o in entry["outputs"]}
-        except (KeyError, TypeError) as e:
-            raise OracleFormatError(f"{directory}: case {entry.get('id', '?')!r} is damaged ({e})") from None
-        out.append((entry, args, expected))
-    return out
+    return [(entry, *load_case(directory, entry)) for entry in read_index(directory)["cases"]]

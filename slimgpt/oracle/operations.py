@@ -35,8 +35,8 @@ OPERATIONS: dict[str, Operation] = {
         "Remove the input columns `columns` (int64, any order) of W (d_out, d_in) jointly, with OBS\n"
         "compensation of the others (Eqs. 3-4). Dead inputs (diag H = 0) get diag 1 and a zero W\n"
         "column, then percdamp * mean(diag H) is added to the diagonal (mean taken after the dead\n"
-        "fix). compensate=False only zeroes the columns. Returns W_new (d_out, d_in); removed\n"
-        "columns exactly 0.0."),
+        "fix). compensate=False only zeroes the columns (and the dead inputs). Returns W_new\n"
+        "(d_out, d_in); removed columns exactly 0.0."),
     "prune_columns_naive": Operation(
         ["W", "H", "columns"], {"percdamp": 0.0}, [("W_new", "float")], "§2.1-2.2",
         "The same result as prune_columns through the textbook OBS formula with an explicit\n"
@@ -60,7 +60,8 @@ OPERATIONS: dict[str, Operation] = {
         "G = H^-1 from scratch (H with removed columns as identity rows), head errors (Eq. 5), the\n"
         "cheapest eligible head removed with OBS compensation. Ties go to the lower head index.\n"
         "head_groups: None (one group), an int g (g contiguous groups) or a group id per head; each\n"
-        "group loses n_prune / n_groups heads. Returns (W_new, pruned_heads int64)."),
+        "group loses n_prune / n_groups heads (a ValueError when that is not a whole number).\n"
+        "Returns (W_new, pruned_heads int64)."),
     "dgs_group_sizes": Operation(
         ["n_prune"], {}, [("group_sizes", "exact")], "§4.2",
         "The published Dynamic Group Size schedule for T = n_prune channels:\n"
@@ -83,8 +84,11 @@ OPERATIONS: dict[str, Operation] = {
         "ValueError. Returns ratios (n_layers,)."),
     "ipr_for_target": Operation(
         ["n_layers", "target"], {"first": None, "strategy": "log"}, [("ratios", "float")], "§5.4",
-        "The ratios whose mean is `target`, from `first` (None: the project's default); a\n"
-        "ValueError when no last <= 1 reaches it. Returns ratios (n_layers,)."),
+        "The ratios whose mean is `target`, from `first` (None: the project's default; the\n"
+        "ratio of the last layer for the '-decrease' strategies); a ValueError when the last\n"
+        "ratio this needs is outside [first, 1) (last = 1 is an error). 'uniform' (and one layer):\n"
+        "every ratio is first, first=None means target, another first is a ValueError.\n"
+        "Returns ratios (n_layers,)."),
     "prune_attention_layer": Operation(
         ["X", "W", "n_prune", "head_dim"], {"percdamp": 0.0, "head_groups": None},
         [("W_new", "float"), ("pruned_heads", "index_set"), ("loss", "float")], "§3.3, §6.4",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from slimgpt.oracle.operations import OPERATIONS
 
+TEMPLATE_MARKER = "Written by `slimgpt oracle template`."
 HEADER = '''"""My SlimGPT operations, checked with `slimgpt oracle check GOLDEN --impl {name}`.
 
 Written by `slimgpt oracle template`. Fill in the functions (a stub that raises
