@@ -121,12 +121,11 @@ def test_head_curve_errors_add_up_to_the_joint_obs_error():
 
 def test_weighting_by_an_identity_metric_is_the_plain_error():
     rng = torch.Generator().manual_seed(0)
-    WP = torch.randn(6, 3, generator=rng, dtype=torch.float64)
-    S = torch.randn(3, 3, generator=rng, dtype=torch.float64)
-    Sinv = torch.linalg.inv(S @ S.T + torch.eye(3, dtype=torch.float64))
-    plain = A._weighted(1.0, WP, Sinv)
-    assert_close(A._weighted(torch.eye(6, dtype=torch.float64), WP, Sinv), plain, "float64")
-    assert_close(A._weighted(2.0 * torch.eye(6, dtype=torch.float64), WP, Sinv), 2 * plain, "float64")
+    E = torch.randn(6, 3, generator=rng, dtype=torch.float64)       # scaled errors of a removed set
+    plain = A._weighted(1.0, E)
+    assert_close(plain, 0.5 * float((E ** 2).sum()), "float64")
+    assert_close(A._weighted(torch.eye(6, dtype=torch.float64), E), plain, "float64")
+    assert_close(A._weighted(2.0 * torch.eye(6, dtype=torch.float64), E), 2 * plain, "float64")
 
 
 def test_allocate_takes_the_cheapest_loss_per_parameter_first():
