@@ -177,22 +177,18 @@ def _dense_pass(model, calib, settings, opt: AutoOptions) -> list[_LayerStats]:
                     x0.requires_grad_(True)
                 x = x0
                 for i, layer in enumerate(layers):
-                    st, attn, mlp = stats[i], layer.self_attn, layer.mlp
-                    a = attn.heads(layer.input_layernorm(x), cos, sin)
-                    st.o.add(a.detach())
-                    o = attn.o_proj(a)
-                    h = x + o
-                    f = mlp.act(layer.post_attention_layernorm(h))
-                    st.d.add(f.detach())
-                    d = mlp.down_proj(f)
-                    x_next = h + d
-                    st.energy_o += float((h.detach().double() ** 2).sum())
-                    st.energy_d += float((x_next.detach().double() ** 2).sum())
-                    st.n_e += h.shape[0] * h.shape[1]
+                    st, t = stats[i], layer.taps(x, cos, sin)
+                    st.o.add(t.a.detach())
+                    st.d.add(t.f.detach())
+                    st.energy_o += float((t.h.detach().double() ** 2).sum())
+                    st.energy_d += float((t.y.detach().double() ** 2).sum())
+                    st.n_e += t.h.shape[0] * t.h.shape[1]
                     if grad:
-                        o.register_hook(_accumulate(st, "G_o"))
-                        d.register_hook(_accumulate(st, "G_d"))
-                    x = x_next
+                        # h = x + o_proj(a) and y = h + down_proj(f): the loss gradient at h (at y)
+                        # is the one at o_proj's (down_proj's) output
+                        t.h.register_hook(_accumulate(st, "G_o"))
+                        t.y.register_hook(_accumulate(st, "G_d"))
+                    x = t.y
                 if grad:
                     logits = model.head(x)
                     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),

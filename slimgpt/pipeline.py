@@ -285,7 +285,7 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
 
     # 1. attention: statistics of o_proj's input, then heads
     stats, A = _collect(f"layer {i} o_proj", attn.o_proj.in_features, X,
-                        lambda x, b: attn.heads(layer.input_layernorm(x), run.cos, run.sin), run, cache)
+                        lambda x, b: layer.attn_input(x, run.cos, run.sin), run, cache)
     t_fwd, t_hess = time.perf_counter() - t0 - stats.seconds, stats.seconds
     blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, s.gqa, i)
     heads, kv, t_sel = _prune_heads(layer, stats, blocks, run, rec)
@@ -297,10 +297,10 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
     t1 = time.perf_counter()
 
     def ffn_input(x, b):
-        a = _cached(A, b, x.shape[0], keep_cols) if cache else attn.heads(layer.input_layernorm(x), run.cos, run.sin)
+        a = _cached(A, b, x.shape[0], keep_cols) if cache else layer.attn_input(x, run.cos, run.sin)
         h = x + attn.o_proj(a)
         X.write(b, h)
-        return mlp.act(layer.post_attention_layernorm(h))
+        return layer.ffn_input(h)
 
     stats, F = _collect(f"layer {i} down_proj", mlp.down_proj.in_features, X, ffn_input, run, cache)
     del A
@@ -316,7 +316,7 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
     keep_ch = _kept(rec["channels_before"], channels, 1, run.cos.device) if s.shrink else None
     for b in range(0, N, s.batch_size):
         h = X.output(b, s.batch_size)
-        f = _cached(F, b, h.shape[0], keep_ch) if cache else mlp.act(layer.post_attention_layernorm(h))
+        f = _cached(F, b, h.shape[0], keep_ch) if cache else layer.ffn_input(h)
         h += mlp.down_proj(f)
         if not torch.isfinite(h).all():
             raise NonFiniteError(f"layer {i}: non-finite activations after pruning")

@@ -117,13 +117,10 @@ class FLAP(Method):
             st_o, st_d = ActivationStats(attn.o_proj.in_features, device=dev), ActivationStats(mlp.down_proj.in_features,
                                                                                                  device=dev)
             for b in range(0, X.shape[0], settings.batch_size):
-                x = X[b:b + settings.batch_size]
-                a = attn.heads(layer.input_layernorm(x), cos, sin)
-                st_o.add(a)
-                h = x + attn.o_proj(a)
-                f = mlp.act(layer.post_attention_layernorm(h))
-                st_d.add(f)
-                X[b:b + settings.batch_size] = h + mlp.down_proj(f)
+                t = layer.taps(X[b:b + settings.batch_size], cos, sin)
+                st_o.add(t.a)
+                st_d.add(t.f)
+                X[b:b + settings.batch_size] = t.y
             rep = attn.n_heads // max(attn.n_kv, 1) if settings.gqa == "group" else 1
             n_rep.append(rep)
             head_scores.append(structure_scores(fluctuation_column_scores(attn.o_proj.weight, st_o.var),
