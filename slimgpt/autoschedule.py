@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from slimgpt import gqa, torch_ops
 from slimgpt.ops import resolve_backend
 from slimgpt.reference.damping import retry_with_damping
-from slimgpt.schedule import LayerPlan, PruneError, param_costs, prunable_params
+from slimgpt.schedule import LayerPlan, PruneError, Schedule, param_costs, prunable_params
 from slimgpt.stats import ActivationStats
 
 
@@ -136,6 +136,15 @@ def auto_plan(model, calib: torch.Tensor, settings, options: AutoOptions | None 
                     seconds_pass=t_pass, seconds_curves=t_curves, seconds=time.perf_counter() - t0,
                     options=opt)
     return ratios, plan
+
+
+class AutoSchedule(Schedule):
+    """`--schedule auto`: the plan of auto_plan (the module docstring)."""
+    name = "auto"
+    needs_backward = True
+
+    def plan(self, cfg, model, calib, settings, method):
+        return auto_plan(model, calib, settings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,4 +423,4 @@ def describe(info: dict, cfg) -> str:
               f"{info['seconds_curves']:.1f} s)")
 
 
-__all__ = ["AutoOptions", "Curve", "allocate", "auto_plan", "describe"]
+__all__ = ["AutoOptions", "AutoSchedule", "Curve", "allocate", "auto_plan", "describe"]

@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     from slimgpt.oracle import add_oracle_subcommand
     from slimgpt.export.cli import add_export_subcommand
     from slimgpt.finetune import add_finetune_subcommand
-    from slimgpt.pipeline import GQA_MODES, SCHEDULES
+    from slimgpt.pipeline import GQA_MODES
+    from slimgpt.schedules import SCHEDULES
 
     p = argparse.ArgumentParser(prog="slimgpt", description="SlimGPT structured pruning of LLaMA-style models")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -387,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=DEFAULT_MODEL, help=f"{', '.join(NAMES)}, or a model folder (default {DEFAULT_MODEL})")
     pr.add_argument("--ratio", type=float, default=None,
                     help="global target: fraction of prunable decoder parameters (default 0.2)")
-    pr.add_argument("--schedule", default="log", choices=SCHEDULES, help="per-layer ratio schedule (IPR; default log); beyond the paper: auto (from OBS error "
+    pr.add_argument("--schedule", default="log", choices=list(SCHEDULES), help="per-layer ratio schedule (IPR; default log); beyond the paper: auto (from OBS error "
                     "curves) and flap (FLAP's per-layer counts)")
     pr.add_argument("--first", type=float, default=None, help="explicit first-layer ratio (instead of --ratio)")
     pr.add_argument("--last", type=float, default=None, help="explicit last-layer ratio (with --first)")

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from slimgpt import activations, distributed, paths
+from slimgpt import activations, distributed, paths, schedules
 from slimgpt.evaluate import NonFiniteError
 from slimgpt.model import LlamaConfig, param_count, rope_cos_sin
 from slimgpt.pipeline import (LayerPlan, PruneError, PruneSettings, embed_calibration, prune_layers, setup,
@@ -382,9 +382,9 @@ def prune_streaming(src, calib: torch.Tensor, settings: PruneSettings, opts: Str
     opts.out. Returns the result and a Finisher that writes the rest and moves it to opts.out."""
     s, cfg = settings, src.config
     s.validate()
-    if s.schedule == "auto" and s.ratios is None and s.first is None:
-        raise PruneError("--schedule auto needs the whole model in memory (a backward pass and every layer's "
-                         "statistics); it is not available with --stream or --resume")
+    if schedules.chosen(s).needs_backward:
+        raise PruneError(f"--schedule {s.schedule} needs the whole model in memory (a backward pass and every "
+                         f"layer's statistics); it is not available with --stream or --resume")
     if not s.shrink:
         raise PruneError("streaming writes each layer physically shrunk; shrink=False needs the in-memory pipeline")
     log = log or (lambda m: None)

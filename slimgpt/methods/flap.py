@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from slimgpt.methods.base import Method, MethodOptions, Selection, per_block, zero_lowest
-from slimgpt.schedule import LayerPlan, PruneError, param_costs, prunable_params
+from slimgpt.schedule import LayerPlan, PruneError, Schedule, param_costs, prunable_params
 from slimgpt.stats import ActivationStats
 
 
@@ -136,3 +136,13 @@ class FLAP(Method):
         chosen = global_select(head_scores + chan_scores, head_cost + [cost["channel"]] * L, budget)
         return [LayerPlan(heads=int(chosen[i].numel()) * n_rep[i], channels=int(chosen[L + i].numel()))
                 for i in range(L)]
+
+
+class FLAPSchedule(Schedule):
+    """`--schedule flap`: FLAP's allocation (its global threshold over standardised fluctuation
+    scores) for any method's selection; the ratios record each layer's FFN fraction."""
+    name = "flap"
+
+    def plan(self, cfg, model, calib, settings, method):
+        plans = FLAP().plan(model, calib, settings)
+        return [p.channels / cfg.layer_intermediate[i] for i, p in enumerate(plans)], plans
