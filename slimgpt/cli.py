@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -518,6 +519,21 @@ def _guarded(args, work):
             what = f"internal error: {type(e).__name__}: {what} (rerun with --debug for the traceback)"
         _eprint(f"slimgpt {args.cmd}: error: {what}")
         return 2 if expected else 1
+
+
+def cli_child(command: list[str], env: dict, stderr_path: str) -> None:
+    """Run `slimgpt COMMAND` as the body of a multiprocessing child: `env` added to the
+    environment, stderr written to `stderr_path`, the exit code passed to os._exit (the fault
+    tests kill it at chosen points). It lives in the package rather than a test module because a
+    spawned or forkserver child must import its target by name, and the tests folder is not
+    importable under pytest's importlib mode."""
+    os.environ.update(env)
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 2)
+    torch.set_num_threads(1)
+    rc = main(command)
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":

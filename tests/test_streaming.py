@@ -13,7 +13,8 @@ from slimgpt.checkpoint import save_pretrained
 from slimgpt.loaders import load_model
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
 from slimgpt.pipeline import PruneError, PruneSettings, prune_model
-from slimgpt.testing import assert_close, cli_child
+from slimgpt.cli import cli_child
+from slimgpt.testing import assert_close
 from slimgpt.textdata import calibration_windows, wikitext2_tokens
 
 torch.set_grad_enabled(False)
