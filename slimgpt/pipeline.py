@@ -84,6 +84,13 @@ class PruneSettings:
                 raise PruneError(f"--{name} must be in [0, 1), got {v}")
         if self.ratio is None and self.first is None and self.ratios is None:
             raise PruneError("give a target --ratio, explicit --first/--last ratios or per-layer ratios")
+        if self.last is not None and self.first is None:
+            raise PruneError("--last needs --first")
+        if self.first is not None and self.ratio is not None:
+            raise PruneError("give either --ratio or --first/--last, not both (ratio=None with first)")
+        g = self.method_options.get("group_sizes")
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise PruneError("--fixed-group must be a positive group size")
         if self.ratios is not None and not all(0.0 <= r < 1.0 for r in self.ratios):
             raise PruneError(f"per-layer ratios must lie in [0, 1), got {self.ratios}")
         if self.schedule not in schedules.SCHEDULES:
