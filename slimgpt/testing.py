@@ -129,16 +129,22 @@ def least_squares(W, H, S) -> np.ndarray:
     return out
 
 
+def quiet_prune(model, calib, **settings):
+    """pipeline.prune_model(model, calib, PruneSettings(**settings)) in place, without a progress bar
+    or a per-layer log: the one way the tests prune a tiny model. Returns the PruneResult."""
+    from slimgpt.pipeline import PruneSettings, prune_model
+
+    return prune_model(model, calib, PruneSettings(**settings), progress=False, log=lambda s: None)
+
+
 def tiny_checkpoint(folder, tiny: str, ratio: float | None = None, *, overrides=None, **settings):
     """A saved slimgpt checkpoint of a tiny model (slimgpt.loaders.tiny), pruned by `ratio` with
     8 x 32 byte-level calibration windows on the reference backend when a ratio is given."""
     from slimgpt.checkpoint import save_pretrained
     from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-    from slimgpt.pipeline import PruneSettings, prune_model
     from slimgpt.textdata import calibration_windows
 
     m = tiny_model(tiny, **(overrides or {}))
     if ratio:
-        prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0),
-                    PruneSettings(ratio=ratio, backend="reference", **settings), progress=False, log=lambda s: None)
+        quiet_prune(m, calibration_windows(byte_tokenizer(), 8, 32, 0), ratio=ratio, backend="reference", **settings)
     return save_pretrained(m, folder, byte_tokenizer(), {"source_model": tiny})

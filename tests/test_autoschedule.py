@@ -6,15 +6,13 @@ import torch
 from slimgpt import autoschedule as A
 from slimgpt import reference
 from slimgpt.loaders.tiny import tiny_model
-from slimgpt.pipeline import PruneError, PruneSettings, prune_model
+from slimgpt.pipeline import PruneError, PruneSettings
 from slimgpt.schedule import param_costs, prunable_params
-from slimgpt.testing import assert_close, calibration, hessian_of
-
-torch.set_grad_enabled(False)
-QUIET = dict(progress=False, log=lambda m: None)
+from slimgpt.testing import assert_close, calibration, hessian_of, quiet_prune
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_grad")
 
 
 def calib(n=8, T=32, seed=0):
@@ -24,7 +22,7 @@ def calib(n=8, T=32, seed=0):
 
 def run(name, seed=0, **kw):
     m = tiny_model(name)
-    return m, prune_model(m, calib(seed=seed), PruneSettings(schedule="auto", **kw), **QUIET)
+    return m, quiet_prune(m, calib(seed=seed), schedule="auto", **kw)
 
 
 @pytest.mark.parametrize("name,gqa,ratio", [
@@ -160,8 +158,7 @@ def test_bad_options():
     with pytest.raises(PruneError, match="weighting"):
         A.auto_plan(m, calib(), PruneSettings(ratio=0.3, schedule="auto"), A.AutoOptions(weighting="bogus"))
     with pytest.raises(PruneError, match="group"):
-        prune_model(tiny_model("tiny-hetero"), calib(), PruneSettings(ratio=0.3, schedule="auto", gqa="group"),
-                    **QUIET)
+        quiet_prune(tiny_model("tiny-hetero"), calib(), ratio=0.3, schedule="auto", gqa="group")
 
 
 @pytest.mark.parametrize("schedule", ["auto", "flap"])

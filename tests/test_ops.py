@@ -20,7 +20,7 @@ import pytest
 from slimgpt import ops, reference
 from slimgpt._native import has_cuda
 from slimgpt.reference import downdate
-from slimgpt.testing import assert_close, problem
+from slimgpt.testing import assert_close, indefinite, problem
 
 BACKENDS = [
     "cpu",
@@ -313,19 +313,10 @@ def test_backend_none_picks_cpu_and_bad_backend_raises():
 
 # --- damping and positive definiteness ----------------------------------------------------
 
-def _indefinite(d_in, neg):
-    """H = Q diag(λ) Qᵀ with one eigenvalue -neg·mean(λ): PD only after enough damping."""
-    rng = np.random.default_rng(9)
-    Q, _ = np.linalg.qr(rng.standard_normal((d_in, d_in)))
-    lam = np.linspace(1.0, 2.0, d_in)
-    lam[0] = -neg * lam.mean()
-    return (Q * lam) @ Q.T
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_damping_retry_warns_like_reference(backend):
     W = np.random.default_rng(10).standard_normal((5, 16))
-    H = _indefinite(16, 5e-3)  # fixed by the ladder's 1e-2
+    H = indefinite(np.random.default_rng(9), 16, neg=5e-3)  # fixed by the ladder's 1e-2
     with pytest.warns(reference.DampingWarning) as want:
         W_ref, heads_ref = reference.prune_heads(W, H, 1, 4)
     with pytest.warns(reference.DampingWarning) as got:
