@@ -23,6 +23,7 @@ import sys
 import torch
 
 from slimgpt import distributed
+from slimgpt.autoschedule import WEIGHTINGS
 from slimgpt.evaluate import wikitext2_perplexity
 from slimgpt.export.cli import add_export_subcommand
 from slimgpt.export.cli import run as run_export
@@ -59,7 +60,8 @@ def cmd_prune(a):
                       first=a.first, last=a.last, n_samples=a.nsamples, seqlen=a.seqlen, seed=a.seed, gqa=a.gqa,
                       method=a.method, percdamp=a.percdamp, backend=a.backend, batch_size=a.batch_size,
                       hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
-                      method_options={"group_sizes": a.fixed_group} if a.fixed_group is not None else {},
+                      method_options=dict({"group_sizes": a.fixed_group} if a.fixed_group is not None else {},
+                                          **({"auto": {"weighting": a.auto_weighting}} if a.auto_weighting else {})),
                       device=distributed.rank_device(a.device),
                       bias_compensation=True if a.bias_compensation else None)
     o = RunOptions(model=a.model, out=a.out, force=a.force, dtype=a.dtype, calib=a.calib, eval_tokens=a.eval_tokens,
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="global target: fraction of prunable decoder parameters (default 0.2)")
     pr.add_argument("--schedule", default="log", choices=list(SCHEDULES), help="per-layer ratio schedule (IPR; default log); beyond the paper: auto (from OBS error "
                     "curves) and flap (FLAP's per-layer counts)")
+    pr.add_argument("--auto-weighting", default=None, choices=WEIGHTINGS,
+                    help="--schedule auto: how OBS errors are weighted across layers (default fisher: the loss "
+                         "gradient's second moment; output / relative: scale-free errors; none: raw)")
     pr.add_argument("--first", type=float, default=None, help="explicit first-layer ratio (instead of --ratio)")
     pr.add_argument("--last", type=float, default=None, help="explicit last-layer ratio (with --first)")
     pr.add_argument("--nsamples", type=_positive_int, default=64, help="calibration windows (default 64)")

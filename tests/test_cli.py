@@ -320,3 +320,13 @@ def test_prune_carries_the_tokenizer_metadata(tmp_path, capsys):
     assert json.load(open(out / "tokenizer_config.json")) == tc
     assert json.load(open(out / "manifest.json"))["dtype"] == "float16"         # the input's 16-bit dtype
     assert main(["generate", str(out), "hello", "--chat", "--max-new-tokens", "3", "--quiet"]) == 0
+
+
+def test_auto_weighting_reaches_the_schedule(tmp_path):
+    """docs/study.md's weighting variants of --schedule auto are CLI commands (issue 19)."""
+    out = tmp_path / "o"
+    rc = main(["prune", "--model", "tiny-llama", "--ratio", "0.3", "--schedule", "auto", "--auto-weighting", "output",
+               "--nsamples", "4", "--seqlen", "16", "--eval-tokens", "0", "--out", str(out), "--quiet"])
+    assert rc == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["method_options"]["auto"] == {"weighting": "output"}
