@@ -17,6 +17,10 @@ and each thread count (default 1 and 2), in one run:
   *executed*, what the core actually computes (docs/cpp.md): 2N³/3 for spotrf + strtri, N² − c²
   per removed column c for its row of G read from M = L⁻¹, 2·s·R·N for the earlier downdates
   (R columns removed before the set), and the same solves and compensation;
+- **CUDA**: the same operation through `slimgpt.ops` on the CUDA core (torch CUDA tensors,
+  float32, synchronised; median of --reps, one run at LLaMA sizes) and whether its selection equals
+  the C++ core's; "skipped" without a CUDA build or device (docs/cpp.md: compiled, never run on a
+  GPU until benchmarks/gpu_check.sh has run this column);
 - **roofline fraction**: (nominal flops / SGEMM rate) / C++ time, i.e. how close the whole
   operation comes to doing the specified work at the SGEMM rate; and the kernel efficiency,
   executed flops / time / SGEMM rate.
@@ -49,6 +53,7 @@ import ctypes  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -57,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core_published as published  # noqa: E402
 
 from slimgpt import ops  # noqa: E402
-from slimgpt._native import core  # noqa: E402
+from slimgpt._native import core, has_cuda  # noqa: E402
 
 CASES = [
     # name, kind, d_out, d_in, head_dim, n_prune
@@ -173,6 +178,29 @@ def run_core(kind, W, H, n_prune, d, sizes, reps=1):
     return float(np.median(ts)), (Wc, np.asarray(idx))
 
 
+def run_cuda(kind, W, H, n_prune, d, sizes, reps=1):
+    """(median seconds, selection) of the operation on the CUDA core through slimgpt.ops, inputs
+    already on the device (copies and the first call's start-up outside the timing)."""
+    Wg, Hg = torch.from_numpy(W).cuda(), torch.from_numpy(H).cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ops.ExperimentalWarning)
+
+        def call():
+            if kind == "heads":
+                return ops.prune_heads(Wg, Hg, n_prune, d, percdamp=0.0, backend="cuda")
+            return ops.prune_channels(Wg, Hg, n_prune, percdamp=0.0, group_sizes=list(sizes), backend="cuda")
+
+        call()
+        ts = []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            _, idx = call()
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t)
+    return float(np.median(ts)), np.asarray(idx)
+
+
 def load():
     return os.getloadavg()[0]
 
@@ -188,6 +216,8 @@ def main():
                          "(the full run takes hours on 2 cores); 0 = run all")
     ap.add_argument("--no-published", action="store_true", help="do not run the published loop")
     ap.add_argument("--no-reference", action="store_true", help="do not run the float64 reference")
+    ap.add_argument("--no-cuda", action="store_true", help="do not run the CUDA column (skipped anyway without a "
+                                                           "CUDA build or device)")
     ap.add_argument("--skip-reference-above", type=int, default=4096,
                     help="above this d_in compare selections with reference.downdate (one float64 inverse) "
                          "instead of the re-inverting float64 reference")
@@ -248,6 +278,12 @@ def main():
                   flush=True)
         torch.set_num_threads(threads[0])
         W0, sel0 = sel[("cpp", threads[0])]
+        row["cuda"], row["agree_cuda"] = float("nan"), "skipped (no CUDA build or device)"
+        if args.no_cuda:
+            row["agree_cuda"] = "not run"
+        elif has_cuda():
+            row["cuda"], sel_cuda = run_cuda(kind, W, H, n_prune, d, sizes, reps)
+            row["agree_cuda"] = str(np.array_equal(sel0, sel_cuda))
         row["threads_identical"] = all(np.array_equal(W0, sel[("cpp", t)][0]) and np.array_equal(sel0, sel[("cpp", t)][1])
                                        for t in threads)
         row["executed"] = executed_flops(d_out, d_in, set_sizes,
@@ -284,8 +320,8 @@ def print_table(rows, threads):
     head = ["case", "W", "pruned (sets)", "nominal / executed GFLOP"]
     for t in ts:
         head += [f"C++ {t}t s", f"published {t}t s", f"SGEMM {t}t GFLOP/s", f"roofline {t}t", f"kernels {t}t"]
-    head += ["speedup C++ vs published (" + "/".join(f"{t}t" for t in ts) + ")",
-             "selections C++ = published / = reference; C++ threads bit-identical", "load avg"]
+    head += ["CUDA s", "speedup C++ vs published (" + "/".join(f"{t}t" for t in ts) + ")",
+             "selections C++ = published / = reference; C++ threads bit-identical; CUDA = C++", "load avg"]
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -296,9 +332,10 @@ def print_table(rows, threads):
             kern = r["executed"] / p["sgemm"] / 1e9 / p["cpp"]
             pub = f"{p['pub']:.2f}" + (" *" if "pub_note" in r else "")
             cells += [f"{p['cpp']:.3f}", pub, f"{p['sgemm']:.0f}", f"{roof:.0%}", f"{kern:.0%}"]
+        cells.append("—" if np.isnan(r["cuda"]) else f"{r['cuda']:.3f}")
         cells.append(" / ".join(f"{r['per_t'][t]['pub'] / r['per_t'][t]['cpp']:.1f}x" for t in ts))
         agree = " ".join(f"{t}t: {r['per_t'][t]['agree_pub']}" for t in ts)
-        cells.append(f"{agree} / {r['agree_ref']} ({r['ref_kind']}); {r['threads_identical']}")
+        cells.append(f"{agree} / {r['agree_ref']} ({r['ref_kind']}); {r['threads_identical']}; {r['agree_cuda']}")
         cells.append(" → ".join(f"{r['per_t'][t]['load']:.1f}" for t in ts) + f" → {r['per_t'][ts[-1]]['load_end']:.1f}")
         print("| " + " | ".join(cells) + " |")
     for r in rows:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of slimgpt, as one script: under 8 minutes on one H100/H200 (docs/scale.md §GPU).
+# The GPU check of slimgpt, as one script (docs/scale.md §GPU); never run yet: its step limits add up
+# to about 8 minutes on one H100/H200, an estimate, not a measurement.
 #
 #   benchmarks/gpu_check.sh prepare     # on a machine with the network (once): wheels + tokenizer into .whl/
 #   benchmarks/gpu_check.sh             # on the GPU machine, from the repository root, .whl/ beside it

@@ -172,7 +172,8 @@ def command(variant: str, ratio: float, seed: int) -> str:
     n, T = extra.get("calib", CALIB)
     parts = []
     if variant.startswith("dense"):
-        parts.append("slimgpt eval smollm2-135m")
+        parts.append("slimgpt eval smollm2-135m --seqlen 128 --max-tokens 16384 && "
+                     "slimgpt eval smollm2-135m --seqlen 2048 --max-tokens 16384")
     else:
         m = over.get("method", "slimgpt")
         cmd = f"slimgpt prune --model smollm2-135m --ratio {ratio:g} --nsamples {n} --seqlen {T} --seed {seed}"
@@ -188,6 +189,8 @@ def command(variant: str, ratio: float, seed: int) -> str:
             cmd += f" --gqa {over['gqa']}"
         if "percdamp" in over:
             cmd += f" --percdamp {over['percdamp']:g}"
+        if over.get("method_options", {}).get("auto", {}).get("weighting"):
+            cmd += f" --auto-weighting {over['method_options']['auto']['weighting']}"
         if over.get("method_options", {}).get("group_sizes"):
             cmd += f" --fixed-group {over['method_options']['group_sizes']}"
         parts.append(cmd + " --out pruned")

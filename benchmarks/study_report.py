@@ -447,6 +447,10 @@ def plot_allocation(aggs: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def write_doc(data: dict, doc: Path, img: Path) -> None:
+    # the CLI command of each row from the variant table, not the string cached when it ran (here,
+    # not at the top: study.py imports this module)
+    from study import command
+
     st = data.get("settings", {})
     res = data.get("results", {})
     aggs = aggregate(res)
@@ -537,7 +541,9 @@ def write_doc(data: dict, doc: Path, img: Path) -> None:
         "",
         "## Reproducing a row",
         "",
-        "Every row is one command of the study runner (cached, resumable), and the same model comes out of the CLI:",
+        "Every row is one command of the study runner (cached, resumable), and the same model comes out of the CLI "
+        "below; its PPL@128 and PPL@2048 are `slimgpt eval pruned --seqlen 128 --max-tokens 16384` and "
+        "`slimgpt eval pruned --seqlen 2048 --max-tokens 16384`:",
         "",
         "```bash",
         "python benchmarks/study.py --list                      # the queue, done / to do, and each row's CLI command",
@@ -547,7 +553,7 @@ def write_doc(data: dict, doc: Path, img: Path) -> None:
         "",
         "| configuration | CLI |",
         "|---|---|",
-        *sorted({f"| {LABELS.get(r.get('variant'), r.get('variant'))} | `{r.get('command')}` |"
+        *sorted({f"| {LABELS.get(r.get('variant'), r.get('variant'))} | `{command(r['variant'], r['ratio'], r['seed'])}` |"
                  for r in res.values() if r.get("seed", 0) == 0 and r.get("ratio") in (0.0, 0.2)}),
         "",
     ]

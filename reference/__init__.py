@@ -27,6 +27,7 @@ Shapes: W (d_out, d_in) in torch layout, pruning removes input columns; X (n, d_
 tokens; H, Hinv (d_in, d_in); d_in = n_heads · head_dim for attention. docs/reference.md
 derives every function; docs/equations.md maps equations to code and tests.
 """
+from . import _checks as checks  # the argument checks, shared with slimgpt.ops
 from . import downdate
 from .channels import dgs_group_sizes, prune_channels
 from .damping import DampingWarning, NotPositiveDefiniteError
@@ -37,7 +38,7 @@ from .ipr import ipr_for_target, ipr_ratios
 from .obs import prune_columns, prune_columns_cholesky, prune_columns_naive, remove_from_hessian
 
 __all__ = [
-    "downdate",
+    "checks", "downdate",
     "hessian", "accumulate_hessian", "reconstruction_error",
     "DampingWarning", "NotPositiveDefiniteError",
     "prune_columns", "prune_columns_naive", "prune_columns_cholesky", "remove_from_hessian",

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .damping import cholesky_inverse, objective, solve_with_damping
-from .heads import nothing_pruned
+from .damping import cholesky_inverse, objective, result, solve_with_damping
 from .obs import prune_columns_cholesky, remove_from_hessian
 
 # The published schedule's constants (spec §4.2).
@@ -56,7 +55,7 @@ def dgs_group_sizes(n_prune: int) -> list[int]:
 
 
 def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
-                   compensate=True, return_loss=False):
+                   compensate=True, return_loss=False, return_damping=False):
     """Batched Greedy Pruning of FFN channels in groups (DGS), as published.
 
     Paper: Batched Greedy Pruning, "Dynamic Group Size", Eqs. (3)-(4) per group; spec §4.2.
@@ -89,16 +88,19 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
         False: selection as usual, but W is only zeroed at pruned channels (and dead inputs).
     return_loss : bool
         Also return the loss, as in prune_heads.
+    return_damping : bool
+        Also return the damping fraction used, as in prune_heads.
 
     Returns
     -------
     W_new : float64 array (d_out, d_in)
     pruned_channels : int64 array (n_prune,), sorted ascending.
     loss : float, only with return_loss
+    percdamp : float, only with return_damping
     """
     W, H, n_prune, percdamp, sizes = _channels_arguments(W, H, n_prune, percdamp, group_sizes)
     if n_prune == 0:
-        return nothing_pruned(W, return_loss)
+        return result((W, np.zeros(0, dtype=np.int64)), 0.0, percdamp, return_loss, return_damping)
 
     def greedy(W, H):
         W0, H0, loss = W.copy(), H.copy(), 0.0
@@ -123,18 +125,18 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None,
             loss = objective(W0, W, H0, channels)
         return W, channels, loss
 
-    W_new, channels, loss = solve_with_damping(W, H, percdamp, greedy)
-    return (W_new, channels, loss) if return_loss else (W_new, channels)
+    (W_new, channels, loss), p = solve_with_damping(W, H, percdamp, greedy, warn=not return_damping)
+    return result((W_new, channels), loss, p, return_loss, return_damping)
 
 
 def _channels_arguments(W, H, n_prune, percdamp, group_sizes):
     """Checked arguments of prune_channels (shared with downdate.prune_channels)."""
     W, H = _checks.weight_and_hessian(W, H)
     n_prune = _checks.count("n_prune", n_prune, 0, W.shape[1])
-    return W, H, n_prune, _checks.percdamp(percdamp), _group_sizes(group_sizes, n_prune)
+    return W, H, n_prune, _checks.percdamp(percdamp), resolve_group_sizes(group_sizes, n_prune)
 
 
-def _group_sizes(group_sizes, n_prune: int) -> list[int]:
+def resolve_group_sizes(group_sizes, n_prune: int) -> list[int]:
     """Resolve the group_sizes argument of prune_channels to a list summing to n_prune."""
     if group_sizes is None:
         return dgs_group_sizes(n_prune)

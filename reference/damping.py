@@ -3,7 +3,9 @@
 What this is: the preparation of H that every OBS step shares (spec §2.4, published code) and
 the retry policy for a Hessian that is not positive definite. What it is not: part of the
 paper, which mentions neither dead inputs nor damping. The C++ core mirrors `prepare_hessian`
-(cpp/obs_cpu.cpp, prepare_inverse) and the retry lives in slimgpt/ops.py for the fast paths.
+(cpp/obs_cpu.cpp, prepare_inverse); the damping is decided here, in float64, for every path
+(`choose_percdamp`), and `retry_with_damping` is the one driver that reference, twin, slimgpt.ops
+and the auto schedule run their attempts through.
 
 Shapes: W (d_out, d_in); H (d_in, d_in).
 """
@@ -117,57 +119,126 @@ def cholesky_inverse(H: np.ndarray) -> np.ndarray:
     return Linv.T @ Linv
 
 
-def retry_with_damping(attempt: Callable[[float], T], percdamp: float, *, what: str = "") -> T:
-    """Run `attempt(p)` for p = percdamp and then each larger RETRY_PERCDAMP until one does not
-    raise NotPositiveDefiniteError.
+# Below this damping the float64 decision also demands a margin (choose_percdamp). At or above
+# it the damping alone keeps every pivot² of a positive semi-definite H above
+# percdamp · mean(diag H), far above the margin, so the float64 factorisation is skipped (it would
+# cost a Cholesky per call at the pipeline's default 0.01) and only a failed attempt climbs.
+MARGIN_BELOW = 1e-2
+
+
+def damping_ladder(percdamp: float) -> list[float]:
+    """The damping fractions tried, in order: the requested one, then each larger RETRY_PERCDAMP."""
+    return [percdamp] + [p for p in RETRY_PERCDAMP if p > percdamp]
+
+
+def choose_percdamp(H: np.ndarray, percdamp: float) -> float:
+    """The damping every implementation uses: decided once, in float64, for all of them.
+
+    Paper: not in the paper; spec §2.4 (our retry ladder, decided before any pruning).
+
+        for p in [percdamp, then each RETRY_PERCDAMP > percdamp]:
+            _, H_p = prepare_hessian(·, H, p);  L = chol(H_p)
+            accept p if p >= MARGIN_BELOW, or L exists and min diag(L)² > √d_in · ε₃₂ · mean(diag H_p)
+
+    The margin is what the float32 fast paths resolve: a numerically singular H whose float64
+    Cholesky succeeds on rounding (pivot² ~ 1e-16 of the diagonal) would factor in one path and
+    fail in another, so it is damped on the ladder instead, identically for the reference, its
+    block-downdate twin and the C++/CUDA/torch paths of slimgpt.ops. Every rung p >= 1e-4 passes
+    for a positive semi-definite H up to d_in ~ 7e5 (its pivots² are then >= p · mean(diag H)).
+
+    Parameters
+    ----------
+    H : float64 array (d_in, d_in), finite; read only when percdamp < MARGIN_BELOW (may be None
+        otherwise, so that a fast path need not copy a GPU Hessian to the host)
+    percdamp : float
+        The requested damping fraction (>= 0).
+
+    Returns
+    -------
+    The first damping fraction on the ladder that passes; NotPositiveDefiniteError if none does.
+    """
+    ladder = damping_ladder(percdamp)
+    for p in ladder:
+        if p >= MARGIN_BELOW:
+            return p
+        H = np.asarray(H, dtype=np.float64)
+        margin = np.sqrt(H.shape[0]) * np.finfo(np.float32).eps
+        _, Hp = prepare_hessian(np.zeros((0, H.shape[0])), H, p)
+        try:
+            L = cholesky(Hp, "H")
+        except NotPositiveDefiniteError:
+            continue
+        if np.min(np.diag(L)) ** 2 > margin * np.mean(np.diag(Hp)):
+            return p
+    raise NotPositiveDefiniteError(
+        f"H is not positive definite even with percdamp={ladder[-1]:g} x mean(diag H) "
+        f"(tried {', '.join(f'{p:g}' for p in ladder)}; mean(diag H) = {np.mean(np.diag(H)):.3g}). "
+        f"Check the calibration inputs.")
+
+
+def warn_damping(p: float, requested: float, *, stacklevel: int = 2) -> None:
+    """Warn DampingWarning when the damping used, p, is not the requested one (spec §2.4)."""
+    if p != requested:
+        warnings.warn(DampingWarning(
+            f"H is not positive definite with percdamp={requested:g}; used percdamp={p:g} "
+            f"(adds {p:g} x mean(diag H) to the diagonal)", p, requested), stacklevel=stacklevel)
+
+
+def retry_with_damping(attempt: Callable[[float], T], H: np.ndarray, percdamp: float, *,
+                       warn: bool = True) -> tuple[T, float]:
+    """Run `attempt(p)` at the damping choose_percdamp(H, percdamp) decided and, if it still
+    raises NotPositiveDefiniteError, at each larger rung of the ladder. Returns (result, p).
 
     Paper: not in the paper; spec §2.4 damping, plus our retry so that an H that is not
     positive definite (float32 accumulation, too few tokens) never yields NaN silently.
-    Every implementation (this reference, its block-downdate twin, slimgpt.ops around the C++
-    and CUDA cores) goes through this one function, so all of them damp alike.
+    Every implementation (this reference, its block-downdate twin, slimgpt.ops around the C++,
+    CUDA and torch paths, the auto schedule) goes through this one function, so all of them damp
+    alike: the decision is float64 and shared; only a failure of an attempt's own factorisation
+    (a float32 one, or a rung >= MARGIN_BELOW taken untested) climbs further.
 
-    A retry warns with DampingWarning(percdamp=p); when every p fails,
-    NotPositiveDefiniteError is raised, naming the ladder and `what` (e.g. mean(diag H)).
+    With `warn`, a damping other than the requested one warns DampingWarning(percdamp=p); a
+    caller that takes p from the result passes warn=False. When every rung fails,
+    NotPositiveDefiniteError names the ladder.
 
     Parameters
     ----------
     attempt : callable p -> result
         One whole pruning run at damping fraction p; raises NotPositiveDefiniteError on failure.
+    H : float64 array (d_in, d_in), or None when percdamp >= MARGIN_BELOW (choose_percdamp)
+        The Hessian as given (before dead inputs and damping).
     percdamp : float
         The requested damping fraction.
-    what : str
-        Extra context for the final error message.
+    warn : bool
+        Warn DampingWarning when the damping used is not the requested one.
 
     Returns
     -------
-    Whatever `attempt` returns for the first damping that works.
+    (whatever `attempt` returns for the first damping that works, that damping).
     """
-    ladder = [percdamp] + [p for p in RETRY_PERCDAMP if p > percdamp]
+    ladder = damping_ladder(choose_percdamp(H, percdamp))
     for p in ladder:
         try:
             result = attempt(p)
         except NotPositiveDefiniteError as failure:
             last = failure
             continue
-        if p != percdamp:
-            warnings.warn(DampingWarning(
-                f"H is not positive definite with percdamp={percdamp:g}; used percdamp={p:g} "
-                f"(adds {p:g} x mean(diag H) to the diagonal)", p, percdamp), stacklevel=4)
-        return result
+        if warn:
+            warn_damping(p, percdamp, stacklevel=5)
+        return result, p
     raise NotPositiveDefiniteError(
         f"H is not positive definite even with percdamp={ladder[-1]:g} x mean(diag H) "
-        f"(tried {', '.join(f'{p:g}' for p in ladder)}{'; ' + what if what else ''}). "
-        f"Check the calibration inputs. Last failure: {last}")
+        f"(tried {', '.join(f'{p:g}' for p in damping_ladder(percdamp))}). Check the calibration "
+        f"inputs. Last failure: {last}")
 
 
 def solve_with_damping(W: np.ndarray, H: np.ndarray, percdamp: float,
-                       solve: Callable[[np.ndarray, np.ndarray], T]) -> T:
-    """Run `solve(W, H_prepared)` and, if a Cholesky fails, rerun it with more damping.
+                       solve: Callable[[np.ndarray, np.ndarray], T], *, warn: bool = True) -> tuple[T, float]:
+    """Run `solve(W, H_prepared)` at the damping of retry_with_damping. Returns (result, p).
 
     Paper: not in the paper; spec §2.4.
 
-        for p in [percdamp, then each RETRY_PERCDAMP > percdamp]:
-            W', H' = prepare_hessian(W, H, p);  return solve(W', H') unless it fails
+        p = choose_percdamp(H, percdamp)   (then larger rungs only if solve still fails)
+        W', H' = prepare_hessian(W, H, p);  return solve(W', H'), p
 
     Parameters
     ----------
@@ -178,13 +249,21 @@ def solve_with_damping(W: np.ndarray, H: np.ndarray, percdamp: float,
     solve : callable (W, H) -> result
         The whole pruning run on the prepared W and H; it raises NotPositiveDefiniteError
         when any of its factorisations fails.
+    warn : bool
+        As in retry_with_damping.
 
     Returns
     -------
-    Whatever `solve` returns for the first damping that works.
+    (whatever `solve` returns for the damping used, that damping).
     """
-    return retry_with_damping(lambda p: solve(*prepare_hessian(W, H, p)), percdamp,
-                              what=f"mean(diag H) = {np.mean(np.diag(H)):.3g}")
+    return retry_with_damping(lambda p: solve(*prepare_hessian(W, H, p)), H, percdamp, warn=warn)
+
+
+def result(main: tuple, loss: float, p: float, return_loss: bool, return_damping: bool) -> tuple:
+    """A prune function's return value: `main` (W_new and the indices, or W_new alone), then the
+    loss with return_loss, then the damping used with return_damping."""
+    out = main + ((loss,) if return_loss else ()) + ((p,) if return_damping else ())
+    return out[0] if len(out) == 1 else out
 
 
 def objective(W0: np.ndarray, W_new: np.ndarray, H: np.ndarray, columns: np.ndarray) -> float:

@@ -23,8 +23,8 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from .channels import _channels_arguments
-from .damping import cholesky, cholesky_inverse, objective, solve_with_damping
-from .heads import _heads_arguments, head_errors, nothing_pruned
+from .damping import cholesky, cholesky_inverse, objective, result, solve_with_damping
+from .heads import _heads_arguments, head_errors
 from .obs import _columns_arguments, zero_columns
 
 
@@ -81,7 +81,7 @@ def remove_set(W, G, S, *, compensate: bool = True, downdate: bool = True):
     return W, G, loss
 
 
-def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False):
+def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False, return_damping=False):
     """Remove the given input columns of W: one inverse, one block removal (spec §3.4).
 
     Paper: Eqs. (3)-(4) for a set. Same arguments and result as obs.prune_columns.
@@ -92,21 +92,21 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
     """
     W, H, S, percdamp = _columns_arguments(W, H, columns, percdamp)
     if S.size == 0:
-        return (W, 0.0) if return_loss else W
+        return result((W,), 0.0, percdamp, return_loss, return_damping)
     if not compensate:
         W_new, loss = zero_columns(W, H, S, percdamp)
-        return (W_new, loss) if return_loss else W_new
+        return result((W_new,), loss, percdamp, return_loss, return_damping)
 
     def solve(W, H):
         W_new, _, loss = remove_set(W, cholesky_inverse(H), S, downdate=False)
         return W_new, loss
 
-    W_new, loss = solve_with_damping(W, H, percdamp, solve)
-    return (W_new, loss) if return_loss else W_new
+    (W_new, loss), p = solve_with_damping(W, H, percdamp, solve, warn=not return_damping)
+    return result((W_new,), loss, p, return_loss, return_damping)
 
 
 def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, compensate=True,
-                head_groups=None, return_loss=False):
+                head_groups=None, return_loss=False, return_damping=False):
     """Batched Greedy Pruning of heads, one head per iteration, with one inverse (spec §3.4).
 
     Paper: Algorithm 1 and Eq. (5). Same arguments and result as heads.prune_heads.
@@ -121,7 +121,7 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
     W, H, d, n_heads, n_prune, percdamp, groups, quota = _heads_arguments(W, H, n_prune, head_dim, percdamp,
                                                                          head_groups)
     if n_prune == 0:
-        return nothing_pruned(W, return_loss)
+        return result((W, np.zeros(0, dtype=np.int64)), 0.0, percdamp, return_loss, return_damping)
 
     def greedy(W, H):
         W0, G, loss = W.copy(), cholesky_inverse(H), 0.0
@@ -139,12 +139,12 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
             loss = objective(W0, W, H, np.repeat(pruned, d).nonzero()[0])
         return W, np.flatnonzero(pruned).astype(np.int64), loss
 
-    W_new, heads, loss = solve_with_damping(W, H, percdamp, greedy)
-    return (W_new, heads, loss) if return_loss else (W_new, heads)
+    (W_new, heads, loss), p = solve_with_damping(W, H, percdamp, greedy, warn=not return_damping)
+    return result((W_new, heads), loss, p, return_loss, return_damping)
 
 
 def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None, compensate=True,
-                   return_loss=False):
+                   return_loss=False, return_damping=False):
     """Batched Greedy Pruning of FFN channels in DGS groups, with one inverse (spec §3.4).
 
     Paper: Dynamic Group Size, Eqs. (3)-(4). Same arguments and result as
@@ -160,7 +160,7 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None, compen
     """
     W, H, n_prune, percdamp, sizes = _channels_arguments(W, H, n_prune, percdamp, group_sizes)
     if n_prune == 0:
-        return nothing_pruned(W, return_loss)
+        return result((W, np.zeros(0, dtype=np.int64)), 0.0, percdamp, return_loss, return_damping)
 
     def greedy(W, H):
         W0, G, loss = W.copy(), cholesky_inverse(H), 0.0
@@ -177,5 +177,5 @@ def prune_channels(W, H, n_prune: int, *, percdamp=0.0, group_sizes=None, compen
             loss = objective(W0, W, H, channels)
         return W, channels, loss
 
-    W_new, channels, loss = solve_with_damping(W, H, percdamp, greedy)
-    return (W_new, channels, loss) if return_loss else (W_new, channels)
+    (W_new, channels, loss), p = solve_with_damping(W, H, percdamp, greedy, warn=not return_damping)
+    return result((W_new, channels), loss, p, return_loss, return_damping)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .damping import NotPositiveDefiniteError, cholesky, cholesky_inverse, objective, solve_with_damping
+from .damping import NotPositiveDefiniteError, cholesky, cholesky_inverse, objective, result, solve_with_damping
 from .obs import prune_columns_cholesky, remove_from_hessian
 
 
@@ -137,7 +137,7 @@ def head_cost_exact(W, Hinv, head_dim: int) -> np.ndarray:
 
 
 def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, compensate=True,
-                head_groups=None, return_loss=False):
+                head_groups=None, return_loss=False, return_damping=False):
     """Batched Greedy Pruning of attention heads, as published: one head per iteration.
 
     Paper: Batched Greedy Pruning, Algorithm 1 (step 1: grouped Cholesky, head errors,
@@ -178,17 +178,20 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
         Also return the loss: ½ Σ ||e_i||² over every removed column (the Eq. (1) objective
         of W_new in the metric of the prepared H, spec §2.3), or the objective of the zeroed
         columns when compensate=False.
+    return_damping : bool
+        Also return the damping fraction used (spec §2.4), instead of warning DampingWarning.
 
     Returns
     -------
     W_new : float64 array (d_out, d_in)
     pruned_heads : int64 array (n_prune,), sorted ascending.
     loss : float, only with return_loss
+    percdamp : float, only with return_damping
     """
     W, H, d, n_heads, n_prune, percdamp, groups, quota = _heads_arguments(W, H, n_prune, head_dim, percdamp,
                                                                          head_groups)
     if n_prune == 0:
-        return nothing_pruned(W, return_loss)
+        return result((W, np.zeros(0, dtype=np.int64)), 0.0, percdamp, return_loss, return_damping)
 
     def greedy(W, H):
         W0, H0, loss = W.copy(), H.copy(), 0.0
@@ -215,8 +218,8 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
             loss = objective(W0, W, H0, np.repeat(pruned, d).nonzero()[0])
         return W, heads, loss
 
-    W_new, heads, loss = solve_with_damping(W, H, percdamp, greedy)
-    return (W_new, heads, loss) if return_loss else (W_new, heads)
+    (W_new, heads, loss), p = solve_with_damping(W, H, percdamp, greedy, warn=not return_damping)
+    return result((W_new, heads), loss, p, return_loss, return_damping)
 
 
 def _heads_arguments(W, H, n_prune, head_dim, percdamp, head_groups):
@@ -226,16 +229,11 @@ def _heads_arguments(W, H, n_prune, head_dim, percdamp, head_groups):
     d = _checks.head_dim(head_dim, W.shape[1])
     n_heads = W.shape[1] // d
     n_prune = _checks.count("n_prune", n_prune, 0, n_heads)
-    groups, quota = _head_groups(head_groups, n_heads, n_prune)
+    groups, quota = head_group_ids(head_groups, n_heads, n_prune)
     return W, H, d, n_heads, n_prune, _checks.percdamp(percdamp), groups, quota
 
 
-def nothing_pruned(W: np.ndarray, return_loss: bool) -> tuple:
-    """The result of pruning nothing: W unchanged (not even dead inputs), no indices, loss 0."""
-    return (W, np.zeros(0, dtype=np.int64)) + ((0.0,) if return_loss else ())
-
-
-def _head_groups(head_groups, n_heads: int, n_prune: int) -> tuple[np.ndarray, int]:
+def head_group_ids(head_groups, n_heads: int, n_prune: int) -> tuple[np.ndarray, int]:
     """Group id per head (n_heads,) and the per-group quota; one group when head_groups is None."""
     if head_groups is None:
         return np.zeros(n_heads, dtype=np.int64), n_prune

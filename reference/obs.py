@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .damping import cholesky, cholesky_inverse, objective, prepare_hessian, solve_with_damping
+from .damping import cholesky, cholesky_inverse, objective, prepare_hessian, result, solve_with_damping
 
 
 def prune_columns_cholesky(W, Hinv, columns, *, survivors=None) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +100,7 @@ def remove_from_hessian(H, columns) -> np.ndarray:
     return H
 
 
-def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False):
+def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False, return_damping=False):
     """Remove the given input columns of W with optimal OBS compensation of the others.
 
     Paper: Eqs. (3)-(4) in the Cholesky form (Algorithm 1 step 2); spec §2.2-2.4.
@@ -125,6 +125,8 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
         untouched except dead inputs, which are always zeroed (spec §2.4).
     return_loss : bool
         Also return the loss (see Returns).
+    return_damping : bool
+        Also return the damping fraction used (spec §2.4), instead of warning DampingWarning.
 
     Returns
     -------
@@ -133,20 +135,21 @@ def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=F
         The Eq. (1) objective ½ tr(ΔW H ΔWᵀ) of the result in the metric of the prepared
         (dead-handled, damped) H: ½ Σ ||e_i||² when compensating (spec §2.3), the objective of
         the zeroed columns otherwise.
+    percdamp : float, only with return_damping
     """
     W, H, S, percdamp = _columns_arguments(W, H, columns, percdamp)
     if S.size == 0:
-        return (W, 0.0) if return_loss else W
+        return result((W,), 0.0, percdamp, return_loss, return_damping)
     if not compensate:
         W_new, loss = zero_columns(W, H, S, percdamp)
-        return (W_new, loss) if return_loss else W_new
+        return result((W_new,), loss, percdamp, return_loss, return_damping)
 
     def solve(W, H):
         W_new, losses = prune_columns_cholesky(W, cholesky_inverse(H), S)
         return W_new, 0.5 * float(np.sum(losses))
 
-    W_new, loss = solve_with_damping(W, H, percdamp, solve)
-    return (W_new, loss) if return_loss else W_new
+    (W_new, loss), p = solve_with_damping(W, H, percdamp, solve, warn=not return_damping)
+    return result((W_new,), loss, p, return_loss, return_damping)
 
 
 def _columns_arguments(W, H, columns, percdamp):
@@ -209,4 +212,4 @@ def prune_columns_naive(W, H, columns, *, percdamp=0.0) -> np.ndarray:
         W[:, S] = 0.0
         return W
 
-    return solve_with_damping(W, H, percdamp, naive)
+    return solve_with_damping(W, H, percdamp, naive)[0]

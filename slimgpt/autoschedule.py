@@ -49,7 +49,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from slimgpt.schedule import LayerPlan, PruneError, param_costs, prunable_params
+from slimgpt import gqa, torch_ops
+from slimgpt.ops import resolve_backend
+from slimgpt.reference.damping import retry_with_damping
+from slimgpt.schedule import LayerPlan, PruneError, Schedule, param_costs, prunable_params
 from slimgpt.stats import ActivationStats
 
 
@@ -135,6 +138,15 @@ def auto_plan(model, calib: torch.Tensor, settings, options: AutoOptions | None 
     return ratios, plan
 
 
+class AutoSchedule(Schedule):
+    """`--schedule auto`: the plan of auto_plan (the module docstring)."""
+    name = "auto"
+    needs_backward = True
+
+    def plan(self, cfg, model, calib, settings, method):
+        return auto_plan(model, calib, settings)
+
+
 # ----------------------------------------------------------------------------------------------
 # 1. The dense pass: Hessians of the projections' inputs and gradient second moments
 
@@ -151,8 +163,6 @@ class _LayerStats:
 
 
 def _dense_pass(model, calib, settings, opt: AutoOptions) -> list[_LayerStats]:
-    from slimgpt.ops import resolve_backend
-
     cfg = model.config
     dev = next(model.parameters()).device
     backend = resolve_backend(settings.backend)
@@ -176,22 +186,18 @@ def _dense_pass(model, calib, settings, opt: AutoOptions) -> list[_LayerStats]:
                     x0.requires_grad_(True)
                 x = x0
                 for i, layer in enumerate(layers):
-                    st, attn, mlp = stats[i], layer.self_attn, layer.mlp
-                    a = attn.heads(layer.input_layernorm(x), cos, sin)
-                    st.o.add(a.detach())
-                    o = attn.o_proj(a)
-                    h = x + o
-                    f = mlp.act(layer.post_attention_layernorm(h))
-                    st.d.add(f.detach())
-                    d = mlp.down_proj(f)
-                    x_next = h + d
-                    st.energy_o += float((h.detach().double() ** 2).sum())
-                    st.energy_d += float((x_next.detach().double() ** 2).sum())
-                    st.n_e += h.shape[0] * h.shape[1]
+                    st, t = stats[i], layer.taps(x, cos, sin)
+                    st.o.add(t.a.detach())
+                    st.d.add(t.f.detach())
+                    st.energy_o += float((t.h.detach().double() ** 2).sum())
+                    st.energy_d += float((t.y.detach().double() ** 2).sum())
+                    st.n_e += t.h.shape[0] * t.h.shape[1]
                     if grad:
-                        o.register_hook(_accumulate(st, "G_o"))
-                        d.register_hook(_accumulate(st, "G_d"))
-                    x = x_next
+                        # h = x + o_proj(a) and y = h + down_proj(f): the loss gradient at h (at y)
+                        # is the one at o_proj's (down_proj's) output
+                        t.h.register_hook(_accumulate(st, "G_o"))
+                        t.y.register_hook(_accumulate(st, "G_d"))
+                    x = t.y
                 if grad:
                     logits = model.head(x)
                     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
@@ -231,30 +237,22 @@ def _metric(st: _LayerStats, kind: str, opt: AutoOptions, W: torch.Tensor, H: to
     return 1.0
 
 
-def _weighted(metric, WP: torch.Tensor, Sinv: torch.Tensor) -> float:
-    """½ tr(M · W_P S⁻¹ W_Pᵀ) for a metric M (matrix or scalar)."""
-    E = WP @ Sinv                                        # (D, |P|)
+def _weighted(metric, E: torch.Tensor) -> float:
+    """½ tr(M · E Eᵀ) = ½ tr(M · W_P (H⁻¹_PP)⁻¹ W_Pᵀ) for the scaled errors E of a removed set P
+    (torch_ops.remove_set) and a metric M (matrix or scalar)."""
     if isinstance(metric, torch.Tensor):
-        return 0.5 * float(((metric @ WP) * E).sum())
-    return 0.5 * metric * float((WP * E).sum())
+        return 0.5 * float(((metric @ E) * E).sum())
+    return 0.5 * metric * float((E * E).sum())
 
 
 def _inverse(W: torch.Tensor, H: torch.Tensor, percdamp: float):
-    """(W, H⁻¹) after the published preparation: dead inputs (H_jj = 0) get H_jj = 1 and a zero
-    column, then percdamp · mean(diag H) on the diagonal; growing damping if not PD."""
-    W, H = W.clone(), H.clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    mean = float(torch.diagonal(H).mean())
-    for p in (percdamp, 1e-3, 1e-2, 1e-1, 1.0):
-        if p < percdamp:
-            continue
-        Hd = H + (p * mean) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-        Lc, bad = torch.linalg.cholesky_ex(Hd)
-        if not bad:
-            return W, torch.cholesky_inverse(Lc)
-    raise PruneError("auto schedule: a Hessian is not positive definite even with damping 1.0")
+    """(W, H⁻¹) after the published preparation (dead inputs, damping; spec §2.4) at the damping
+    every path uses (reference.damping.retry_with_damping: decided in float64, DampingWarning
+    when it is not the requested one)."""
+    W = W.clone()
+    (_, G), _ = retry_with_damping(lambda p: torch_ops.prepare_inverse(W, H, p), H.detach().double().cpu().numpy(),
+                                   percdamp)
+    return W, G
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,12 +270,9 @@ def _head_curve(layer, i: int, st: _LayerStats, settings, opt: AutoOptions, cfg)
     kv_map = attn.kv_map.tolist()
     n_kv = attn.n_kv
     mode = settings.gqa
-    if mode in ("group", "balanced") and nh % n_kv:
-        raise PruneError(f"layer {i}: --gqa {mode} needs equal query heads per KV head ({nh} over {n_kv})")
+    n_rep = gqa.equal_groups(nh, n_kv, mode, i)
     if mode == "group":
-        n_rep = nh // n_kv
-        if kv_map != [h // n_rep for h in range(nh)]:
-            raise PruneError(f"layer {i}: --gqa group needs contiguous equal KV groups")
+        gqa.contiguous_groups(kv_map, n_rep, i)
     metric = _metric(st, "heads", opt, attn.o_proj.weight.detach(), st.o.H)
     W, G = _inverse(attn.o_proj.weight.detach().double(), st.o.H, settings.percdamp)
     alive = list(range(nh))
@@ -286,25 +281,12 @@ def _head_curve(layer, i: int, st: _LayerStats, settings, opt: AutoOptions, cfg)
         return torch.tensor([h * d + k for h in heads for k in range(d)], dtype=torch.long)
 
     def block_error(heads):
-        P = cols(heads)
-        S = G[P][:, P]
-        Sinv = torch.linalg.inv(S)
-        WP = W[:, P]
-        return float((WP * (WP @ Sinv)).sum()), P, Sinv
+        """tr(W_P (H⁻¹_PP)⁻¹ W_Pᵀ): the exact OBS error of removing the heads together."""
+        return float((torch_ops.scaled_errors(W, G, cols(heads)) ** 2).sum())
 
     def remove(heads):
-        nonlocal W, G
-        _, P, Sinv = block_error(heads)
-        WP = W[:, P]
-        loss = _weighted(metric, WP, Sinv)
-        GP = G[P]                                         # (|P|, N)
-        W = W - (WP @ Sinv) @ GP
-        G = G - GP.T @ Sinv @ GP
-        W[:, P] = 0.0
-        G[P, :] = 0.0
-        G[:, P] = 0.0
-        G[P, P] = 1.0
-        return loss
+        """Remove the heads (W and G updated in place, Eqs. 3-4 for the set); their weighted loss."""
+        return _weighted(metric, torch_ops.remove_set(W, G, cols(heads)))
 
     def freed(gone):
         return sum(1 for k in range(n_kv) if all(h in gone for h in range(nh) if kv_map[h] == k)
@@ -315,7 +297,7 @@ def _head_curve(layer, i: int, st: _LayerStats, settings, opt: AutoOptions, cfg)
         groups = [[h for h in range(nh) if kv_map[h] == k] for k in range(n_kv)]
         left = list(range(n_kv))
         while len(left) > 1:
-            best = min(left, key=lambda g: (block_error(groups[g])[0], g))
+            best = min(left, key=lambda g: (block_error(groups[g]), g))
             loss = remove(groups[best])
             left.remove(best)
             c.add(len(groups[best]) * cost["q_head"] + cost["kv_head"], loss, len(groups[best]), 1)
@@ -325,13 +307,13 @@ def _head_curve(layer, i: int, st: _LayerStats, settings, opt: AutoOptions, cfg)
         while min(len(g) for g in per_group) > 1:
             loss = 0.0
             for g in per_group:
-                best = min(g, key=lambda h: (block_error([h])[0], h))
+                best = min(g, key=lambda h: (block_error([h]), h))
                 loss += remove([best])
                 g.remove(best)
             c.add(n_kv * cost["q_head"], loss, n_kv, 0)
         return c
     while len(alive) > 1:                                # query: one head at a time
-        best = min(alive, key=lambda h: (block_error([h])[0], h))
+        best = min(alive, key=lambda h: (block_error([h]), h))
         loss = remove([best])
         alive.remove(best)
         before = freed(gone)
@@ -354,21 +336,14 @@ def _channel_curve(layer, i: int, st: _LayerStats, settings, opt: AutoOptions, c
     cost = param_costs(cfg)["channel"]
     metric = _metric(st, "channels", opt, mlp.down_proj.weight.detach(), st.d.H)
     W, G = _inverse(mlp.down_proj.weight.detach().double(), st.d.H, settings.percdamp)
-    removed = 0
+    removed, pruned = 0, torch.zeros(m, dtype=torch.bool, device=W.device)
     while removed < stop:
         b = min(opt.channel_block, stop - removed)
         eps = (W ** 2).sum(0) / torch.diagonal(G)
+        eps[pruned] = math.inf
         P = torch.sort(torch.argsort(eps, stable=True)[:b]).values
-        S = G[P][:, P]
-        Sinv = torch.linalg.inv(S)
-        WP = W[:, P]
-        loss = _weighted(metric, WP, Sinv)
-        GP = G[P]
-        W = W - (WP @ Sinv) @ GP
-        G = G - GP.T @ Sinv @ GP
-        keep = torch.ones(G.shape[0], dtype=torch.bool)
-        keep[P] = False
-        W, G = W[:, keep], G[keep][:, keep]
+        loss = _weighted(metric, torch_ops.remove_set(W, G, P))
+        pruned[P] = True
         removed += b
         c.add(b * cost, loss, b)
     return c
@@ -448,4 +423,4 @@ def describe(info: dict, cfg) -> str:
               f"{info['seconds_curves']:.1f} s)")
 
 
-__all__ = ["AutoOptions", "Curve", "allocate", "auto_plan", "describe"]
+__all__ = ["AutoOptions", "AutoSchedule", "Curve", "allocate", "auto_plan", "describe"]

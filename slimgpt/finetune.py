@@ -230,18 +230,9 @@ def lr_at(step: int, s: FinetuneSettings) -> float:
     return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def finetune(model, tokenizer=None, settings: FinetuneSettings | None = None, *, tokens: torch.Tensor | None = None,
-             teacher=None, log=None, progress: bool = False) -> dict:
-    """LoRA-fine-tune `model` in place on `tokens` (a 1-D stream; default: the packaged C4
-    calibration pool through `tokenizer`), merge the adapters, and return a record: settings,
-    steps, tokens, seconds, per-step losses, validation loss (next-token CE) before and after.
-
-    With `teacher` (e.g. the dense model the pruned one came from, same tokenizer), the loss is
-    knowledge distillation toward the teacher's next-token distributions (settings.distill,
-    settings.temperature) instead of plain next-token CE on the text."""
-    s = settings or FinetuneSettings()
-    s.validate()
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+def _training_tokens(model, tokenizer, tokens, teacher, s: FinetuneSettings) -> torch.Tensor:
+    """The checked 1-D training stream (default: the packaged C4 pool through `tokenizer`); the
+    teacher, when given, is checked and frozen."""
     if tokens is None:
         if tokenizer is None:
             raise FinetuneError("give a tokenizer (for the C4 calibration pool) or a token stream")
@@ -257,6 +248,22 @@ def finetune(model, tokenizer=None, settings: FinetuneSettings | None = None, *,
             raise FinetuneError("the teacher's vocabulary differs from the model's")
         for p in teacher.parameters():
             p.requires_grad_(False)
+    return tokens
+
+
+def finetune(model, tokenizer=None, settings: FinetuneSettings | None = None, *, tokens: torch.Tensor | None = None,
+             teacher=None, log=None, progress: bool = False) -> dict:
+    """LoRA-fine-tune `model` in place on `tokens` (a 1-D stream; default: the packaged C4
+    calibration pool through `tokenizer`), merge the adapters, and return a record: settings,
+    steps, tokens, seconds, per-step losses, validation loss (next-token CE) before and after.
+
+    With `teacher` (e.g. the dense model the pruned one came from, same tokenizer), the loss is
+    knowledge distillation toward the teacher's next-token distributions (settings.distill,
+    settings.temperature) instead of plain next-token CE on the text."""
+    s = settings or FinetuneSettings()
+    s.validate()
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    tokens = _training_tokens(model, tokenizer, tokens, teacher, s)
     train, val = split_stream(tokens, s)
     require_peft()
     rng = random.Random(s.seed)

@@ -19,6 +19,19 @@ from slimgpt.schedule import PruneError
 GQA_MODES = ("query", "group", "balanced")
 
 
+def equal_groups(n_heads: int, n_kv: int, mode: str, layer: int = 0) -> int:
+    """Query heads per KV head (n_rep); --gqa group and balanced need the same number in every group."""
+    if mode in ("group", "balanced") and n_heads % n_kv:
+        raise PruneError(f"layer {layer}: --gqa {mode} needs equal query heads per KV head ({n_heads} over {n_kv})")
+    return n_heads // n_kv
+
+
+def contiguous_groups(kv_map: list[int], n_rep: int, layer: int = 0) -> None:
+    """--gqa group removes blocks of consecutive o_proj columns: each KV group's query heads must be adjacent."""
+    if kv_map != [h // n_rep for h in range(len(kv_map))]:
+        raise PruneError(f"layer {layer}: --gqa group needs contiguous equal KV groups")
+
+
 def planned_heads(n_heads: int, n_kv: int, r: float, mode: str, layer: int = 0) -> tuple[int, int]:
     """(query heads to prune, KV heads known to go with them) for a layer at ratio r.
 
@@ -30,9 +43,7 @@ def planned_heads(n_heads: int, n_kv: int, r: float, mode: str, layer: int = 0) 
         return 0, 0
     if mode == "query":
         return min(round(n_heads * r), n_heads), 0
-    if n_heads % n_kv:
-        raise PruneError(f"layer {layer}: --gqa {mode} needs equal query heads per KV head ({n_heads} over {n_kv})")
-    n_rep = n_heads // n_kv
+    n_rep = equal_groups(n_heads, n_kv, mode, layer)
     if mode == "group":
         g = min(round(n_kv * r), n_kv)
         return g * n_rep, g
@@ -59,10 +70,8 @@ def head_blocks(n_heads: int, kv_map: list[int], head_dim: int, n_prune_heads: i
                 layer: int = 0) -> Blocks:
     """The blocks for pruning `n_prune_heads` query heads of a layer in GQA `mode`."""
     if mode == "group" and n_prune_heads:
-        n_kv = max(kv_map) + 1
-        n_rep = n_heads // n_kv
-        if kv_map != [h // n_rep for h in range(n_heads)]:
-            raise PruneError(f"layer {layer}: --gqa group needs contiguous equal KV groups")
+        n_rep = n_heads // (max(kv_map) + 1)
+        contiguous_groups(kv_map, n_rep, layer)
         return Blocks(n_rep * head_dim, n_prune_heads // n_rep, n_rep)
     if mode == "balanced" and n_prune_heads:
         return Blocks(head_dim, n_prune_heads, 1, list(kv_map))

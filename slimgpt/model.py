@@ -31,6 +31,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -402,6 +403,14 @@ class MLP(nn.Module):
         return self.down_proj(self.act(x))
 
 
+class Taps(NamedTuple):
+    """What pruning reads from one decoder layer's forward (spec §6): (B, T, ·) each."""
+    a: torch.Tensor         # o_proj's input, the concatenated head outputs (H_o, FLAP's attention scores)
+    h: torch.Tensor         # the residual stream after attention, x + o_proj(a)
+    f: torch.Tensor         # down_proj's input, the SwiGLU activations (H_dn, FLAP's FFN scores)
+    y: torch.Tensor         # the layer's output, h + down_proj(f)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: LlamaConfig, i: int):
         super().__init__()
@@ -409,6 +418,22 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(cfg, i)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, i)
+
+    def attn_input(self, x, cos, sin):
+        """o_proj's input for the layer input x: the tap of the attention's statistics."""
+        return self.self_attn.heads(self.input_layernorm(x), cos, sin)
+
+    def ffn_input(self, h):
+        """down_proj's input for the post-attention stream h: the tap of the FFN's statistics."""
+        return self.mlp.act(self.post_attention_layernorm(h))
+
+    def taps(self, x, cos, sin, a=None) -> Taps:
+        """The layer's forward with every pruning tap (Taps); `a` given (a cached attn_input, or one
+        restricted to the kept heads) is used instead of recomputing it."""
+        a = self.attn_input(x, cos, sin) if a is None else a
+        h = x + self.self_attn.o_proj(a)
+        f = self.ffn_input(h)
+        return Taps(a, h, f, h + self.mlp.down_proj(f))
 
     def attn_half(self, x, cos, sin, cache: KVCache | None = None):
         return x + self.self_attn(self.input_layernorm(x), cos, sin, cache)

@@ -22,9 +22,10 @@ tightly against that twin and loosely against the re-inverting reference (slimgp
 
 This module stays thin: validate with the reference's own checks, convert (scaling by powers of
 two so that float32 can hold any finite float64 input), call the core (which updates a private
-copy of W in place), convert back. A non-positive-definite H gets the reference's own retry
-(reference.damping.retry_with_damping): growing damping and a DampingWarning, or
-NotPositiveDefiniteError.
+copy of W in place), convert back. The damping is the reference's own decision and retry
+(reference.damping.retry_with_damping), the same for every backend; the damping used comes back
+with `return_damping=True` and is otherwise warned (DampingWarning) when it is not the requested
+one; an H that no damping repairs raises NotPositiveDefiniteError.
 """
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ import numpy as np
 
 from slimgpt import reference, torch_ops
 from slimgpt._native import core, has_cuda
-from slimgpt.reference import _checks
-from slimgpt.reference.channels import _group_sizes
-from slimgpt.reference.damping import retry_with_damping
-from slimgpt.reference.heads import _head_groups
+from slimgpt.reference import checks as _checks
+from slimgpt.reference.channels import resolve_group_sizes
+from slimgpt.reference.damping import MARGIN_BELOW, retry_with_damping, warn_damping
+from slimgpt.reference.heads import head_group_ids
 
 BACKENDS = ("reference", "cpu", "cuda", "torch")
 
@@ -188,49 +189,35 @@ def _check_finite(A, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-def _in_place(Wf, result):
-    """The torch backend returns a new W; the driver expects the core's in-place update."""
-    W_new, idx, loss = result
-    Wf.copy_(W_new)
-    return idx, loss
-
-
-# Below this damping a float32 Cholesky can succeed on a numerically singular H (its rounding
-# noise, ~N·6e-8 of the diagonal, hides a zero eigenvalue) where the float64 reference fails and
-# damps; there the fast paths take the decision with the reference's own float64 Cholesky.
-FLOAT64_DECISION_BELOW = 1e-2
-
-
-def _decide_in_float64(W, H, p: float) -> None:
-    """Raise NotPositiveDefiniteError when the reference's float64 Cholesky of the prepared H
-    (dead inputs handled, damped by p) fails, so every backend damps alike (spec §2.4)."""
-    H64 = _float64(H)
-    if np.all(np.isfinite(H64)):            # non-finite input is the core's ValueError, not a damping question
-        _, Hd = reference.damping.prepare_hessian(_float64(W)[:1], H64, p)
-        reference.damping.cholesky(Hd, "H")
-
-
-def _prune(run, W, H, percdamp, backend):
-    """Shared driver of the prune operations: scale W and H by powers of two into float32
-    range, run `run(Wf, Hf, p)` -> (index array or None, loss) at each damping of the
-    reference's retry ladder, and scale the results back. Returns (W_new, indices, loss)."""
+def _prune(name: str, W, H, args: tuple, percdamp: float, backend: str, after: tuple = ()):
+    """The fast paths: W and H scaled by powers of two into float32 range, then the core's (or
+    its torch twin's) prune_<name>(Wf, Hf, *args, p, *after), which updates Wf in place, at the
+    damping that reference.damping.retry_with_damping decides for every backend; the results
+    scaled back. Returns (W_new, indices or None, loss, p)."""
+    _check_finite(W, "W")
+    _check_finite(H, "H")
     sw, sh = _pow2(_magnitude(W, "max")), _pow2(_magnitude(H, "diag"), even=True)
-    if backend == "torch":              # the cores check this in their binding layer
-        _check_finite(W, "W")
-        _check_finite(H, "H")
     Hf = _to_core(H, backend, scale=sh)
+    fn = getattr(torch_ops if backend == "torch" else core(), "prune_" + name)
 
     def attempt(p):
-        if p < FLOAT64_DECISION_BELOW:
-            _decide_in_float64(W, H, p)
         Wf = _to_core(W, backend, scale=sw, copy=True)
-        idx, loss = _core_error(lambda: run(Wf, Hf, p))
-        return Wf, idx, loss
+        out = _core_error(lambda: fn(Wf, Hf, *args, float(p), *after))
+        return (Wf,) + ((None, out) if name == "columns" else tuple(out))
 
-    Wf, idx, loss = retry_with_damping(attempt, percdamp)
+    (Wf, idx, loss), p = retry_with_damping(attempt, _float64(H) if percdamp < MARGIN_BELOW else None, percdamp,
+                                            warn=False)
     W_new = Wf.double() * sw if _is_torch(Wf) else Wf.astype(np.float64) * sw
     # W scales the loss quadratically; G = H⁻¹ scales by 1/sh, so each ||e_i||² by sh
-    return W_new, idx, loss * sw * sw * sh
+    return W_new, idx, loss * sw * sw * sh, p
+
+
+def _result(main: tuple, loss, p, percdamp, return_loss: bool, return_damping: bool):
+    """The public return value (as the reference's): the damping used is returned with
+    return_damping, and otherwise warned when it is not the requested one."""
+    if not return_damping:
+        warn_damping(p, percdamp, stacklevel=4)
+    return reference.damping.result(main, float(loss), p, return_loss, return_damping)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,30 +344,23 @@ def _float64_on(A, backend, like):
     return np.array(_checks.real_array("H", A), dtype=np.float64, order="C", copy=True)
 
 
-def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False, backend=None):
+def prune_columns(W, H, columns, *, percdamp=0.0, compensate=True, return_loss=False, return_damping=False,
+                  backend=None):
     """Remove input columns of W jointly with OBS compensation (Eqs. 3-4)."""
     W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
-        out = reference.prune_columns(_float64(W), _float64(H), _host(columns), percdamp=percdamp,
-                                      compensate=compensate, return_loss=True)
-        W_new, loss = out
+        W_new, loss, p = reference.prune_columns(_float64(W), _float64(H), _host(columns), percdamp=percdamp,
+                                                 compensate=compensate, return_loss=True, return_damping=True)
     else:
         _checks.check_shapes(W, H)
         cols = _checks.columns(_host(columns), W.shape[1])
-        percdamp = _checks.percdamp(percdamp)
+        percdamp = p = _checks.percdamp(percdamp)
         if cols.size == 0:                          # a no-op, as in the reference (not even dead inputs)
-            W64, _ = _checks.weight_and_hessian(W, H)
-            return (_like(W64, W), 0.0) if return_loss else _like(W64, W)
-        if backend == "torch":
-            def run(Wf, Hf, p):
-                return _in_place(Wf, torch_ops.prune_columns(Wf, Hf, float(p), cols, bool(compensate)))
+            W_new, loss = _checks.weight_and_hessian(W, H)[0], 0.0
         else:
-            def run(Wf, Hf, p):
-                return None, core().prune_columns(Wf, Hf, cols, float(p), bool(compensate))
-        W_new, _, loss = _prune(run, W, H, percdamp, backend)
-    W_new = _like(W_new, W)
-    return (W_new, float(loss)) if return_loss else W_new
+            W_new, _, loss, p = _prune("columns", W, H, (cols,), percdamp, backend, (bool(compensate),))
+    return _result((_like(W_new, W),), loss, p, percdamp, return_loss, return_damping)
 
 
 def _errors_like(err, like):
@@ -415,35 +395,27 @@ def head_errors(W, Hinv, head_dim, *, gcd=True, backend=None):
 
 
 def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None,
-                return_loss=False, backend=None):
-    """Greedy head pruning, one head per iteration (spec §3.3); returns (W_new, pruned_heads[, loss])."""
+                return_loss=False, return_damping=False, backend=None):
+    """Greedy head pruning, one head per iteration (spec §3.3); returns (W_new, pruned_heads[, loss][, percdamp])."""
     W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
-        W_new, heads, loss = reference.prune_heads(_float64(W), _float64(H), n_prune, head_dim, percdamp=percdamp,
-                                                   gcd=gcd, compensate=compensate, head_groups=_host(head_groups),
-                                                   return_loss=True)
+        W_new, heads, loss, p = reference.prune_heads(_float64(W), _float64(H), n_prune, head_dim, percdamp=percdamp,
+                                                      gcd=gcd, compensate=compensate, head_groups=_host(head_groups),
+                                                      return_loss=True, return_damping=True)
     else:
         _checks.check_shapes(W, H)
         head_dim = _checks.head_dim(head_dim, W.shape[1])
         n_heads = W.shape[1] // head_dim
         n_prune = _checks.count("n_prune", n_prune, 0, n_heads)
-        percdamp = _checks.percdamp(percdamp)
-        groups, quota = _head_groups(_host(head_groups), n_heads, n_prune)    # ids renumbered 0..n_groups-1
+        percdamp = p = _checks.percdamp(percdamp)
+        groups, _ = head_group_ids(_host(head_groups), n_heads, n_prune)    # ids renumbered 0..n_groups-1
         if n_prune == 0:
             W_new, heads, loss = _checks.weight_and_hessian(W, H)[0], np.zeros(0, np.int64), 0.0
         else:
-            if backend == "torch":
-                def run(Wf, Hf, p):
-                    return _in_place(Wf, torch_ops.prune_heads(Wf, Hf, float(p), n_prune, head_dim, bool(gcd),
-                                                               bool(compensate), groups, quota))
-            else:
-                def run(Wf, Hf, p):
-                    return core().prune_heads(Wf, Hf, n_prune, head_dim, float(p), bool(gcd), bool(compensate),
-                                              None if head_groups is None else groups)
-            W_new, heads, loss = _prune(run, W, H, percdamp, backend)
-    out = (_like(W_new, W), _index_like(heads, W))
-    return out + (float(loss),) if return_loss else out
+            W_new, heads, loss, p = _prune("heads", W, H, (n_prune, head_dim), percdamp, backend,
+                                           (bool(gcd), bool(compensate), None if head_groups is None else groups))
+    return _result((_like(W_new, W), _index_like(heads, W)), loss, p, percdamp, return_loss, return_damping)
 
 
 def dgs_group_sizes(n_prune, *, backend=None):
@@ -456,27 +428,21 @@ def dgs_group_sizes(n_prune, *, backend=None):
 
 
 def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True, return_loss=False,
-                   backend=None):
-    """DGS channel pruning (spec §4); returns (W_new, pruned_channels[, loss])."""
+                   return_damping=False, backend=None):
+    """DGS channel pruning (spec §4); returns (W_new, pruned_channels[, loss][, percdamp])."""
     W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
-        W_new, ch, loss = reference.prune_channels(_float64(W), _float64(H), n_prune, percdamp=percdamp,
-                                                   group_sizes=group_sizes, compensate=compensate, return_loss=True)
+        W_new, ch, loss, p = reference.prune_channels(_float64(W), _float64(H), n_prune, percdamp=percdamp,
+                                                      group_sizes=group_sizes, compensate=compensate,
+                                                      return_loss=True, return_damping=True)
     else:
         _checks.check_shapes(W, H)
         n_prune = _checks.count("n_prune", n_prune, 0, W.shape[1])
-        percdamp = _checks.percdamp(percdamp)
-        sizes = np.asarray(_group_sizes(group_sizes, n_prune), dtype=np.int64)
+        percdamp = p = _checks.percdamp(percdamp)
+        sizes = np.asarray(resolve_group_sizes(group_sizes, n_prune), dtype=np.int64)
         if n_prune == 0:
             W_new, ch, loss = _checks.weight_and_hessian(W, H)[0], np.zeros(0, np.int64), 0.0
         else:
-            if backend == "torch":
-                def run(Wf, Hf, p):
-                    return _in_place(Wf, torch_ops.prune_channels(Wf, Hf, float(p), sizes.tolist(), bool(compensate)))
-            else:
-                def run(Wf, Hf, p):
-                    return core().prune_channels(Wf, Hf, sizes, float(p), bool(compensate))
-            W_new, ch, loss = _prune(run, W, H, percdamp, backend)
-    out = (_like(W_new, W), _index_like(ch, W))
-    return out + (float(loss),) if return_loss else out
+            W_new, ch, loss, p = _prune("channels", W, H, (sizes,), percdamp, backend, (bool(compensate),))
+    return _result((_like(W_new, W), _index_like(ch, W)), loss, p, percdamp, return_loss, return_damping)

@@ -22,7 +22,8 @@ resumable state (X in memory or `activations.OnDisk`). With torch.distributed ea
 same loop on its shard of the windows: `_collect` sums the statistics over the ranks and the
 selection runs on rank 0 and is broadcast (`run.comm`, distributed.py).
 
-Where things live: per-layer counts and the parameter budget in schedule.py, GQA granularity
+Where things live: the per-layer plans in schedules.py (a registry, as methods/ is), the parameter
+budget in schedule.py, GQA granularity
 in gqa.py, the selection and compensation in methods/, the statistics in stats.py, the removal
 of rows and columns in shrink.py. This file is the data path.
 """
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from slimgpt import distributed, gqa, methods, schedule
+from slimgpt import distributed, gqa, methods, schedule, schedules
 from slimgpt.activations import Resident
 from slimgpt.evaluate import check_activations
 from slimgpt.methods import MethodOptions
@@ -48,15 +49,12 @@ from slimgpt.textdata import check_calibration
 
 GQA_MODES = gqa.GQA_MODES
 planned_heads = gqa.planned_heads
-# beyond the paper, both chosen from the calibration data: "auto" (autoschedule.py) and "flap"
-# (the per-layer counts of FLAP's global threshold, methods/flap.py)
-SCHEDULES = schedule.SCHEDULES + ("auto", "flap")
 
 
 @dataclass
 class PruneSettings:
     ratio: float | None = 0.2          # global target: fraction of prunable decoder parameters
-    schedule: str = "log"               # IPR strategy (spec §5.2)
+    schedule: str = "log"               # a name in schedules.SCHEDULES (IPR strategies, auto, flap)
     first: float | None = None          # explicit first/last ratios instead of a target
     last: float | None = None
     ratios: list | None = None          # explicit per-layer ratios (instead of a schedule)
@@ -86,10 +84,17 @@ class PruneSettings:
                 raise PruneError(f"--{name} must be in [0, 1), got {v}")
         if self.ratio is None and self.first is None and self.ratios is None:
             raise PruneError("give a target --ratio, explicit --first/--last ratios or per-layer ratios")
+        if self.last is not None and self.first is None:
+            raise PruneError("--last needs --first")
+        if self.first is not None and self.ratio is not None:
+            raise PruneError("give either --ratio or --first/--last, not both (ratio=None with first)")
+        g = self.method_options.get("group_sizes")
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise PruneError("--fixed-group must be a positive group size")
         if self.ratios is not None and not all(0.0 <= r < 1.0 for r in self.ratios):
             raise PruneError(f"per-layer ratios must lie in [0, 1), got {self.ratios}")
-        if self.schedule not in SCHEDULES:
-            raise PruneError(f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule not in schedules.SCHEDULES:
+            raise PruneError(f"--schedule must be one of {tuple(schedules.SCHEDULES)}, got {self.schedule!r}")
         if self.gqa not in GQA_MODES:
             raise PruneError(f"--gqa must be one of {GQA_MODES}, got {self.gqa!r}")
         if self.method not in methods.METHODS:
@@ -166,8 +171,7 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
 
 def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=distributed.LOCAL,
           saved: tuple | None = None) -> Job:
-    """Per-layer ratios and plan (the schedule, a method's whole-model plan or --schedule auto,
-    computed on rank 0 over all windows; `saved` = (ratios, plan) of a resumed run), the target,
+    """Per-layer ratios and plan (schedules.plan_layers, computed on rank 0 over all windows; `saved` = (ratios, plan) of a resumed run), the target,
     the method options, the RoPE tables and the budget. `model` is only read by whole-model plans."""
     s, t_start = settings, time.perf_counter()
     s.validate()
@@ -175,7 +179,7 @@ def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=dist
     if s.ratios is not None and len(s.ratios) != L:
         raise PruneError(f"{len(s.ratios)} per-layer ratios for a model of {L} layers")
     if saved is None:
-        saved = comm.broadcast_object(_plan(cfg, model, calib, s) if comm.is_root else None)
+        saved = comm.broadcast_object(schedules.plan_layers(cfg, model, calib, s, method) if comm.is_root else None)
     ratios, plan = saved
     prunable = sum(schedule.prunable_params(cfg, i) for i in range(L))
     explicit = s.ratios is not None or s.first is not None
@@ -186,27 +190,6 @@ def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=dist
     cos, sin = rope_cos_sin(calib.shape[1], cfg.head_dim, cfg.rope_theta, dev, torch.float32, cfg.rope_scaling)
     run = _Run(s, method, options, cos, sin, Budget(cfg, ratios, plan, target), comm)
     return Job(s, cfg, ratios, plan, target, prunable, run, t_start)
-
-
-def _plan(cfg, model, calib, s: PruneSettings):
-    """(ratios, per-layer LayerPlan): --schedule auto, a method's whole-model plan, or the schedule."""
-    L = cfg.num_hidden_layers
-    if s.schedule == "auto" and s.ratios is None and s.first is None:
-        from slimgpt.autoschedule import auto_plan
-        return auto_plan(model, calib, s)
-    if s.schedule == "flap" and s.ratios is None and s.first is None:
-        # FLAP's allocation (its global threshold over standardised fluctuation scores) for any
-        # method's selection; ratios record each layer's FFN fraction, as for "auto"
-        plan = methods.METHODS["flap"].plan(model, calib, s)
-        return [p.channels / cfg.layer_intermediate[i] for i, p in enumerate(plan)], plan
-    ratios = [float(r) for r in s.ratios] if s.ratios is not None else \
-        schedule.layer_ratios(L, s.ratio, s.schedule, s.first, s.last)
-    return ratios, method_plan(cfg, model, calib, s, ratios)
-
-
-def method_plan(cfg, model, calib, s: PruneSettings, ratios) -> list:
-    plan = methods.METHODS[s.method].plan(model, calib, s) if model is not None else None
-    return plan or [_scheduled(cfg, i, r, s) for i, r in enumerate(ratios)]
 
 
 def embed_calibration(embed, calib: torch.Tensor, s: PruneSettings, into=None) -> torch.Tensor | None:
@@ -262,13 +245,6 @@ def summarize(job: Job, records: list, params_before: int, params_after: int, ca
     }
 
 
-def _scheduled(cfg, i: int, r: float, s: PruneSettings) -> LayerPlan:
-    """Layer i's counts from its ratio: heads rounded as published, channels by the budget
-    (or round(m · r) without --hit-target)."""
-    heads, kv = gqa.planned_heads(cfg.layer_heads[i], cfg.layer_kv_heads[i], r, s.gqa, i)
-    return LayerPlan(heads, kv, None if s.hit_target else round(cfg.layer_intermediate[i] * r))
-
-
 # ----------------------------------------------------------------------------------------------
 # One layer
 
@@ -284,7 +260,7 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
 
     # 1. attention: statistics of o_proj's input, then heads
     stats, A = _collect(f"layer {i} o_proj", attn.o_proj.in_features, X,
-                        lambda x, b: attn.heads(layer.input_layernorm(x), run.cos, run.sin), run, cache)
+                        lambda x, b: layer.attn_input(x, run.cos, run.sin), run, cache)
     t_fwd, t_hess = time.perf_counter() - t0 - stats.seconds, stats.seconds
     blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, s.gqa, i)
     heads, kv, t_sel = _prune_heads(layer, stats, blocks, run, rec)
@@ -296,10 +272,10 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
     t1 = time.perf_counter()
 
     def ffn_input(x, b):
-        a = _cached(A, b, x.shape[0], keep_cols) if cache else attn.heads(layer.input_layernorm(x), run.cos, run.sin)
+        a = _cached(A, b, x.shape[0], keep_cols) if cache else layer.attn_input(x, run.cos, run.sin)
         h = x + attn.o_proj(a)
         X.write(b, h)
-        return mlp.act(layer.post_attention_layernorm(h))
+        return layer.ffn_input(h)
 
     stats, F = _collect(f"layer {i} down_proj", mlp.down_proj.in_features, X, ffn_input, run, cache)
     del A
@@ -315,7 +291,7 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
     keep_ch = _kept(rec["channels_before"], channels, 1, run.cos.device) if s.shrink else None
     for b in range(0, N, s.batch_size):
         h = X.output(b, s.batch_size)
-        f = _cached(F, b, h.shape[0], keep_ch) if cache else mlp.act(layer.post_attention_layernorm(h))
+        f = _cached(F, b, h.shape[0], keep_ch) if cache else layer.ffn_input(h)
         h += mlp.down_proj(f)
         check_activations(h, f"layer {i} output after pruning")
         X.write(b, h)

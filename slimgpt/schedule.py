@@ -47,6 +47,25 @@ def prunable_params(cfg, i: int) -> int:
             + cfg.layer_intermediate[i] * c["channel"])
 
 
+class Schedule:
+    """A per-layer allocation of the budget: the second plug-in axis of the pipeline, beside the
+    methods (registry: slimgpt/schedules.py; the pipeline never asks which schedule it runs).
+
+    plan(cfg, model, calib, settings, method) -> (ratios, plans): a ratio per layer (recorded in
+    the summary and the manifest; the Budget re-apportions FFN channels in proportion to m_i · r_i)
+    and a LayerPlan per layer. `model` is the dense model (None on a resumed streamed run, which
+    reads its saved plan); `method` the run's Method, whose own whole-model plan a schedule may
+    follow (a ratio schedule does). needs_backward: the plan takes a backward pass through the
+    whole model, so a streamed run cannot make it.
+    """
+
+    name: str = ""
+    needs_backward: bool = False
+
+    def plan(self, cfg, model, calib, settings, method) -> tuple[list, list]:
+        raise NotImplementedError
+
+
 @dataclass
 class LayerPlan:
     """What layer i will lose: query heads, the KV heads known to go with them, and FFN

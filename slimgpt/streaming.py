@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from slimgpt import activations, distributed, paths
+from slimgpt import activations, distributed, paths, schedules
 from slimgpt.evaluate import NonFiniteError, logits_problem
 from slimgpt.model import LlamaConfig, param_count, rope_cos_sin
 from slimgpt.pipeline import (LayerPlan, PruneError, PruneSettings, embed_calibration, prune_layers, setup,
@@ -382,9 +382,9 @@ def prune_streaming(src, calib: torch.Tensor, settings: PruneSettings, opts: Str
     opts.out. Returns the result and a Finisher that writes the rest and moves it to opts.out."""
     s, cfg = settings, src.config
     s.validate()
-    if s.schedule == "auto" and s.ratios is None and s.first is None:
-        raise PruneError("--schedule auto needs the whole model in memory (a backward pass and every layer's "
-                         "statistics); it is not available with --stream or --resume")
+    if schedules.chosen(s).needs_backward:
+        raise PruneError(f"--schedule {s.schedule} needs the whole model in memory (a backward pass and every "
+                         f"layer's statistics); it is not available with --stream or --resume")
     if not s.shrink:
         raise PruneError("streaming writes each layer physically shrunk; shrink=False needs the in-memory pipeline")
     log = log or (lambda m: None)
@@ -398,12 +398,7 @@ def prune_streaming(src, calib: torch.Tensor, settings: PruneSettings, opts: Str
     st = _open_state(folder, fingerprint, opts, comm, log)
     saved = (st.ratios, [LayerPlan(*p) for p in st.plan]) if st is not None else None
     job = setup(cfg, src.plan_model(dev) if saved is None else None, calib, s, comm=comm, saved=saved)
-    if st is None:
-        st = State(fingerprint, job.ratios, [[p.heads, p.kv_heads, p.channels] for p in job.plan])
-    for rec in st.records:                                   # the budget of the finished layers
-        job.run.budget.remove(heads=len(rec["heads_pruned"]), kv_heads=len(rec["kv_pruned"]),
-                              channels=len(rec["channels_pruned"]))
-    job.t_start -= st.seconds
+    st = _resumed(job, st, fingerprint)
     start, t = st.done, {"load": 0.0, "eval": 0.0, "write": 0.0, "state": 0.0}
     ev = StreamEval(opts.eval_tokens, opts.eval_seqlen, opts.eval_max_tokens, dev) \
         if comm.is_root and opts.eval_tokens is not None else None
@@ -430,11 +425,7 @@ def prune_streaming(src, calib: torch.Tensor, settings: PruneSettings, opts: Str
         t1 = time.perf_counter()
         nxt = 1 - st.slot
         if comm.is_root:
-            tensors = {f"model.layers.{i}.{k}": v.detach().to(_DTYPES[opts.dtype]).to("cpu").contiguous()
-                       for k, v in layer.state_dict().items()}       # converted on the device, then copied
-            name = shard_name(i + 1, n_shards)
-            st.tensor_bytes += write_tensors(tensors, folder.ckpt / name, f"write{i}")
-            st.weight_map.update({k: name for k in tensors})
+            _write_layer(i, layer, st, folder, opts.dtype, n_shards)
         t["write"] += time.perf_counter() - t1
         t1 = time.perf_counter()
         if isinstance(X, activations.Resident):
@@ -460,14 +451,7 @@ def prune_streaming(src, calib: torch.Tensor, settings: PruneSettings, opts: Str
         X.close()
     assert len(st.records) == L, (len(st.records), L)
     pruned_cfg = _pruned_config(cfg, st.shapes)
-    evals = {}
-    if ev is not None:
-        t0 = time.perf_counter()
-        norm, head = _final_modules(src, cfg, dev)
-        for which in ("dense", "pruned"):
-            evals[which] = dict(ev.perplexity(which, norm, head))
-        del norm, head
-        t["eval"] += time.perf_counter() - t0
+    evals = _perplexities(ev, src, cfg, dev, t) if ev is not None else {}
     summary = summarize(job, st.records, param_count(cfg), param_count(pruned_cfg), calib.shape)
     result = StreamResult(st.records, summary, pruned_cfg, evals, storage, start, t)
     del records
@@ -475,6 +459,36 @@ def prune_streaming(src, calib: torch.Tensor, settings: PruneSettings, opts: Str
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _resumed(job, st: State | None, fingerprint: dict) -> State:
+    """The state of the run: a new one from the job's plan, or a resumed one whose finished layers
+    are charged to the budget and whose seconds so far count."""
+    if st is None:
+        st = State(fingerprint, job.ratios, [[p.heads, p.kv_heads, p.channels] for p in job.plan])
+    for rec in st.records:                                   # the budget of the finished layers
+        job.run.budget.remove(heads=len(rec["heads_pruned"]), kv_heads=len(rec["kv_pruned"]),
+                              channels=len(rec["channels_pruned"]))
+    job.t_start -= st.seconds
+    return st
+
+
+def _write_layer(i: int, layer, st: State, folder: StateFolder, dtype: str, n_shards: int) -> None:
+    """Layer i's shard in the save dtype (converted on the device, then copied), recorded in st."""
+    tensors = {f"model.layers.{i}.{k}": v.detach().to(_DTYPES[dtype]).to("cpu").contiguous()
+               for k, v in layer.state_dict().items()}
+    name = shard_name(i + 1, n_shards)
+    st.tensor_bytes += write_tensors(tensors, folder.ckpt / name, f"write{i}")
+    st.weight_map.update({k: name for k in tensors})
+
+
+def _perplexities(ev: StreamEval, src, cfg, dev, t: dict) -> dict:
+    """The dense and pruned perplexities of the hidden states that passed through every layer."""
+    t0 = time.perf_counter()
+    norm, head = _final_modules(src, cfg, dev)
+    evals = {which: dict(ev.perplexity(which, norm, head)) for which in ("dense", "pruned")}
+    t["eval"] += time.perf_counter() - t0
+    return evals
 
 
 class Finisher:

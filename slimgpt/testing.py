@@ -132,36 +132,22 @@ def least_squares(W, H, S) -> np.ndarray:
     return out
 
 
+def quiet_prune(model, calib, **settings):
+    """pipeline.prune_model(model, calib, PruneSettings(**settings)) in place, without a progress bar
+    or a per-layer log: the one way the tests prune a tiny model. Returns the PruneResult."""
+    from slimgpt.pipeline import PruneSettings, prune_model
+
+    return prune_model(model, calib, PruneSettings(**settings), progress=False, log=lambda s: None)
+
+
 def tiny_checkpoint(folder, tiny: str, ratio: float | None = None, *, overrides=None, **settings):
     """A saved slimgpt checkpoint of a tiny model (slimgpt.loaders.tiny), pruned by `ratio` with
     8 x 32 byte-level calibration windows on the reference backend when a ratio is given."""
     from slimgpt.checkpoint import save_pretrained
     from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-    from slimgpt.pipeline import PruneSettings, prune_model
     from slimgpt.textdata import calibration_windows
 
     m = tiny_model(tiny, **(overrides or {}))
     if ratio:
-        prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0),
-                    PruneSettings(ratio=ratio, backend="reference", **settings), progress=False, log=lambda s: None)
+        quiet_prune(m, calibration_windows(byte_tokenizer(), 8, 32, 0), ratio=ratio, backend="reference", **settings)
     return save_pretrained(m, folder, byte_tokenizer(), {"source_model": tiny})
-
-
-def cli_child(command: list[str], env: dict, stderr_path: str) -> None:
-    """Run `slimgpt COMMAND` as the body of a multiprocessing child: `env` added to the
-    environment, stderr written to `stderr_path`, the exit code passed to os._exit. It lives in
-    the package rather than a test module because a spawned or forkserver child must import its
-    target by name, and the tests folder is not importable under pytest's importlib mode."""
-    import os
-    import sys
-
-    import torch
-    from slimgpt.cli import main
-
-    os.environ.update(env)
-    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(fd, 2)
-    torch.set_num_threads(1)
-    rc = main(command)
-    sys.stderr.flush()
-    os._exit(rc)

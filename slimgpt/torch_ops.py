@@ -5,7 +5,9 @@ downdates, spec §3.4), line for line, in torch in the dtype and on the device o
 is the fallback for a model on a GPU when the CUDA core is not built, and runs on the CPU in the
 tests. What it is not: a fast path (the C++/CUDA core is) or a new algorithm: every function here
 has its twin of the same name in reference/downdate.py, and tests/test_ops.py (backend "torch")
-holds them to it. Argument checks, the damping retry and the float64 damping decision are slimgpt.ops's.
+holds them to it. The prune functions take the C++ core's arguments in its order and update W in
+place as it does, so slimgpt.ops calls either the same way. Argument checks and the damping
+(reference.damping.retry_with_damping) are slimgpt.ops's.
 
 Shapes: W (d_out, d_in); H, G (d_in, d_in); S the removed columns (s,).
 """
@@ -24,33 +26,46 @@ def _cholesky(A: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def prepare_inverse(W: torch.Tensor, H: torch.Tensor, percdamp: float):
-    """Dead inputs (diag H = 0: diag 1, W column 0), damping, then G = H⁻¹ (spec §2.4)."""
-    W, H = W.clone(), H.clone()
+    """reference.damping.prepare_hessian, then G = H⁻¹ (spec §2.4): dead inputs (diag H = 0)
+    get diag 1 and a zero column of W (in place), then percdamp · mean(diag H) on the diagonal.
+    Returns (the prepared H, G)."""
+    H = H.clone()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H.diagonal().add_(percdamp * torch.diagonal(H).mean())
-    return W, H, torch.cholesky_inverse(_cholesky(H, "H"))
+    return H, torch.cholesky_inverse(_cholesky(H, "H"))
+
+
+def scaled_errors(W: torch.Tensor, G: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """E = W_S L_S⁻ᵀ with L_S = chol(G_SS): the scaled OBS errors of removing the set S without
+    removing it; ½‖E‖² = ½ tr(W_S (G_SS)⁻¹ W_Sᵀ) is its Eq. (1) cost (remove_set's E)."""
+    L = _cholesky(G[S][:, S], "H⁻¹ block of the removed set")
+    return torch.linalg.solve_triangular(L, W[:, S].T, upper=False).T
 
 
 def remove_set(W: torch.Tensor, G: torch.Tensor, S: torch.Tensor, compensate: bool = True, downdate: bool = True):
     """reference.downdate.remove_set: W −= E·Ut, G −= UtᵀUt with L_S = chol(G_SS),
-    Ut = L_S⁻¹G[S,:], E = W_S L_S⁻ᵀ. Updates W and G in place; returns the loss ½‖E‖²."""
-    loss = 0.0
+    Ut = L_S⁻¹G[S,:], E = W_S L_S⁻ᵀ. Updates W and G in place; returns E (None without
+    compensation): ½‖E‖² is the loss of the set."""
+    E = None
     if compensate or downdate:
         L = _cholesky(G[S][:, S], "H⁻¹ block of the removed set")
         Ut = torch.linalg.solve_triangular(L, G[S, :], upper=False)
         if compensate:
             E = torch.linalg.solve_triangular(L, W[:, S].T, upper=False).T
             W -= E @ Ut
-            loss = 0.5 * float((E.double() ** 2).sum())
         if downdate:
             G -= Ut.T @ Ut
             G[S, :] = 0.0
             G[:, S] = 0.0
             G[S, S] = 1.0
     W[:, S] = 0.0
-    return loss
+    return E
+
+
+def _loss(E) -> float:
+    return 0.0 if E is None else 0.5 * float((E.double() ** 2).sum())
 
 
 def objective(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor, cols: torch.Tensor) -> float:
@@ -73,25 +88,29 @@ def head_errors(W: torch.Tensor, G: torch.Tensor, head_dim: int, gcd: bool = Tru
     return ((W.double() ** 2).sum(0).reshape(n_heads, head_dim) / g.double()).sum(1)
 
 
-# Every prune function takes (W, H, percdamp, ...) and returns (W_new, pruned indices or None, loss).
+# The prune functions take the C++ core's arguments, in its order (outputs first: W is updated in
+# place), and return what it returns: the loss (columns) or (pruned indices, loss).
 
-def prune_columns(W, H, percdamp: float, columns, compensate: bool):
+def prune_columns(W, H, columns, percdamp: float, compensate: bool) -> float:
     """reference.downdate.prune_columns (W, H on any device; columns a host index array)."""
     S = torch.as_tensor(columns, dtype=torch.long, device=W.device)
-    W0, H0, G = prepare_inverse(W, H, percdamp)
-    W = W0.clone()
+    H0, G = prepare_inverse(W, H, percdamp)
     if not compensate:
+        W0 = W.clone()
         W[:, S] = 0.0
-        return W, None, objective(W0, W, H0, S)
-    return W, None, remove_set(W, G, S, downdate=False)
+        return objective(W0, W, H0, S)
+    return _loss(remove_set(W, G, S, downdate=False))
 
 
-def prune_heads(W, H, percdamp: float, n_prune: int, head_dim: int, gcd: bool, compensate: bool, groups, quota: int):
-    """reference.downdate.prune_heads; `groups` (n_heads,) group ids 0..n_groups-1, `quota` per group."""
-    W0, H0, G = prepare_inverse(W, H, percdamp)
-    W = W0.clone()
-    groups = torch.as_tensor(groups, dtype=torch.long)
-    pruned = torch.zeros(W.shape[1] // head_dim, dtype=torch.bool)
+def prune_heads(W, H, n_prune: int, head_dim: int, percdamp: float, gcd: bool, compensate: bool, head_groups=None):
+    """reference.downdate.prune_heads; `head_groups` None or (n_heads,) group ids 0..n_groups-1,
+    each group losing n_prune / n_groups heads."""
+    H0, G = prepare_inverse(W, H, percdamp)
+    W0 = W.clone()
+    n_heads = W.shape[1] // head_dim
+    groups = torch.zeros(n_heads, dtype=torch.long) if head_groups is None else torch.as_tensor(head_groups, dtype=torch.long)
+    quota = n_prune // (int(groups.max()) + 1)
+    pruned = torch.zeros(n_heads, dtype=torch.bool)
     loss = 0.0
     for it in range(n_prune):
         E = head_errors(W, G, head_dim, gcd).cpu()
@@ -99,27 +118,27 @@ def prune_heads(W, H, percdamp: float, n_prune: int, head_dim: int, gcd: bool, c
         E[pruned | full[groups]] = float("inf")
         j = int(torch.argmin(E))          # ties: the first (lowest) index, as np.argmin
         S = torch.arange(j * head_dim, (j + 1) * head_dim, device=W.device)
-        loss += remove_set(W, G, S, compensate, downdate=it + 1 < n_prune)
+        loss += _loss(remove_set(W, G, S, compensate, downdate=it + 1 < n_prune))
         pruned[j] = True
     heads = torch.nonzero(pruned).reshape(-1)
     if not compensate:
         loss = objective(W0, W, H0, (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1).to(W.device))
-    return W, heads.numpy(), loss
+    return heads.numpy(), loss
 
 
-def prune_channels(W, H, percdamp: float, group_sizes, compensate: bool):
+def prune_channels(W, H, group_sizes, percdamp: float, compensate: bool):
     """reference.downdate.prune_channels with explicit group sizes."""
-    W0, H0, G = prepare_inverse(W, H, percdamp)
-    W = W0.clone()
+    H0, G = prepare_inverse(W, H, percdamp)
+    W0 = W.clone()
     pruned = torch.zeros(W.shape[1], dtype=torch.bool, device=W.device)
     loss = 0.0
     for k, g in enumerate(group_sizes):
         eps = (W.double() ** 2).sum(0) / torch.diagonal(G).double()
         eps[pruned] = float("inf")
         S = torch.sort(eps, stable=True).indices[:int(g)]
-        loss += remove_set(W, G, S, compensate, downdate=k + 1 < len(group_sizes))
+        loss += _loss(remove_set(W, G, S, compensate, downdate=k + 1 < len(group_sizes)))
         pruned[S] = True
     channels = torch.nonzero(pruned).reshape(-1)
     if not compensate:
         loss = objective(W0, W, H0, channels)
-    return W, channels.cpu().numpy(), loss
+    return channels.cpu().numpy(), loss

@@ -6,15 +6,13 @@ import torch
 from slimgpt import autoschedule as A
 from slimgpt import reference
 from slimgpt.loaders.tiny import tiny_model
-from slimgpt.pipeline import PruneError, PruneSettings, prune_model
+from slimgpt.pipeline import PruneError, PruneSettings
 from slimgpt.schedule import param_costs, prunable_params
-from slimgpt.testing import assert_close, calibration, hessian_of
-
-torch.set_grad_enabled(False)
-QUIET = dict(progress=False, log=lambda m: None)
+from slimgpt.testing import assert_close, calibration, hessian_of, quiet_prune
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_grad")
 
 
 def calib(n=8, T=32, seed=0):
@@ -24,7 +22,7 @@ def calib(n=8, T=32, seed=0):
 
 def run(name, seed=0, **kw):
     m = tiny_model(name)
-    return m, prune_model(m, calib(seed=seed), PruneSettings(schedule="auto", **kw), **QUIET)
+    return m, quiet_prune(m, calib(seed=seed), schedule="auto", **kw)
 
 
 @pytest.mark.parametrize("name,gqa,ratio", [
@@ -121,12 +119,11 @@ def test_head_curve_errors_add_up_to_the_joint_obs_error():
 
 def test_weighting_by_an_identity_metric_is_the_plain_error():
     rng = torch.Generator().manual_seed(0)
-    WP = torch.randn(6, 3, generator=rng, dtype=torch.float64)
-    S = torch.randn(3, 3, generator=rng, dtype=torch.float64)
-    Sinv = torch.linalg.inv(S @ S.T + torch.eye(3, dtype=torch.float64))
-    plain = A._weighted(1.0, WP, Sinv)
-    assert_close(A._weighted(torch.eye(6, dtype=torch.float64), WP, Sinv), plain, "float64")
-    assert_close(A._weighted(2.0 * torch.eye(6, dtype=torch.float64), WP, Sinv), 2 * plain, "float64")
+    E = torch.randn(6, 3, generator=rng, dtype=torch.float64)       # scaled errors of a removed set
+    plain = A._weighted(1.0, E)
+    assert_close(plain, 0.5 * float((E ** 2).sum()), "float64")
+    assert_close(A._weighted(torch.eye(6, dtype=torch.float64), E), plain, "float64")
+    assert_close(A._weighted(2.0 * torch.eye(6, dtype=torch.float64), E), 2 * plain, "float64")
 
 
 def test_allocate_takes_the_cheapest_loss_per_parameter_first():
@@ -161,8 +158,7 @@ def test_bad_options():
     with pytest.raises(PruneError, match="weighting"):
         A.auto_plan(m, calib(), PruneSettings(ratio=0.3, schedule="auto"), A.AutoOptions(weighting="bogus"))
     with pytest.raises(PruneError, match="group"):
-        prune_model(tiny_model("tiny-hetero"), calib(), PruneSettings(ratio=0.3, schedule="auto", gqa="group"),
-                    **QUIET)
+        quiet_prune(tiny_model("tiny-hetero"), calib(), ratio=0.3, schedule="auto", gqa="group")
 
 
 @pytest.mark.parametrize("schedule", ["auto", "flap"])

@@ -9,18 +9,16 @@ import torch
 from slimgpt.checkpoint import OutputExistsError, check_output_dir, load_pretrained, save_pretrained
 from slimgpt.loaders import CheckpointError, load_model
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-from slimgpt.pipeline import PruneSettings, prune_model
 from slimgpt.textdata import calibration_windows
-from slimgpt.testing import assert_close
+from slimgpt.testing import assert_close, quiet_prune
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 IDS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
 def pruned(name="tiny-gqa", ratio=0.5, **kw):
     m = tiny_model(name)
-    res = prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0),
-                      PruneSettings(ratio=ratio, backend=None, **kw), progress=False, log=lambda s: None)
+    res = quiet_prune(m, calibration_windows(byte_tokenizer(), 8, 32, 0), ratio=ratio, backend=None, **kw)
     return m, res
 
 
@@ -178,8 +176,7 @@ def test_pruning_a_folder_model_leaves_its_files_untouched(tmp_path):
     src = save_pretrained(tiny_model("tiny-gqa"), tmp_path / "src", byte_tokenizer())
     before = _tree_digest(src)
     loaded = load_model(src)
-    prune_model(loaded.model, calibration_windows(loaded.tokenizer, 8, 32, 0),
-                PruneSettings(ratio=0.5), progress=False, log=lambda s: None)
+    quiet_prune(loaded.model, calibration_windows(loaded.tokenizer, 8, 32, 0), ratio=0.5)
     save_pretrained(loaded.model, tmp_path / "dst", loaded.tokenizer)
     with pytest.raises(OutputExistsError):
         check_output_dir(src, True, inputs=(src,))

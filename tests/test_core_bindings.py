@@ -24,8 +24,8 @@ import pytest
 from slimgpt._native import core
 from slimgpt.reference import downdate as D
 from slimgpt.reference import head_errors as head_errors_ref
-from slimgpt.reference.channels import _group_sizes, dgs_group_sizes
-from slimgpt.reference.heads import _head_groups
+from slimgpt.reference.channels import dgs_group_sizes, resolve_group_sizes
+from slimgpt.reference.heads import head_group_ids
 from slimgpt.testing import assert_close, calibration, columns_of, hessian_of, indefinite, problem
 
 C = core()
@@ -68,11 +68,11 @@ def prune(op, W, H, device="cpu", **kw):
         d, n_prune = kw["head_dim"], kw["n_prune"]
         groups = kw.get("head_groups")
         if groups is not None and np.ndim(groups) == 0:  # a number of groups: the ids
-            groups = _head_groups(groups, Wc.shape[1] // d, n_prune)[0]
+            groups = head_group_ids(groups, Wc.shape[1] // d, n_prune)[0]
         idx, loss = C.prune_heads(Wc, Hc, n_prune, d, p, kw.get("gcd", True), comp,
                                   None if groups is None else np.asarray(groups, np.int64))
         return host(Wc), idx, loss
-    sizes = np.asarray(_group_sizes(kw.get("group_sizes"), kw["n_prune"]), np.int64)
+    sizes = np.asarray(resolve_group_sizes(kw.get("group_sizes"), kw["n_prune"]), np.int64)
     idx, loss = C.prune_channels(Wc, Hc, sizes, p, comp)
     return host(Wc), idx, loss
 

@@ -19,29 +19,10 @@ from slimgpt.export.gguf import layer_plan, permute_qk, read_gguf, regroup
 from slimgpt.loaders import load_model
 from slimgpt.loaders.gguf_loader import load_gguf, unpermute_qk
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-from slimgpt.testing import assert_close, tiny_checkpoint
+from slimgpt.testing import assert_close
 
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                      reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    c = {
-        "gqa_query": tiny_checkpoint(root / "gqa_query", "tiny-gqa", 0.5, gqa="query"),
-        "uniform_mha": tiny_checkpoint(root / "uniform_mha", "tiny-llama"),
-        "qwen2_pruned": tiny_checkpoint(root / "qwen2_pruned", "tiny-qwen2", 0.5),
-        "flap": tiny_checkpoint(root / "flap", "tiny-llama", 0.3, method="flap"),
-        "hetero": tiny_checkpoint(root / "hetero", "tiny-hetero"),
-        "llama3_pruned": tiny_checkpoint(root / "llama3_pruned", "tiny-llama3", 0.5),    # llama3 rope scaling
-        "qwen3": tiny_checkpoint(root / "qwen3", "tiny-qwen3"),
-    }
-    m = tiny_model("tiny-hetero", layer_heads=[8, 0, 3], layer_kv_heads=[4, 0, 1],
-                   layer_kv_map=[[0, 0, 1, 1, 2, 2, 3, 3], [], [0, 0, 0]], layer_intermediate=[96, 0, 33],
-                   o_proj_bias=True, mlp_bias=True)
-    c["empty_layers"] = save_pretrained(m, root / "empty_layers", byte_tokenizer(), {})
-    return c
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +162,12 @@ def test_uniform_is_plain_llama_and_slimgpt_loads_it(ckpts, exported):
     assert "output.weight" in {t.name for t in gguf.GGUFReader(str(path)).tensors}      # untied
 
 
+# max|logits - float32 logits| / max|float32 logits| of the "flap" checkpoint's export, at about 2.5x
+# the largest measured over five random inputs (float16 1.0e-3, bfloat16 9.8e-3, q8_0 2.8e-2; the
+# weights alone are rounded, the forward runs in float32 after read_gguf).
+DTYPE_REL_ERROR = {"float16": 2.5e-3, "bfloat16": 2.5e-2, "q8_0": 7e-2}
+
+
 @pytest.mark.parametrize("dtype,qtype", [("float16", "F16"), ("bfloat16", "BF16"), ("q8_0", "Q8_0")])
 def test_dtypes(ckpts, exported, dtype, qtype):
     path, info = exported("flap", dtype)           # tiny-llama: rows of 64 (Q8_0 blocks of 32 fit)
@@ -193,7 +180,7 @@ def test_dtypes(ckpts, exported, dtype, qtype):
     ref = load_model(ckpts["flap"]).model
     with torch.no_grad():
         a, b = got(_ids()), ref(_ids())
-    assert float((a - b).abs().max()) < 0.1 * float(b.abs().max())
+    assert float((a - b).abs().max()) < DTYPE_REL_ERROR[dtype] * float(b.abs().max())
     if dtype == "q8_0":
         # FFN widths not divisible by 32 fall back to F16 (ffn_down rows have length = width)
         widths = f["deci.feed_forward_length"]

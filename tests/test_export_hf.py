@@ -16,37 +16,11 @@ from slimgpt.cli import main as cli_main
 from slimgpt.export import ExportError, export_checkpoint
 from slimgpt.export.hf import CODE_FILES, standard_kv_map
 from slimgpt.loaders import load_model
-from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-from slimgpt.testing import assert_close, tiny_checkpoint
+from slimgpt.loaders.tiny import byte_tokenizer
+from slimgpt.testing import assert_close
 
 CHAT = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<a>{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    c = {
-        # GQA query mode at 50%: uneven query→KV maps and dropped KV heads
-        "gqa_query": tiny_checkpoint(root / "gqa_query", "tiny-gqa", 0.5, gqa="query"),
-        "gqa_balanced": tiny_checkpoint(root / "gqa_balanced", "tiny-gqa", 0.4, gqa="balanced"),
-        "uniform_gqa": tiny_checkpoint(root / "uniform_gqa", "tiny-gqa"),             # tied, dense
-        "uniform_mha": tiny_checkpoint(root / "uniform_mha", "tiny-llama"),           # untied, dense
-        "untied_pruned": tiny_checkpoint(root / "untied_pruned", "tiny-llama", 0.4),
-        "qwen2": tiny_checkpoint(root / "qwen2", "tiny-qwen2"),
-        "mistral": tiny_checkpoint(root / "mistral", "tiny-gqa", overrides={"architecture": "mistral"}),
-        "qwen2_pruned": tiny_checkpoint(root / "qwen2_pruned", "tiny-qwen2", 0.5),
-        "flap": tiny_checkpoint(root / "flap", "tiny-llama", 0.3, method="flap"),
-        "qwen3": tiny_checkpoint(root / "qwen3", "tiny-qwen3"),                       # q/k norms, head_dim != D/H
-        "qwen3_pruned": tiny_checkpoint(root / "qwen3_pruned", "tiny-qwen3", 0.5),
-        "llama3_pruned": tiny_checkpoint(root / "llama3_pruned", "tiny-llama3", 0.5),  # llama3 rope scaling
-    }
-    # a layer without heads and a layer without FFN channels, with output biases
-    m = tiny_model("tiny-hetero", layer_heads=[8, 0, 3], layer_kv_heads=[4, 0, 1],
-                   layer_kv_map=[[0, 0, 1, 1, 2, 2, 3, 3], [], [0, 0, 0]], layer_intermediate=[96, 0, 33],
-                   o_proj_bias=True, mlp_bias=True)
-    c["empty_layers"] = save_pretrained(m, root / "empty_layers", byte_tokenizer(), {})
-    return c
 
 
 def _export(ckpts, name, tmp_path, **kw):
@@ -293,4 +267,6 @@ def test_transformers_bfloat16(ckpts, tmp_path):
     with torch.no_grad():
         got = hf(ids).logits.float()
         want = load_model(ckpts["gqa_query"]).model(ids)
-    assert float((got - want).abs().max()) < 0.1 * float(want.abs().max())
+    # transformers runs the whole forward in bfloat16: measured max|error| / max|logit| 2.9e-2 over
+    # five random inputs of this checkpoint; 6e-2 leaves 2x
+    assert float((got - want).abs().max()) < 6e-2 * float(want.abs().max())

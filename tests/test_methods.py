@@ -18,13 +18,13 @@ from slimgpt.methods.base import block_columns, per_block, select_lowest, select
 from slimgpt.methods.flap import fluctuation_column_scores, global_select, standardize, structure_scores
 from slimgpt.methods.magnitude import magnitude_scores, owns_kv
 from slimgpt.methods.wanda_sp import wanda_sp_column_scores
-from slimgpt.pipeline import PruneError, PruneSettings, prune_model
+from slimgpt.pipeline import PruneError
 from slimgpt.schedule import param_costs
 from slimgpt.stats import ActivationStats
-from slimgpt.testing import assert_close
+from slimgpt.testing import assert_close, quiet_prune
 from slimgpt.textdata import calibration_windows
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def t(rows):
@@ -195,9 +195,8 @@ def test_bias_compensation_through_the_pipeline_keeps_the_heads_of_layer_0():
     FFN then sees the biased attention output, so the channels may differ)."""
     model = tiny_model("tiny-gqa")
     calib = calibration_windows(byte_tokenizer(), 8, 32, 0)
-    plain = prune_model(copy.deepcopy(model), calib, PruneSettings(ratio=0.4), progress=False, log=lambda m: None)
-    biased = prune_model(model, calib, PruneSettings(ratio=0.4, bias_compensation=True), progress=False,
-                         log=lambda m: None)
+    plain = quiet_prune(copy.deepcopy(model), calib, ratio=0.4)
+    biased = quiet_prune(model, calib, ratio=0.4, bias_compensation=True)
     a, b = plain.layers[0], biased.layers[0]
     assert a["heads_pruned"] == b["heads_pruned"]
     for layer in biased.model.model.layers:
@@ -236,8 +235,7 @@ def _calib(model, n=8, T=24, seed=0):
 
 def _run(name, method, ratio=0.3, gqa="query", **kw):
     model = tiny_model(name, seed=1)
-    res = P.prune_model(model, _calib(model), P.PruneSettings(ratio=ratio, method=method, gqa=gqa, **kw),
-                        log=lambda m: None, progress=False)
+    res = quiet_prune(model, _calib(model), ratio=ratio, method=method, gqa=gqa, **kw)
     assert torch.isfinite(model(_calib(model, 2, 16, seed=5))).all()
     return model, res
 
@@ -351,13 +349,10 @@ def test_flap_schedule_gives_any_method_flaps_per_layer_counts(method):
     layer loses, the method decides which; so the per-layer counts equal FLAP's own run, and the
     recorded ratios are each layer's FFN fraction."""
     calib = calibration_windows(byte_tokenizer(), 8, 32, 0)
-    quiet = dict(progress=False, log=lambda m: None)
-    flap = prune_model(tiny_model("tiny-gqa"), calib, PruneSettings(ratio=0.4, method="flap"), **quiet)
-    ours = prune_model(tiny_model("tiny-gqa"), calib, PruneSettings(ratio=0.4, method=method, schedule="flap"),
-                       **quiet)
+    flap = quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, method="flap")
+    ours = quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, method=method, schedule="flap")
     assert [(r["heads_kept"], r["channels_kept"]) for r in ours.layers] == \
         [(r["heads_kept"], r["channels_kept"]) for r in flap.layers]
     assert ours.summary["ratios"] == [len(r["channels_pruned"]) / r["channels_before"] for r in ours.layers]
     with pytest.raises(PruneError, match="--schedule flap"):
-        prune_model(tiny_model("tiny-gqa"), calib,
-                    PruneSettings(ratio=0.4, schedule="flap", gqa="balanced"), **quiet)
+        quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, schedule="flap", gqa="balanced")

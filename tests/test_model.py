@@ -7,7 +7,7 @@ from slimgpt.loaders.tiny import TINY_CONFIGS, tiny_config, tiny_model
 from slimgpt.model import apply_rope, build_model, param_count, rope_cos_sin
 from slimgpt.testing import assert_close
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))

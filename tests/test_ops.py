@@ -20,7 +20,7 @@ import pytest
 from slimgpt import ops, reference
 from slimgpt._native import has_cuda
 from slimgpt.reference import downdate
-from slimgpt.testing import assert_close, problem
+from slimgpt.testing import assert_close, indefinite, problem
 
 BACKENDS = [
     "cpu",
@@ -313,19 +313,10 @@ def test_backend_none_picks_cpu_and_bad_backend_raises():
 
 # --- damping and positive definiteness ----------------------------------------------------
 
-def _indefinite(d_in, neg):
-    """H = Q diag(λ) Qᵀ with one eigenvalue -neg·mean(λ): PD only after enough damping."""
-    rng = np.random.default_rng(9)
-    Q, _ = np.linalg.qr(rng.standard_normal((d_in, d_in)))
-    lam = np.linspace(1.0, 2.0, d_in)
-    lam[0] = -neg * lam.mean()
-    return (Q * lam) @ Q.T
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_damping_retry_warns_like_reference(backend):
     W = np.random.default_rng(10).standard_normal((5, 16))
-    H = _indefinite(16, 5e-3)  # fixed by the ladder's 1e-2
+    H = indefinite(np.random.default_rng(9), 16, neg=5e-3)  # fixed by the ladder's 1e-2
     with pytest.warns(reference.DampingWarning) as want:
         W_ref, heads_ref = reference.prune_heads(W, H, 1, 4)
     with pytest.warns(reference.DampingWarning) as got:
@@ -460,3 +451,27 @@ def test_every_backend_refuses_alike(case, backend):
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=words):
             call(backend)
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_rounding_singular_hessian_gets_one_damping_on_every_path(seed):
+    """Issue 22: a duplicated input makes H exactly singular, yet its float64 Cholesky succeeds on
+    rounding (a pivot² of ~1e-16 of the diagonal). At percdamp=0 the reference and the twin used no
+    damping while the cpu core's float32 Cholesky failed and damped 1e-4, so they returned
+    different weights. The damping is now decided once in float64 (choose_percdamp) for all."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((64, 16))
+    X[:, 3] = X[:, 2]
+    H, W = 2 * X.T @ X / 64, rng.standard_normal((6, 16))
+    assert reference.damping.choose_percdamp(H, 0.0) == 1e-4
+    calls = {"reference": lambda **kw: reference.prune_channels(W, H, 5, **kw),
+             "twin": lambda **kw: downdate.prune_channels(W, H, 5, **kw),
+             "cpu": lambda **kw: ops.prune_channels(W, H, 5, backend="cpu", **kw),
+             "torch": lambda **kw: ops.prune_channels(W, H, 5, backend="torch", **kw)}
+    W_ref, ch_ref, p_ref = calls.pop("reference")(percdamp=0.0, return_damping=True)
+    assert p_ref == 1e-4
+    for name, call in calls.items():
+        W_new, ch, p = call(percdamp=0.0, return_damping=True)
+        assert p == p_ref, name
+        np.testing.assert_array_equal(_np(ch), ch_ref, err_msg=name)
+        assert_close(_np(W_new), W_ref, "float64" if name == "twin" else "float32_singular", name)

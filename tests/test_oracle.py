@@ -158,6 +158,10 @@ def test_gcd_case_separates_grouped_cholesky_from_summed_columns(golden):
 # --- check --------------------------------------------------------------------------------------
 
 def test_reference_passes_every_case(golden):
+    """Plumbing, not answers: the cases were exported from this same reference, so this proves the
+    export, the file format, the loader and the checker round-trip; whether the expected outputs
+    are right is shown by the reference's own invariant tests (tests/test_reference_*.py) and by
+    the mutation tests below, which make the checker fail."""
     result = oracle.check(golden, expected_namespace(reference))
     assert result.ok, result.table()
     assert result.passed == len(result.cases), result.table()

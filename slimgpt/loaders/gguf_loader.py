@@ -279,12 +279,38 @@ def load_gguf(path: str):
     return r["model"], r["tokenizer"], r["config"]
 
 
+def _dequantized(r, hf: dict, path: str, n_head: int, n_kv: int) -> tuple[dict, dict]:
+    """The float32 state dict under Hugging Face names (q/k rows un-permuted) and the number of
+    values stored in each GGUF tensor type."""
+    import gguf
+
+    sd, counts = {}, {}
+    for t in r.tensors:
+        name, shape = hf[t.name], tuple(reversed([int(s) for s in t.shape]))
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + math.prod(shape)
+        if t.tensor_type.name in ("I8", "I16", "I32", "I64"):
+            raise CheckpointError(f"{path}: tensor {t.name} has integer type {t.tensor_type.name}")
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}) cannot be dequantized "
+                                  f"({one_line(e)})") from None
+        if w.size != math.prod(shape):
+            raise CheckpointError(f"{path}: tensor {t.name} is truncated ({w.size} of {math.prod(shape)} values)")
+        w = np.array(w, dtype=np.float32, copy=True).reshape(shape)
+        if name.endswith("self_attn.q_proj.weight"):
+            w = unpermute_qk(w, n_head)
+        elif name.endswith("self_attn.k_proj.weight"):
+            w = unpermute_qk(w, n_kv)
+        sd[name] = torch.from_numpy(w)
+        check_finite(name, sd[name], path)
+    return sd, counts
+
+
 def read_gguf(path: str) -> dict:
     """Everything slimgpt keeps of a GGUF file: {"model" (float32), "tokenizer", "config",
     "source_dtype" ("quantized" when any tensor is, else the dtype of most values),
     "tokenizer_config", "generation_config"} (see `gguf_tokenizer_meta`)."""
-    import gguf
-
     r = _reader(path)
     f = _metadata(r, path)
     arch = f.raw("general.architecture", None)
@@ -337,26 +363,7 @@ def read_gguf(path: str) -> dict:
             seen[name] = g
     check_weight_shapes(cfg, {hf[t.name]: tuple(reversed([int(s) for s in t.shape])) for t in r.tensors},
                         path, config_name="the GGUF metadata")
-    sd, counts = {}, {}
-    for t in r.tensors:
-        name, shape = hf[t.name], tuple(reversed([int(s) for s in t.shape]))
-        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + math.prod(shape)
-        if t.tensor_type.name in ("I8", "I16", "I32", "I64"):
-            raise CheckpointError(f"{path}: tensor {t.name} has integer type {t.tensor_type.name}")
-        try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}) cannot be dequantized "
-                                  f"({one_line(e)})") from None
-        if w.size != math.prod(shape):
-            raise CheckpointError(f"{path}: tensor {t.name} is truncated ({w.size} of {math.prod(shape)} values)")
-        w = np.array(w, dtype=np.float32, copy=True).reshape(shape)
-        if name.endswith("self_attn.q_proj.weight"):
-            w = unpermute_qk(w, n_head)
-        elif name.endswith("self_attn.k_proj.weight"):
-            w = unpermute_qk(w, n_kv)
-        sd[name] = torch.from_numpy(w)
-        check_finite(name, sd[name], path)
+    sd, counts = _dequantized(r, hf, path, n_head, n_kv)
     try:
         model = build_model(cfg, sd)
     except (ValueError, RuntimeError) as e:

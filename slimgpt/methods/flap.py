@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from slimgpt.methods.base import Method, MethodOptions, Selection, per_block, zero_lowest
-from slimgpt.schedule import LayerPlan, PruneError, param_costs, prunable_params
+from slimgpt.schedule import LayerPlan, PruneError, Schedule, param_costs, prunable_params
 from slimgpt.stats import ActivationStats
 
 
@@ -117,13 +117,10 @@ class FLAP(Method):
             st_o, st_d = ActivationStats(attn.o_proj.in_features, device=dev), ActivationStats(mlp.down_proj.in_features,
                                                                                                  device=dev)
             for b in range(0, X.shape[0], settings.batch_size):
-                x = X[b:b + settings.batch_size]
-                a = attn.heads(layer.input_layernorm(x), cos, sin)
-                st_o.add(a)
-                h = x + attn.o_proj(a)
-                f = mlp.act(layer.post_attention_layernorm(h))
-                st_d.add(f)
-                X[b:b + settings.batch_size] = h + mlp.down_proj(f)
+                t = layer.taps(X[b:b + settings.batch_size], cos, sin)
+                st_o.add(t.a)
+                st_d.add(t.f)
+                X[b:b + settings.batch_size] = t.y
             rep = attn.n_heads // max(attn.n_kv, 1) if settings.gqa == "group" else 1
             n_rep.append(rep)
             head_scores.append(structure_scores(fluctuation_column_scores(attn.o_proj.weight, st_o.var),
@@ -139,3 +136,13 @@ class FLAP(Method):
         chosen = global_select(head_scores + chan_scores, head_cost + [cost["channel"]] * L, budget)
         return [LayerPlan(heads=int(chosen[i].numel()) * n_rep[i], channels=int(chosen[L + i].numel()))
                 for i in range(L)]
+
+
+class FLAPSchedule(Schedule):
+    """`--schedule flap`: FLAP's allocation (its global threshold over standardised fluctuation
+    scores) for any method's selection; the ratios record each layer's FFN fraction."""
+    name = "flap"
+
+    def plan(self, cfg, model, calib, settings, method):
+        plans = FLAP().plan(model, calib, settings)
+        return [p.channels / cfg.layer_intermediate[i] for i, p in enumerate(plans)], plans

@@ -9,11 +9,8 @@ only), options.extra["group_sizes"] (fixed groups, −DGS).
 """
 from __future__ import annotations
 
-import warnings
-
 from slimgpt import ops
 from slimgpt.methods.base import Method, MethodOptions, Selection
-from slimgpt.reference import DampingWarning
 
 
 class SlimGPT(Method):
@@ -24,19 +21,14 @@ class SlimGPT(Method):
         if blocks.n_prune == 0:
             return Selection(W, [], info={"error": 0.0, "percdamp": None})
         common = dict(percdamp=options.percdamp, compensate=options.compensate, return_loss=True,
-                      backend=options.backend)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DampingWarning)
-            if kind == "heads":
-                W_new, pruned, loss = ops.prune_heads(W, stats.H, blocks.n_prune, blocks.width, gcd=options.gcd,
-                                                      head_groups=blocks.groups, **common)
-            else:
-                W_new, pruned, loss = ops.prune_channels(W, stats.H, blocks.n_prune,
-                                                         group_sizes=options.extra.get("group_sizes"), **common)
-        used = [w.message.percdamp for w in caught if isinstance(w.message, DampingWarning)]
-        for w in caught:
-            if not isinstance(w.message, DampingWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        # the OBS loss ½Σ||e_i||² is Eq. (1)'s objective of W_new: the layer's reconstruction error
-        return Selection(W_new, sorted(int(p) for p in pruned),
-                         info={"error": loss, "percdamp": max(used) if used else None})
+                      return_damping=True, backend=options.backend)
+        if kind == "heads":
+            W_new, pruned, loss, p = ops.prune_heads(W, stats.H, blocks.n_prune, blocks.width, gcd=options.gcd,
+                                                     head_groups=blocks.groups, **common)
+        else:
+            W_new, pruned, loss, p = ops.prune_channels(W, stats.H, blocks.n_prune,
+                                                        group_sizes=options.extra.get("group_sizes"), **common)
+        # the OBS loss ½Σ||e_i||² is Eq. (1)'s objective of W_new: the layer's reconstruction error;
+        # "percdamp" is recorded only when the damping differs from the requested one (the log's retry)
+        return Selection(W_new, sorted(int(i) for i in pruned),
+                         info={"error": loss, "percdamp": p if p != options.percdamp else None})
