@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimgpt.oracle.cases import Case
+from slimgpt.oracle.case import Case
 from slimgpt.testing import calibration, hessian_of, weights
 
 

@@ -55,7 +55,7 @@ PLANTED = (
              ("prune_columns.set_unsorted", "prune_columns_cholesky.ordered_set"),
              "the lower Cholesky factor of the reordered H⁻¹ used where the upper one is needed"),
     Mutation("hessian_without_factor_2", "hessian.py",
-             "return 2.0 * (X.T @ X) / X.shape[0]", "return (X.T @ X) / X.shape[0]",
+             "return _finite(2.0 * (X.T @ X) / X.shape[0], X)", "return _finite((X.T @ X) / X.shape[0], X)",
              ("hessian.basic",),
              "H = XᵀX / n instead of 2 XᵀX / n"),
     Mutation("summed_single_columns", "heads.py",

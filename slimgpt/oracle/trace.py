@@ -14,7 +14,7 @@ from unittest import mock
 
 import numpy as np
 
-from slimgpt.oracle.cases import Case
+from slimgpt.oracle.case import Case
 
 TINY = "tiny-llama"
 CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
