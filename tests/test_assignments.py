@@ -103,6 +103,88 @@ def gcd_counterexample():
 
 
 ANSWERS = {answers!r}
+""" + LAZY_SOURCE
+
+
+# Unit 4's lazy form written out plainly (docs/cpp.md): G = MᵀM − UᵀU is never formed; the loop
+# reads the removed set's rows, the diagonal head blocks and the diagonal.
+LAZY_SOURCE = """
+class LazyInverse:
+    def __init__(self, H):
+        self.M = solve_triangular(cholesky(H, "H"), np.eye(len(H)), lower=True)   # M = L^-1, G = M^T M
+        self.U = np.zeros((0, len(H)))                                            # stacked Ut rows
+        self.removed = np.zeros(len(H), dtype=bool)
+
+    def rows(self, S):
+        i0 = int(S.min())                     # M is lower triangular: M[i, S] = 0 above min S
+        GS = self.M[i0:, S].T @ self.M[i0:, :] - self.U[:, S].T @ self.U
+        GS[:, self.removed] = 0.0
+        return GS
+
+    def block_diagonal(self, d):
+        G = np.eye(self.M.shape[0])
+        for C in np.arange(len(G)).reshape(-1, d):
+            if not self.removed[C].any():
+                B = self.M[:, C].T @ self.M[:, C] - self.U[:, C].T @ self.U[:, C]
+                G[np.ix_(C, C)] = 0.5 * (B + B.T)
+        return G
+
+    def diagonal(self):
+        return np.sum(self.M ** 2, axis=0) - np.sum(self.U ** 2, axis=0)
+
+    def remove(self, W, S, compensate):
+        GS = self.rows(S)
+        L = cholesky(GS[:, S], "H^-1 block of the removed set")
+        Ut = solve_triangular(L, GS, lower=True)
+        loss = 0.0
+        if compensate:
+            E = solve_triangular(L, W[:, S].T, lower=True).T
+            W = W - E @ Ut
+            loss = 0.5 * float(np.sum(E ** 2))
+        W[:, S] = 0.0
+        self.U = np.vstack([self.U, Ut])
+        self.removed[S] = True
+        return W, loss
+
+
+def prune_heads_lazy(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+    W, H, d, n_heads, n_prune, percdamp, groups, quota = _heads_arguments(W, H, n_prune, head_dim, percdamp,
+                                                                         head_groups)
+    if n_prune == 0:
+        return nothing_pruned(W, False)
+
+    def greedy(W, H):
+        W0, G = W.copy(), LazyInverse(H)
+        pruned = np.zeros(n_heads, dtype=bool)
+        for _ in range(n_prune):
+            E = head_errors(W, G.block_diagonal(d), d, gcd=gcd)
+            full = np.bincount(groups[pruned], minlength=groups.max() + 1) >= quota
+            E[pruned | full[groups]] = np.inf
+            j = int(np.argmin(E))
+            W, _ = G.remove(W, np.arange(j * d, (j + 1) * d), compensate)
+            pruned[j] = True
+        return W, np.flatnonzero(pruned).astype(np.int64), 0.0
+
+    W_new, heads, _ = solve_with_damping(W, H, percdamp, greedy)
+    return W_new, heads
+
+
+def prune_channels_lazy(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+    W, H, n_prune, percdamp, sizes = _channels_arguments(W, H, n_prune, percdamp, group_sizes)
+    if n_prune == 0:
+        return nothing_pruned(W, False)
+
+    def greedy(W, H):
+        G = LazyInverse(H)
+        for g in sizes:
+            eps = np.sum(W ** 2, axis=0) / np.where(G.removed, 1.0, G.diagonal())
+            eps[G.removed] = np.inf
+            S = np.argsort(eps, kind="stable")[:g]
+            W, _ = G.remove(W, S, compensate)
+        return W, np.flatnonzero(G.removed).astype(np.int64), 0.0
+
+    W_new, channels, _ = solve_with_damping(W, H, percdamp, greedy)
+    return W_new, channels
 """
 
 
@@ -158,9 +240,9 @@ def test_honest_implementation_scores_exactly_100(golden, tmp_path):
 def test_honest_course_solution_earns_every_unit_point(golden, tmp_path):
     path = tmp_path / "course.py"
     path.write_text(honest_source() + honest_course_source())
-    rc, out = _grade(path, golden, "--task", "7", "--task", "8", "--task", "9", "--task", "10")
+    rc, out = _grade(path, golden, "--task", "7", "--task", "8", "--task", "9", "--task", "10", "--task", "12")
     assert rc == 0, out
-    assert "score: 70.0 / 70 points (tasks 7, 8, 9, 10 only)" in out and "FAIL" not in out
+    assert "score: 90.0 / 90 points (tasks 7, 8, 9, 10, 12 only)" in out and "FAIL" not in out
 
 
 def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
@@ -192,6 +274,35 @@ def test_skeleton_scores_0_and_says_not_implemented(golden):
     assert rc == 1, out
     assert "score: 0.0 / 170 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 only)" in out
     assert out.count("not implemented yet") == 10 and "Traceback" not in out
+
+
+def test_lazy_form_is_timed_against_reinversion():
+    """Unit 4's timing assertion: the ratio of medians decides; a timed case that failed, or a
+    function that did not run, fails it too (a NaN median must not pass)."""
+    tables = (oracle.SIGNATURES, oracle.OUTPUTS, oracle.OPERATIONS)
+    saved = [dict(t) for t in tables]
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import grade   # registers the course's operations: undone below, for the other tests
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+        for table, before in zip(tables, saved):
+            table.clear()
+            table.update(before)
+
+    def timed(lazy_seconds, reinvert_seconds, status=oracle.PASS):
+        cases = [grade.GradedCase(f"prune_heads.timing_{k}", "prune_heads", oracle.PASS, seconds=s)
+                 for k, s in enumerate(reinvert_seconds)]
+        cases += [grade.GradedCase(f"prune_heads_lazy.timing_{k}", "prune_heads_lazy", status, seconds=s)
+                  for k, s in enumerate(lazy_seconds)]
+        return grade._timing_case(12, cases, 0)[0]
+
+    assert timed([0.1, 0.5, 0.1], [0.6, 0.6, 0.1]).status == oracle.PASS      # medians 0.1 < 0.6
+    slow = timed([0.9, 0.9, 0.1], [0.6, 0.6, 0.6])
+    assert slow.status == oracle.FAIL and "ratio 1.50" in slow.message
+    assert timed([0.1] * 3, [0.6] * 3, status=oracle.FAIL).status == oracle.FAIL
+    assert timed([], [0.6] * 3).status == oracle.FAIL
+    assert grade._timing_case(4, [grade.GradedCase("prune_heads.x", "prune_heads", oracle.PASS)], 0) == []
 
 
 # Steps a skeleton docstring or a level-0 hint must not give away (the student derives them).

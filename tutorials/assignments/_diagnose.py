@@ -38,6 +38,10 @@ PROPERTY = {
     "remove_set": "W or the downdated H^-1 differs from removing the set at once (spec §3.4, Eqs. 3-4 for a set)",
     "prune_heads_fast": "the fast loop must give exactly what prune_heads gives (spec §3.4)",
     "prune_channels_fast": "the fast loop must give exactly what prune_channels gives (spec §3.4)",
+    "prune_heads_lazy": "the lazy form must give exactly what prune_heads gives (spec §3.4, docs/cpp.md)",
+    "prune_channels_lazy": "the lazy form must give exactly what prune_channels gives (spec §3.4, docs/cpp.md)",
+    "timing": "one factorisation must beat one inverse per head on a layer where it is several times faster "
+              "(spec §3.4, docs/cpp.md)",
 }
 
 # pattern -> (level 1: what the output shows, level 2: why, level 3: the step)

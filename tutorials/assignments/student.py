@@ -284,3 +284,19 @@ def prune_heads_fast(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compens
 def prune_channels_fast(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
     """Unit 4: prune_channels with one inverse and exact set downdates (spec §3.4): the same result."""
     raise NotImplementedError
+
+
+def prune_heads_lazy(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+    """Unit 4: prune_heads in the form the C++ core runs, where G = H^-1 is never formed.
+
+    Spec §3.4; docs/cpp.md, "What is actually computed": the state is M = L^-1 of the prepared H
+    and the rows of the sets removed so far; the loop reads from it only what it needs. The same
+    result as prune_heads. Timed too: on a layer where one factorisation is several times faster
+    than one inverse per head, your prune_heads_lazy must not be slower than your prune_heads.
+    """
+    raise NotImplementedError
+
+
+def prune_channels_lazy(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+    """Unit 4: prune_channels in the lazy form of docs/cpp.md (spec §3.4): the same result."""
+    raise NotImplementedError

@@ -19,6 +19,7 @@ import numpy as np
 
 from slimgpt import oracle, reference
 from slimgpt.oracle import Case
+from slimgpt.oracle.operations import OPERATIONS, Operation
 from slimgpt.reference import downdate
 from slimgpt.testing import calibration, hessian_of, weights
 
@@ -27,23 +28,36 @@ UNITS = {
     1: ("OBS on one layer", [1, 2, 7], ["1.1", "1.2", "1.3"]),
     2: ("Structure: heads, greedy batches, group sizes", [3, 4, 5, 8], ["2.2", "2.3", "2.4"]),
     3: ("The layer-wise schedule: Incremental Pruning Ratio", [6, 9], ["3.1", "3.2"]),
-    4: ("The fast algorithm: one inverse, exact set downdates", [10], []),
+    4: ("The fast algorithm: one inverse, exact set downdates, the lazy L^-1 form", [10, 12], []),
 }
+
+# Unit 4's timing: the student's prune_heads (one inverse per head, spec §3.3) against their
+# prune_heads_lazy (one factorisation, spec §3.4) on one layer where the lazy form is several times
+# faster; the cases alternate so that a load on the machine hits both alike.
+TIMING_ROUNDS = 3
+TIMING_SIZE = {"d_out": 64, "d_in": 512, "head_dim": 32, "n_prune": 8}
 
 SIGNATURES = {"answers": ["question"], "gcd_counterexample": [], "remove_set": ["W", "G", "S"],
               "prune_heads_fast": oracle.SIGNATURES["prune_heads"],
-              "prune_channels_fast": oracle.SIGNATURES["prune_channels"]}
+              "prune_channels_fast": oracle.SIGNATURES["prune_channels"],
+              "prune_heads_lazy": oracle.SIGNATURES["prune_heads"],
+              "prune_channels_lazy": oracle.SIGNATURES["prune_channels"]}
 OUTPUTS = {"answers": [("value", "float")],
            "gcd_counterexample": [("W", "float"), ("H", "float"), ("head_dim", "exact")],
            "remove_set": [("W_new", "float"), ("G_new", "float"), ("loss", "float")],
            "prune_heads_fast": oracle.OUTPUTS["prune_heads"],
-           "prune_channels_fast": oracle.OUTPUTS["prune_channels"]}
+           "prune_channels_fast": oracle.OUTPUTS["prune_channels"],
+           "prune_heads_lazy": oracle.OUTPUTS["prune_heads"],
+           "prune_channels_lazy": oracle.OUTPUTS["prune_channels"]}
 
 
 def register() -> None:
     """Make the course's operations known to slimgpt.oracle (in this process only)."""
     oracle.SIGNATURES.update(SIGNATURES)
     oracle.OUTPUTS.update(OUTPUTS)
+    for op, positional in SIGNATURES.items():
+        same = OPERATIONS.get(op.rsplit("_", 1)[0]) if op.endswith(("_fast", "_lazy")) else None
+        OPERATIONS.setdefault(op, same or Operation(positional, {}, OUTPUTS[op], "README.md", ""))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,6 +147,8 @@ REFERENCE = _Reference(
     remove_set=downdate.remove_set,
     prune_heads_fast=downdate.prune_heads,
     prune_channels_fast=downdate.prune_channels,
+    prune_heads_lazy=downdate.prune_heads,        # the C++ core's lazy form gives the same result
+    prune_channels_lazy=downdate.prune_channels,
 )
 
 
@@ -160,19 +176,34 @@ def counterexample_problem(W, H, head_dim) -> str:
 
 def build(ops) -> list[Case]:
     """The course's cases for the operations in `ops`."""
-    cases = [Case(f"answers.q{q}", "answers", {"question": q}, f"question {q}", ["question"], "float32")
+    cases = [Case(f"answers.q{q}", "answers", {"question": q}, f"question {q}", ["question", "project"], "float32")
              for q in QUESTIONS]
     cases.append(Case("gcd_counterexample.yours", "gcd_counterexample", {},
-                      "an input on which the grouped Cholesky changes the cheapest head", ["construct"]))
+                      "an input on which the grouped Cholesky changes the cheapest head", ["construct", "paper"]))
     r = np.random.default_rng(90)
     X, W = calibration(r, 256, 32), weights(r, 12, 32)
     G = np.linalg.inv(hessian_of(X))
     for name, S in [("single", [7]), ("set", [30, 4, 11, 20]), ("head", list(range(8, 16)))]:
         cases.append(Case(f"remove_set.{name}", "remove_set", {"W": W, "G": G, "S": np.array(S)},
-                          "one set removed from W and downdated out of G (spec §3.4)", ["downdate"], "float64_solve"))
-    fast = [op[: -len("_fast")] for op in ops if op.endswith("_fast")]
-    for c in oracle.build_cases() if fast else []:
-        if c.operation in fast:
-            cases.append(Case(c.id.replace(c.operation, c.operation + "_fast", 1), c.operation + "_fast",
-                              c.args, c.description, c.tags, "float64_solve", c.float32, c.raises))
+                          "one set removed from W and downdated out of G (spec §3.4)", ["downdate", "project"], "float64_solve"))
+    for suffix in ("_fast", "_lazy"):
+        same = [op[: -len(suffix)] for op in ops if op.endswith(suffix)]
+        for c in oracle.build_cases() if same else []:
+            if c.operation in same:
+                cases.append(Case(c.id.replace(c.operation, c.operation + suffix, 1), c.operation + suffix,
+                                  c.args, c.description, c.tags, "float64_solve", c.float32, c.raises))
+    if "prune_heads_lazy" in ops:
+        cases += timing_cases()
     return [c for c in cases if c.operation in ops]
+
+
+def timing_cases() -> list[Case]:
+    """prune_heads.timing_k and prune_heads_lazy.timing_k, alternating, on one layer of
+    TIMING_SIZE: graded for their values like any case, and their run times compared (grade.py)."""
+    r = np.random.default_rng(92)
+    n = TIMING_SIZE
+    X, W = calibration(r, 4 * n["d_in"], n["d_in"]), weights(r, n["d_out"], n["d_in"], block=n["head_dim"])
+    args = {"W": W, "H": hessian_of(X), "n_prune": n["n_prune"], "head_dim": n["head_dim"], "percdamp": 0.01}
+    return [Case(f"{op}.timing_{k}", op, args, f"timed: {n['n_prune']} of {n['d_in'] // n['head_dim']} heads, "
+                 f"d_in {n['d_in']}", ["timing", "project"], "float64_solve")
+            for k in range(TIMING_ROUNDS) for op in ("prune_heads", "prune_heads_lazy")]
