@@ -103,7 +103,48 @@ def gcd_counterexample():
 
 
 ANSWERS = {answers!r}
-""" + LAZY_SOURCE
+""" + LAZY_SOURCE + pipeline_source()
+
+
+def pipeline_source() -> str:
+    """Unit 3 written out plainly: numpy_llama.py's forward (as a student writes it from the
+    conventions) and the layer-wise loop over it."""
+    forward = (ASSIGNMENTS / "numpy_llama.py").read_text().replace("from __future__ import annotations", "")
+    return forward + PIPELINE_LOOP
+
+
+PIPELINE_LOOP = """
+def prune_llama(weights, config, token_ids, target, *, percdamp=0.01):
+    L, d, F = config["num_hidden_layers"], config["head_dim"], config["intermediate_size"]
+    n_heads, eps = config["num_attention_heads"], config["rms_norm_eps"]
+    ratios = ipr_for_target(L, target)
+    w = {k: np.array(v, dtype=np.float64) for k, v in weights.items()}
+    heads, channels = np.zeros((L, n_heads), np.int64), np.zeros((L, F), np.int64)
+    traces, norms = np.zeros((L, 2)), np.zeros((L, 2))
+    h = w["model.embed_tokens.weight"][np.asarray(token_ids)]          # layer 0's inputs
+    for i, r in enumerate(ratios):
+        p = f"model.layers.{i}."
+        x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
+        H = hessian(attention_heads(w, config, i, x).reshape(-1, n_heads * d))
+        W, gone = prune_heads(w[p + "self_attn.o_proj.weight"], H, round(n_heads * r), d, percdamp=percdamp)
+        keep = np.flatnonzero(~np.isin(np.arange(n_heads * d) // d, gone))
+        w[p + "self_attn.o_proj.weight"] = W[:, keep]
+        for n in "qkv":
+            w[p + f"self_attn.{n}_proj.weight"] = w[p + f"self_attn.{n}_proj.weight"][keep]
+        heads[i, gone], traces[i, 0] = 1, np.trace(H)
+        h = attention_block(w, config, i, h)                           # through the pruned attention
+        x = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
+        H = hessian(ffn_channels(w, i, x).reshape(-1, F))
+        W, gone = prune_channels(w[p + "mlp.down_proj.weight"], H, round(F * r), percdamp=percdamp)
+        keep = np.setdiff1d(np.arange(F), gone)
+        w[p + "mlp.down_proj.weight"] = W[:, keep]
+        for n in ("gate", "up"):
+            w[p + f"mlp.{n}_proj.weight"] = w[p + f"mlp.{n}_proj.weight"][keep]
+        channels[i, gone], traces[i, 1] = 1, np.trace(H)
+        norms[i] = np.linalg.norm(w[p + "self_attn.o_proj.weight"]), np.linalg.norm(w[p + "mlp.down_proj.weight"])
+        h = ffn_block(w, config, i, h)                                 # the next layer's inputs
+    return ratios, heads, channels, traces, norms
+"""
 
 
 # Unit 4's lazy form written out plainly (docs/cpp.md): G = MᵀM − UᵀU is never formed; the loop
@@ -240,9 +281,9 @@ def test_honest_implementation_scores_exactly_100(golden, tmp_path):
 def test_honest_course_solution_earns_every_unit_point(golden, tmp_path):
     path = tmp_path / "course.py"
     path.write_text(honest_source() + honest_course_source())
-    rc, out = _grade(path, golden, "--task", "7", "--task", "8", "--task", "9", "--task", "10", "--task", "12")
+    rc, out = _grade(path, golden, *[a for n in range(7, 13) for a in ("--task", str(n))])
     assert rc == 0, out
-    assert "score: 90.0 / 90 points (tasks 7, 8, 9, 10, 12 only)" in out and "FAIL" not in out
+    assert "score: 120.0 / 120 points (tasks 7, 8, 9, 10, 11, 12 only)" in out and "FAIL" not in out
 
 
 def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
@@ -269,11 +310,11 @@ def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
 
 
 def test_skeleton_scores_0_and_says_not_implemented(golden):
-    rc, out = _grade(SKELETON, golden, *[a for n in range(1, 11) for a in ("--task", str(n))])
+    rc, out = _grade(SKELETON, golden, *[a for n in range(1, 13) for a in ("--task", str(n))])
     assert "near-verbatim copies" not in out
     assert rc == 1, out
-    assert "score: 0.0 / 170 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 only)" in out
-    assert out.count("not implemented yet") == 10 and "Traceback" not in out
+    assert "score: 0.0 / 220 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 only)" in out
+    assert out.count("not implemented yet") == 12 and "Traceback" not in out
 
 
 def test_lazy_form_is_timed_against_reinversion():

@@ -79,6 +79,7 @@ TASKS = [
     (9, "Unit 3 questions (ANSWERS 3.x)", ["answers.q3."], 10),
     (10, "One inverse, then exact set downdates (spec §3.4)", ["remove_set", "prune_heads_fast",
                                                                "prune_channels_fast"], 30),
+    (11, "The layer-wise pipeline on a trained model (spec §6, Eq. 6)", ["model_perplexity", "prune_llama"], 30),
     (12, "The lazy L^-1 form of the C++ core, timed (spec §3.4, docs/cpp.md)",
      ["prune_heads_lazy", "prune_channels_lazy", "prune_heads.timing", "prune_heads_lazy.timing"], 20),
 ]
@@ -253,23 +254,29 @@ def copied_functions(student: Path) -> list[str]:
 
 def _export_args(args: dict) -> dict:
     """A case's arguments with arrays in the exported dtypes (int64 indices, float64 otherwise)."""
-    return {k: ((v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float64))
-                if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    def exported(v):
+        if isinstance(v, np.ndarray):
+            return v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float64)
+        if isinstance(v, dict) and v and all(isinstance(a, np.ndarray) for a in v.values()):
+            return {k: exported(a) for k, a in v.items()}   # a model's weights
+        return v
+
+    return {k: exported(v) for k, v in args.items()}
 
 
 def _input_args(cases_dir: Path, entry: dict) -> dict:
     """Only the inputs of an exported case: the `in.*` arrays its arguments name, never `out.*`."""
     args, refs = {}, {}
     for name, value in entry["arguments"].items():
-        if isinstance(value, dict):
-            if not str(value.get("array", "")).startswith("in."):
-                raise oracle.OracleFormatError(f"case {entry['id']}: argument {name} is not an in.* array")
-            refs[name] = value["array"]
-        else:
-            args[name] = value
+        keys = ([value["array"]] if isinstance(value, dict) and set(value) == {"array"} else
+                list(value["arrays"].values()) if isinstance(value, dict) and set(value) == {"arrays"} else [])
+        if any(not str(key).startswith("in.") for key in keys):
+            raise oracle.OracleFormatError(f"case {entry['id']}: argument {name} is not an in.* array")
+        (refs if keys else args)[name] = value
     arrays = oracle.read_arrays(cases_dir, entry, "in.")
     try:
-        args.update({name: arrays[key] for name, key in refs.items()})
+        args.update({name: arrays[value["array"]] if "array" in value else
+                     {k: arrays[key] for k, key in value["arrays"].items()} for name, value in refs.items()})
     except KeyError as e:
         raise oracle.OracleFormatError(f"case {entry['id']} is damaged ({e})") from None
     return args
@@ -301,6 +308,9 @@ def _write_inputs(work: Path, student: Path, items: list) -> list[str]:
             if isinstance(value, np.ndarray):
                 arrays[f"in.{name}"] = value
                 arguments[name] = {"array": f"in.{name}"}
+            elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+                arrays.update({f"in.{name}.{k}": v for k, v in value.items()})   # a model's weights
+                arguments[name] = {"arrays": {k: f"in.{name}.{k}" for k in value}}
             else:
                 arguments[name] = value
         np.savez(work / "cases" / f"{key}.npz", **arrays)
