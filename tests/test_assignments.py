@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slimgpt import oracle
@@ -344,6 +345,44 @@ def test_lazy_form_is_timed_against_reinversion():
     assert timed([0.1] * 3, [0.6] * 3, status=oracle.FAIL).status == oracle.FAIL
     assert timed([], [0.6] * 3).status == oracle.FAIL
     assert grade._timing_case(4, [grade.GradedCase("prune_heads.x", "prune_heads", oracle.PASS)], 0) == []
+
+
+def test_numpy_forward_matches_slimgpts_model_dense_and_pruned():
+    """numpy_llama (the expected perplexities of Unit 3) against slimgpt's torch model in float64,
+    on a random tiny LLaMA and on it after the pipeline removed heads and channels."""
+    import torch
+    from slimgpt.evaluate import perplexity
+    from slimgpt.loaders.tiny import tiny_model
+    from slimgpt.oracle.trace import CONFIG_FIELDS, run_pipeline
+
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import numpy_llama
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    dense = tiny_model("tiny-llama", num_hidden_layers=2)
+    config = {k: getattr(dense.config, k) for k in CONFIG_FIELDS}
+    ids = np.random.default_rng(3).integers(0, 256, (4, 32))
+    weights = {k: v.double().numpy() for k, v in dense.state_dict().items()}
+    result, _ = run_pipeline(weights, config, ids, [0.25, 0.5])
+    for model in (dense, result.model):
+        model = model.double()
+        got = numpy_llama.model_perplexity({k: v.numpy() for k, v in model.state_dict().items()}, config, ids)
+        want = perplexity(model, torch.as_tensor(ids).reshape(-1), seqlen=32)["ppl"]
+        assert got == pytest.approx(want, rel=1e-5)
+    assert result.model.model.layers[1].self_attn.q_proj.weight.shape[0] == 4 * config["head_dim"]
+
+
+def test_pipeline_calibrated_on_the_dense_model_fails_task_11(tmp_path):
+    """Unit 3's point: layer i is calibrated on the outputs of the already-pruned earlier layers."""
+    path = tmp_path / "dense_inputs.py"
+    src = honest_source() + honest_course_source()
+    for block in ("attention_block", "ffn_block"):   # the next inputs from the dense weights
+        src = src.replace(f"h = {block}(w, config, i, h)  ", f"h = {block}({{**w, **weights}}, config, i, h)  ")
+    path.write_text(src)
+    rc, out = _grade(path, None, "--task", "11")
+    assert rc == 1, out
+    assert "FAIL prune_llama.trained_ipr" in out and "FAIL model_perplexity" not in out
 
 
 # Steps a skeleton docstring or a level-0 hint must not give away (the student derives them).
