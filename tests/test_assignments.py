@@ -446,7 +446,7 @@ def test_summed_single_column_errors_fail_task_3_with_a_hint(golden, tmp_path):
     assert rc == 1
     assert "XX Task 3" in out and "XX Task 4" in out and "ok Task 2" in out
     # one line for the three cases that show the same mistake, diagnosed from the output
-    assert "FAIL head_errors: 3 cases show the same problem (basic, one_head, correlated_head)" in out
+    assert "FAIL head_errors: 4 cases show the same problem (basic, one_head, correlated_head, six_heads_of_12)" in out
     assert "hint: your head errors are the single-column errors summed over each head" in out
     assert "pruned_heads: expected indices [5, 6], got [3, 6]" in out
     assert "hint: your heads are the ones the summed single-column errors choose" in out
@@ -640,7 +640,7 @@ def test_rounding_in_removed_columns_is_its_own_failure(golden, tmp_path):
     assert "FAIL task2.removed_columns_exactly_zero" in out and "FAIL task4.removed_columns_exactly_zero" in out
     assert "prune_heads.all: W_new: column(s) [0, 1, 2, 3, 4, 5, 6, 7, ... (64 in all)] are removed" in out
     assert "out of tolerance" not in out and "allowed there 0.000e+00" not in out
-    assert "20/21  cases   19.0/20 points" in out  # one assertion, not every case
+    assert "22/23  cases   19.1/20 points" in out  # one assertion, not every case
 
 
 # ------------------------------------------------------------------------------------------------
@@ -922,8 +922,9 @@ def _check_gradescope(results: dict) -> None:
 
 
 def test_run_autograder_writes_gradescope_results(tmp_path):
-    """autograder/run_autograder in a Gradescope-like folder: the honest solution's Unit 3 earns
-    every point, one test per task; a submission of two files is one line and score 0."""
+    """autograder/run_autograder in a Gradescope-like folder: the honest solution's Unit 3 (its
+    pipeline task included) earns every point, one test per task; a submission of two files is
+    one line and score 0."""
     root = tmp_path / "autograder"
     (root / "source").mkdir(parents=True)
     (root / "source" / "slimgpt").symlink_to(ROOT)
@@ -935,9 +936,10 @@ def test_run_autograder_writes_gradescope_results(tmp_path):
     subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
     results = json.loads((root / "results" / "results.json").read_text())
     _check_gradescope(results)
-    assert results["score"] == 20.0 and [t["max_score"] for t in results["tests"]] == [10, 10]
+    assert results["score"] == 50.0 and [t["max_score"] for t in results["tests"]] == [10, 10, 30]
     assert [t["name"] for t in results["tests"]] == ["Task 6: Incremental Pruning Ratio (Eq. 6)",
-                                                     "Task 9: Unit 3 questions (ANSWERS 3.x)"]
+                                                     "Task 9: Unit 3 questions (ANSWERS 3.x)",
+                                                     "Task 11: The layer-wise pipeline on a trained model (spec §6, Eq. 6)"]
     assert "isolation:" in results["output"]
     (root / "submission" / "other.py").write_text("")
     subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
@@ -959,7 +961,7 @@ def test_gradescope_output_lists_failures_per_task(golden, tmp_path):
     pytest.param(["no_such_file.py"], "no_such_file.py: no such file", id="missing_file"),
     pytest.param([str(SKELETON), "--cases", "."], "not a usable oracle export", id="not_an_export"),
     pytest.param([str(SKELETON), "--cases", "no_such_dir"], "no_such_dir: no such directory", id="missing_dir"),
-    pytest.param([str(SKELETON), "--task", "11"], "no task [11]", id="unknown_task"),
+    pytest.param([str(SKELETON), "--task", "13"], "no task [13]", id="unknown_task"),
     pytest.param([str(SKELETON), "--unit", "5"], "no unit 5", id="unknown_unit"),
     pytest.param([str(SKELETON), "--hints", "4"], "--hints must be one of 0, 1, 2, 3", id="bad_hint_level"),
     pytest.param([str(SKELETON), "--gradescope", "no_dir/results.json"], "its folder does not exist",
