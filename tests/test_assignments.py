@@ -34,6 +34,14 @@ NOT_ALLOWED = "imports slimgpt, which is not allowed in a submission"
 # spends more time spinning than computing.
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _course_cache(tmp_path_factory):
+    """Unit 3's model is trained once for the whole module (units.trained_model), not per grade."""
+    ENV["SLIMGPT_COURSE_CACHE"] = str(tmp_path_factory.mktemp("course-cache"))
+    yield
+    ENV.pop("SLIMGPT_COURSE_CACHE")
+
 # The reference files, in dependency order, that make up a complete submission.
 REFERENCE_FILES = ["_checks.py", "damping.py", "hessian.py", "obs.py", "heads.py", "channels.py", "ipr.py"]
 
