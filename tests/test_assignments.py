@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slimgpt import oracle
@@ -32,6 +33,14 @@ NOT_ALLOWED = "imports slimgpt, which is not allowed in a submission"
 # One BLAS thread: the cases are small matrices, and threaded OpenBLAS on a busy 2-core machine
 # spends more time spinning than computing.
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _course_cache(tmp_path_factory):
+    """Unit 3's model is trained once for the whole module (units.trained_model), not per grade."""
+    ENV["SLIMGPT_COURSE_CACHE"] = str(tmp_path_factory.mktemp("course-cache"))
+    yield
+    ENV.pop("SLIMGPT_COURSE_CACHE")
 
 # The reference files, in dependency order, that make up a complete submission.
 REFERENCE_FILES = ["_checks.py", "damping.py", "hessian.py", "obs.py", "heads.py", "channels.py", "ipr.py"]
@@ -103,6 +112,129 @@ def gcd_counterexample():
 
 
 ANSWERS = {answers!r}
+""" + LAZY_SOURCE + pipeline_source()
+
+
+def pipeline_source() -> str:
+    """Unit 3 written out plainly: numpy_llama.py's forward (as a student writes it from the
+    conventions) and the layer-wise loop over it."""
+    forward = (ASSIGNMENTS / "numpy_llama.py").read_text().replace("from __future__ import annotations", "")
+    return forward + PIPELINE_LOOP
+
+
+PIPELINE_LOOP = """
+def prune_llama(weights, config, token_ids, target, *, percdamp=0.01):
+    L, d, F = config["num_hidden_layers"], config["head_dim"], config["intermediate_size"]
+    n_heads, eps = config["num_attention_heads"], config["rms_norm_eps"]
+    ratios = ipr_for_target(L, target)
+    w = {k: np.array(v, dtype=np.float64) for k, v in weights.items()}
+    heads, channels = np.zeros((L, n_heads), np.int64), np.zeros((L, F), np.int64)
+    traces, norms = np.zeros((L, 2)), np.zeros((L, 2))
+    h = w["model.embed_tokens.weight"][np.asarray(token_ids)]          # layer 0's inputs
+    for i, r in enumerate(ratios):
+        p = f"model.layers.{i}."
+        x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
+        H = hessian(attention_heads(w, config, i, x).reshape(-1, n_heads * d))
+        W, gone = prune_heads(w[p + "self_attn.o_proj.weight"], H, round(n_heads * r), d, percdamp=percdamp)
+        keep = np.flatnonzero(~np.isin(np.arange(n_heads * d) // d, gone))
+        w[p + "self_attn.o_proj.weight"] = W[:, keep]
+        for n in "qkv":
+            w[p + f"self_attn.{n}_proj.weight"] = w[p + f"self_attn.{n}_proj.weight"][keep]
+        heads[i, gone], traces[i, 0] = 1, np.trace(H)
+        h = attention_block(w, config, i, h)                           # through the pruned attention
+        x = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
+        H = hessian(ffn_channels(w, i, x).reshape(-1, F))
+        W, gone = prune_channels(w[p + "mlp.down_proj.weight"], H, round(F * r), percdamp=percdamp)
+        keep = np.setdiff1d(np.arange(F), gone)
+        w[p + "mlp.down_proj.weight"] = W[:, keep]
+        for n in ("gate", "up"):
+            w[p + f"mlp.{n}_proj.weight"] = w[p + f"mlp.{n}_proj.weight"][keep]
+        channels[i, gone], traces[i, 1] = 1, np.trace(H)
+        norms[i] = np.linalg.norm(w[p + "self_attn.o_proj.weight"]), np.linalg.norm(w[p + "mlp.down_proj.weight"])
+        h = ffn_block(w, config, i, h)                                 # the next layer's inputs
+    return ratios, heads, channels, traces, norms
+"""
+
+
+# Unit 4's lazy form written out plainly (docs/cpp.md): G = MᵀM − UᵀU is never formed; the loop
+# reads the removed set's rows, the diagonal head blocks and the diagonal.
+LAZY_SOURCE = """
+class LazyInverse:
+    def __init__(self, H):
+        self.M = solve_triangular(cholesky(H, "H"), np.eye(len(H)), lower=True)   # M = L^-1, G = M^T M
+        self.U = np.zeros((0, len(H)))                                            # stacked Ut rows
+        self.removed = np.zeros(len(H), dtype=bool)
+
+    def rows(self, S):
+        i0 = int(S.min())                     # M is lower triangular: M[i, S] = 0 above min S
+        GS = self.M[i0:, S].T @ self.M[i0:, :] - self.U[:, S].T @ self.U
+        GS[:, self.removed] = 0.0
+        return GS
+
+    def block_diagonal(self, d):
+        G = np.eye(self.M.shape[0])
+        for C in np.arange(len(G)).reshape(-1, d):
+            if not self.removed[C].any():
+                B = self.M[:, C].T @ self.M[:, C] - self.U[:, C].T @ self.U[:, C]
+                G[np.ix_(C, C)] = 0.5 * (B + B.T)
+        return G
+
+    def diagonal(self):
+        return np.sum(self.M ** 2, axis=0) - np.sum(self.U ** 2, axis=0)
+
+    def remove(self, W, S, compensate):
+        GS = self.rows(S)
+        L = cholesky(GS[:, S], "H^-1 block of the removed set")
+        Ut = solve_triangular(L, GS, lower=True)
+        loss = 0.0
+        if compensate:
+            E = solve_triangular(L, W[:, S].T, lower=True).T
+            W = W - E @ Ut
+            loss = 0.5 * float(np.sum(E ** 2))
+        W[:, S] = 0.0
+        self.U = np.vstack([self.U, Ut])
+        self.removed[S] = True
+        return W, loss
+
+
+def prune_heads_lazy(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+    W, H, d, n_heads, n_prune, percdamp, groups, quota = _heads_arguments(W, H, n_prune, head_dim, percdamp,
+                                                                         head_groups)
+    if n_prune == 0:
+        return nothing_pruned(W, False)
+
+    def greedy(W, H):
+        W0, G = W.copy(), LazyInverse(H)
+        pruned = np.zeros(n_heads, dtype=bool)
+        for _ in range(n_prune):
+            E = head_errors(W, G.block_diagonal(d), d, gcd=gcd)
+            full = np.bincount(groups[pruned], minlength=groups.max() + 1) >= quota
+            E[pruned | full[groups]] = np.inf
+            j = int(np.argmin(E))
+            W, _ = G.remove(W, np.arange(j * d, (j + 1) * d), compensate)
+            pruned[j] = True
+        return W, np.flatnonzero(pruned).astype(np.int64), 0.0
+
+    W_new, heads, _ = solve_with_damping(W, H, percdamp, greedy)
+    return W_new, heads
+
+
+def prune_channels_lazy(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+    W, H, n_prune, percdamp, sizes = _channels_arguments(W, H, n_prune, percdamp, group_sizes)
+    if n_prune == 0:
+        return nothing_pruned(W, False)
+
+    def greedy(W, H):
+        G = LazyInverse(H)
+        for g in sizes:
+            eps = np.sum(W ** 2, axis=0) / np.where(G.removed, 1.0, G.diagonal())
+            eps[G.removed] = np.inf
+            S = np.argsort(eps, kind="stable")[:g]
+            W, _ = G.remove(W, S, compensate)
+        return W, np.flatnonzero(G.removed).astype(np.int64), 0.0
+
+    W_new, channels, _ = solve_with_damping(W, H, percdamp, greedy)
+    return W_new, channels
 """
 
 
@@ -158,9 +290,9 @@ def test_honest_implementation_scores_exactly_100(golden, tmp_path):
 def test_honest_course_solution_earns_every_unit_point(golden, tmp_path):
     path = tmp_path / "course.py"
     path.write_text(honest_source() + honest_course_source())
-    rc, out = _grade(path, golden, "--task", "7", "--task", "8", "--task", "9", "--task", "10")
+    rc, out = _grade(path, golden, *[a for n in range(7, 13) for a in ("--task", str(n))])
     assert rc == 0, out
-    assert "score: 70.0 / 70 points (tasks 7, 8, 9, 10 only)" in out and "FAIL" not in out
+    assert "score: 120.0 / 120 points (tasks 7, 8, 9, 10, 11, 12 only)" in out and "FAIL" not in out
 
 
 def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
@@ -187,11 +319,78 @@ def test_block_form_of_the_cholesky_step_also_passes(golden, tmp_path):
 
 
 def test_skeleton_scores_0_and_says_not_implemented(golden):
-    rc, out = _grade(SKELETON, golden, *[a for n in range(1, 11) for a in ("--task", str(n))])
+    rc, out = _grade(SKELETON, golden, *[a for n in range(1, 13) for a in ("--task", str(n))])
     assert "near-verbatim copies" not in out
     assert rc == 1, out
-    assert "score: 0.0 / 170 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 only)" in out
-    assert out.count("not implemented yet") == 10 and "Traceback" not in out
+    assert "score: 0.0 / 220 points (tasks 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 only)" in out
+    assert out.count("not implemented yet") == 12 and "Traceback" not in out
+
+
+def test_lazy_form_is_timed_against_reinversion():
+    """Unit 4's timing assertion: the ratio of medians decides; a timed case that failed, or a
+    function that did not run, fails it too (a NaN median must not pass)."""
+    tables = (oracle.SIGNATURES, oracle.OUTPUTS, oracle.OPERATIONS)
+    saved = [dict(t) for t in tables]
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import grade   # registers the course's operations: undone below, for the other tests
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+        for table, before in zip(tables, saved):
+            table.clear()
+            table.update(before)
+
+    def timed(lazy_seconds, reinvert_seconds, status=oracle.PASS):
+        cases = [grade.GradedCase(f"prune_heads.timing_{k}", "prune_heads", oracle.PASS, seconds=s)
+                 for k, s in enumerate(reinvert_seconds)]
+        cases += [grade.GradedCase(f"prune_heads_lazy.timing_{k}", "prune_heads_lazy", status, seconds=s)
+                  for k, s in enumerate(lazy_seconds)]
+        return grade._timing_case(12, cases, 0)[0]
+
+    assert timed([0.1, 0.5, 0.1], [0.6, 0.6, 0.1]).status == oracle.PASS      # medians 0.1 < 0.6
+    slow = timed([0.9, 0.9, 0.1], [0.6, 0.6, 0.6])
+    assert slow.status == oracle.FAIL and "ratio 1.50" in slow.message
+    assert timed([0.1] * 3, [0.6] * 3, status=oracle.FAIL).status == oracle.FAIL
+    assert timed([], [0.6] * 3).status == oracle.FAIL
+    assert grade._timing_case(4, [grade.GradedCase("prune_heads.x", "prune_heads", oracle.PASS)], 0) == []
+
+
+def test_numpy_forward_matches_slimgpts_model_dense_and_pruned():
+    """numpy_llama (the expected perplexities of Unit 3) against slimgpt's torch model in float64,
+    on a random tiny LLaMA and on it after the pipeline removed heads and channels."""
+    import torch
+    from slimgpt.evaluate import perplexity
+    from slimgpt.loaders.tiny import tiny_model
+    from slimgpt.oracle.trace import CONFIG_FIELDS, run_pipeline
+
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import numpy_llama
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    dense = tiny_model("tiny-llama", num_hidden_layers=2)
+    config = {k: getattr(dense.config, k) for k in CONFIG_FIELDS}
+    ids = np.random.default_rng(3).integers(0, 256, (4, 32))
+    weights = {k: v.double().numpy() for k, v in dense.state_dict().items()}
+    result, _ = run_pipeline(weights, config, ids, [0.25, 0.5])
+    for model in (dense, result.model):
+        model = model.double()
+        got = numpy_llama.model_perplexity({k: v.numpy() for k, v in model.state_dict().items()}, config, ids)
+        want = perplexity(model, torch.as_tensor(ids).reshape(-1), seqlen=32)["ppl"]
+        assert got == pytest.approx(want, rel=1e-5)
+    assert result.model.model.layers[1].self_attn.q_proj.weight.shape[0] == 4 * config["head_dim"]
+
+
+def test_pipeline_calibrated_on_the_dense_model_fails_task_11(tmp_path):
+    """Unit 3's point: layer i is calibrated on the outputs of the already-pruned earlier layers."""
+    path = tmp_path / "dense_inputs.py"
+    src = honest_source() + honest_course_source()
+    for block in ("attention_block", "ffn_block"):   # the next inputs from the dense weights
+        src = src.replace(f"h = {block}(w, config, i, h)  ", f"h = {block}({{**w, **weights}}, config, i, h)  ")
+    path.write_text(src)
+    rc, out = _grade(path, None, "--task", "11")
+    assert rc == 1, out
+    assert "FAIL prune_llama.trained_ipr" in out and "FAIL model_perplexity" not in out
 
 
 # Steps a skeleton docstring or a level-0 hint must not give away (the student derives them).
@@ -255,7 +454,7 @@ def test_summed_single_column_errors_fail_task_3_with_a_hint(golden, tmp_path):
     assert rc == 1
     assert "XX Task 3" in out and "XX Task 4" in out and "ok Task 2" in out
     # one line for the three cases that show the same mistake, diagnosed from the output
-    assert "FAIL head_errors: 3 cases show the same problem (basic, one_head, correlated_head)" in out
+    assert "FAIL head_errors: 4 cases show the same problem (basic, one_head, correlated_head, six_heads_of_12)" in out
     assert "hint: your head errors are the single-column errors summed over each head" in out
     assert "pruned_heads: expected indices [5, 6], got [3, 6]" in out
     assert "hint: your heads are the ones the summed single-column errors choose" in out
@@ -449,7 +648,7 @@ def test_rounding_in_removed_columns_is_its_own_failure(golden, tmp_path):
     assert "FAIL task2.removed_columns_exactly_zero" in out and "FAIL task4.removed_columns_exactly_zero" in out
     assert "prune_heads.all: W_new: column(s) [0, 1, 2, 3, 4, 5, 6, 7, ... (64 in all)] are removed" in out
     assert "out of tolerance" not in out and "allowed there 0.000e+00" not in out
-    assert "20/21  cases   19.0/20 points" in out  # one assertion, not every case
+    assert "22/23  cases   19.1/20 points" in out  # one assertion, not every case
 
 
 # ------------------------------------------------------------------------------------------------
@@ -731,8 +930,9 @@ def _check_gradescope(results: dict) -> None:
 
 
 def test_run_autograder_writes_gradescope_results(tmp_path):
-    """autograder/run_autograder in a Gradescope-like folder: the honest solution's Unit 3 earns
-    every point, one test per task; a submission of two files is one line and score 0."""
+    """autograder/run_autograder in a Gradescope-like folder: the honest solution's Unit 3 (its
+    pipeline task included) earns every point, one test per task; a submission of two files is
+    one line and score 0."""
     root = tmp_path / "autograder"
     (root / "source").mkdir(parents=True)
     (root / "source" / "slimgpt").symlink_to(ROOT)
@@ -744,9 +944,10 @@ def test_run_autograder_writes_gradescope_results(tmp_path):
     subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
     results = json.loads((root / "results" / "results.json").read_text())
     _check_gradescope(results)
-    assert results["score"] == 20.0 and [t["max_score"] for t in results["tests"]] == [10, 10]
+    assert results["score"] == 50.0 and [t["max_score"] for t in results["tests"]] == [10, 10, 30]
     assert [t["name"] for t in results["tests"]] == ["Task 6: Incremental Pruning Ratio (Eq. 6)",
-                                                     "Task 9: Unit 3 questions (ANSWERS 3.x)"]
+                                                     "Task 9: Unit 3 questions (ANSWERS 3.x)",
+                                                     "Task 11: The layer-wise pipeline on a trained model (spec §6, Eq. 6)"]
     assert "isolation:" in results["output"]
     (root / "submission" / "other.py").write_text("")
     subprocess.run([str(script)], check=True, env=env, timeout=300, capture_output=True)
@@ -768,7 +969,7 @@ def test_gradescope_output_lists_failures_per_task(golden, tmp_path):
     pytest.param(["no_such_file.py"], "no_such_file.py: no such file", id="missing_file"),
     pytest.param([str(SKELETON), "--cases", "."], "not a usable oracle export", id="not_an_export"),
     pytest.param([str(SKELETON), "--cases", "no_such_dir"], "no_such_dir: no such directory", id="missing_dir"),
-    pytest.param([str(SKELETON), "--task", "11"], "no task [11]", id="unknown_task"),
+    pytest.param([str(SKELETON), "--task", "13"], "no task [13]", id="unknown_task"),
     pytest.param([str(SKELETON), "--unit", "5"], "no unit 5", id="unknown_unit"),
     pytest.param([str(SKELETON), "--hints", "4"], "--hints must be one of 0, 1, 2, 3", id="bad_hint_level"),
     pytest.param([str(SKELETON), "--gradescope", "no_dir/results.json"], "its folder does not exist",

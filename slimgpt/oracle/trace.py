@@ -51,9 +51,10 @@ def _recording_statistics(traces: list):
         yield
 
 
-def prune_model(weights, config, token_ids, ratio, *, percdamp=0.01):
-    """The expected trace: slimgpt.pipeline on the reference backend, float32 model, every layer at
-    `ratio` (no global target), activations of the pruned earlier layers feeding the next."""
+def run_pipeline(weights, config, token_ids, ratio, *, percdamp=0.01):
+    """slimgpt.pipeline on the reference backend, float32 model, every layer at `ratio` (a float, or
+    one per layer; no global target), activations of the pruned earlier layers feeding the next.
+    Returns (the pipeline's result, trace(H) of every statistics pass: o_proj, down_proj per layer)."""
     import torch
     from slimgpt import pipeline
     from slimgpt.loaders.tiny import build_model, tiny_config
@@ -62,7 +63,8 @@ def prune_model(weights, config, token_ids, ratio, *, percdamp=0.01):
     model = build_model(tiny_config(TINY, **config))
     model.load_state_dict({k: torch.tensor(np.asarray(v), dtype=torch.float32) for k, v in weights.items()})
     calib = torch.as_tensor(np.asarray(token_ids), dtype=torch.int64)
-    settings = PruneSettings(ratios=[ratio] * config["num_hidden_layers"], hit_target=False, backend="reference",
+    ratios = [float(r) for r in np.broadcast_to(ratio, (config["num_hidden_layers"],))]
+    settings = PruneSettings(ratios=ratios, hit_target=False, backend="reference",
                              percdamp=percdamp, n_samples=calib.shape[0], seqlen=calib.shape[1])
     traces: list = []
     threads = torch.get_num_threads()
@@ -72,9 +74,18 @@ def prune_model(weights, config, token_ids, ratio, *, percdamp=0.01):
             result = pipeline.prune_model(model, calib, settings, progress=False, log=lambda s: None)
     finally:
         torch.set_num_threads(threads)
+    return result, np.array(traces).reshape(-1, 2)
+
+
+def prune_model(weights, config, token_ids, ratio, *, percdamp=0.01):
+    """The expected trace of run_pipeline: per layer the heads and channels pruned, trace(H) of
+    o_proj's and down_proj's inputs, the Frobenius norms of the pruned o_proj and down_proj."""
+    import torch
+
+    result, traces = run_pipeline(weights, config, token_ids, ratio, percdamp=percdamp)
     layers = result.model.model.layers
     norms = [[float(torch.linalg.norm(layer.self_attn.o_proj.weight.detach().double())),
               float(torch.linalg.norm(layer.mlp.down_proj.weight.detach().double()))] for layer in layers]
     return (np.array([r["heads_pruned"] for r in result.layers], dtype=np.int64),
             np.array([r["channels_pruned"] for r in result.layers], dtype=np.int64),
-            np.array(traces).reshape(-1, 2), np.array(norms))
+            traces, np.array(norms))

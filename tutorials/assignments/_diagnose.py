@@ -38,6 +38,13 @@ PROPERTY = {
     "remove_set": "W or the downdated H^-1 differs from removing the set at once (spec §3.4, Eqs. 3-4 for a set)",
     "prune_heads_fast": "the fast loop must give exactly what prune_heads gives (spec §3.4)",
     "prune_channels_fast": "the fast loop must give exactly what prune_channels gives (spec §3.4)",
+    "model_perplexity": "the perplexity differs: check the forward pass against the conventions in student.py (spec §6)",
+    "prune_llama": "the per-layer trace differs from the pipeline's: the ratios, what each layer is calibrated on, "
+                   "or what is removed with the heads and channels (spec §5.4, §6.3-6.4)",
+    "prune_heads_lazy": "the lazy form must give exactly what prune_heads gives (spec §3.4, docs/cpp.md)",
+    "prune_channels_lazy": "the lazy form must give exactly what prune_channels gives (spec §3.4, docs/cpp.md)",
+    "timing": "one factorisation must beat one inverse per head on a layer where it is several times faster "
+              "(spec §3.4, docs/cpp.md)",
 }
 
 # pattern -> (level 1: what the output shows, level 2: why, level 3: the step)

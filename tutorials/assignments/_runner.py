@@ -340,6 +340,16 @@ def main(config_path):
     return 0
 
 
+def _argument(value, data):
+    """{"array": KEY} is an array, {"arrays": {name: KEY}} a dict of arrays (a model's weights),
+    anything else (a number, a list, a model's config) is passed as it is. Fresh copies each call."""
+    if isinstance(value, dict) and set(value) == {"array"}:
+        return data[value["array"]].copy()
+    if isinstance(value, dict) and set(value) == {"arrays"}:
+        return {name: data[key].copy() for name, key in value["arrays"].items()}
+    return value
+
+
 def run_case(case, module, config, recorder, submission, np):
     op = case["operation"]
     fn = getattr(module, op, None)
@@ -353,7 +363,7 @@ def run_case(case, module, config, recorder, submission, np):
         return {"status": "missing"}
     with np.load(os.path.join(config["cases_dir"], case["file"]), allow_pickle=False) as npz:
         data = {k: npz[k] for k in npz.files}
-    args = {k: (data[v["array"]].copy() if isinstance(v, dict) else v) for k, v in case["arguments"].items()}
+    args = {k: _argument(v, data) for k, v in case["arguments"].items()}
     pos = [args.pop(k) for k in case["positional"]]
     target = None
     if case.get("probe"):
@@ -396,7 +406,7 @@ def run_case(case, module, config, recorder, submission, np):
 def _probe(case, module, data, target, recorder, names, np):
     """The same call again with the matching factorisations perturbed: probe.<output> arrays, or
     {} when the second call fails (grade.py then reports the factor as unused)."""
-    args = {k: (data[v["array"]].copy() if isinstance(v, dict) else v) for k, v in case["arguments"].items()}
+    args = {k: _argument(v, data) for k, v in case["arguments"].items()}
     pos = [args.pop(k) for k in case["positional"]]
     recorder.start(target, perturb=True)
     try:

@@ -79,6 +79,9 @@ TASKS = [
     (9, "Unit 3 questions (ANSWERS 3.x)", ["answers.q3."], 10),
     (10, "One inverse, then exact set downdates (spec §3.4)", ["remove_set", "prune_heads_fast",
                                                                "prune_channels_fast"], 30),
+    (11, "The layer-wise pipeline on a trained model (spec §6, Eq. 6)", ["model_perplexity", "prune_llama"], 30),
+    (12, "The lazy L^-1 form of the C++ core, timed (spec §3.4, docs/cpp.md)",
+     ["prune_heads_lazy", "prune_channels_lazy", "prune_heads.timing", "prune_heads_lazy.timing"], 20),
 ]
 ASSIGNMENT = [1, 2, 3, 4, 5, 6]   # what a plain `grade.py SUBMISSION` grades: 100 points
 
@@ -88,6 +91,11 @@ CHOLESKY_OPS = ("prune_columns", "prune_columns_cholesky")
 # columns the reference zeroes (removed columns, dead inputs) must be exactly zero.
 WEIGHT_OUTPUTS = ("W_new",)
 HINT_LEVELS = (0, 1, 2, 3)
+TIMED = ".timing_"              # ids of the cases whose run times are compared (units.timing_cases)
+# The lazy form's median time may be at most this times the re-inversion's: it is several times
+# faster at units.TIMING_SIZE, so only a form that re-factors per head (or worse) fails, even on a
+# loaded machine.
+TIMING_MAX_RATIO = 1.0
 units.register()
 
 CHOLESKY_HINT = ("spec §2.3: the factor of the reordered H^-1 must carry the result; a Cholesky whose "
@@ -134,8 +142,9 @@ def task_operations(tasks) -> list[str]:
 
 
 def _in_task(case_id: str, op: str, task_ops: list[str]) -> bool:
-    """A case belongs to a task by its operation, or (questions) by the prefix of its id."""
-    return any(case_id.startswith(t) if "." in t else op == t for t in task_ops)
+    """A case belongs to a task by its operation, or (questions, timing) by the prefix of its id;
+    a timing case belongs only to the task that names its prefix."""
+    return any(case_id.startswith(t) if "." in t else op == t and TIMED not in case_id for t in task_ops)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,13 +171,14 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
         work = Path(tmp) / "work"
         work.mkdir()
         if cases_dir is None:
-            cases = [c for c in oracle.build_cases() if c.operation in ops]
+            cases = [c for c in oracle.build_cases() if any(_in_task(c.id, c.operation, t) for t in chosen)]
             items = [(c.id, c.operation, oracle.SIGNATURES[c.operation], _export_args(c.args)) for c in cases]
             guard_cases, digest = [], None
         else:
             cases_dir = Path(cases_dir)
             try:
-                entries = [e for e in oracle.read_index(cases_dir)["cases"] if e["operation"] in ops]
+                entries = [e for e in oracle.read_index(cases_dir)["cases"]
+                           if any(_in_task(e["id"], e["operation"], t) for t in chosen)]
                 items = [(e["id"], e["operation"], e["positional"], _input_args(cases_dir, e)) for e in entries]
             except (oracle.OracleFormatError, KeyError, TypeError) as e:
                 raise GradingError(f"{cases_dir}: not a usable oracle export ({e})") from None
@@ -190,7 +200,7 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
             oracle.export(expected_dirs[0], cases=extra, reference=units.REFERENCE)
             if cases_dir is None:
                 expected_dirs.append(Path(tempfile.mkdtemp(dir=tmp, prefix="expected-")))
-                oracle.export(expected_dirs[-1], cases=cases)
+                oracle.export(expected_dirs[-1], cases=cases, reference=units.REFERENCE)
             else:
                 expected_dirs.append(cases_dir)
             loaded = {}
@@ -210,7 +220,7 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
         order = [t.split(".")[0] for t in task_ops]
         mine = sorted((c for c in results if _in_task(c.id, c.operation, task_ops)),
                       key=lambda c: order.index(c.operation))
-        mine += _zeros_case(number, mine, hints)
+        mine += _zeros_case(number, mine, hints) + _timing_case(number, mine, hints)
         passed = sum(c.status == oracle.PASS for c in mine)
         scores.append(TaskScore(number, title, passed, len(mine), points * passed / max(len(mine), 1), points,
                                 [c for c in mine if c.status == oracle.FAIL] if not result.load_error else [],
@@ -244,23 +254,29 @@ def copied_functions(student: Path) -> list[str]:
 
 def _export_args(args: dict) -> dict:
     """A case's arguments with arrays in the exported dtypes (int64 indices, float64 otherwise)."""
-    return {k: ((v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float64))
-                if isinstance(v, np.ndarray) else v) for k, v in args.items()}
+    def exported(v):
+        if isinstance(v, np.ndarray):
+            return v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float64)
+        if isinstance(v, dict) and v and all(isinstance(a, np.ndarray) for a in v.values()):
+            return {k: exported(a) for k, a in v.items()}   # a model's weights
+        return v
+
+    return {k: exported(v) for k, v in args.items()}
 
 
 def _input_args(cases_dir: Path, entry: dict) -> dict:
     """Only the inputs of an exported case: the `in.*` arrays its arguments name, never `out.*`."""
     args, refs = {}, {}
     for name, value in entry["arguments"].items():
-        if isinstance(value, dict):
-            if not str(value.get("array", "")).startswith("in."):
-                raise oracle.OracleFormatError(f"case {entry['id']}: argument {name} is not an in.* array")
-            refs[name] = value["array"]
-        else:
-            args[name] = value
+        keys = ([value["array"]] if isinstance(value, dict) and set(value) == {"array"} else
+                list(value["arrays"].values()) if isinstance(value, dict) and set(value) == {"arrays"} else [])
+        if any(not str(key).startswith("in.") for key in keys):
+            raise oracle.OracleFormatError(f"case {entry['id']}: argument {name} is not an in.* array")
+        (refs if keys else args)[name] = value
     arrays = oracle.read_arrays(cases_dir, entry, "in.")
     try:
-        args.update({name: arrays[key] for name, key in refs.items()})
+        args.update({name: arrays[value["array"]] if "array" in value else
+                     {k: arrays[key] for k, key in value["arrays"].items()} for name, value in refs.items()})
     except KeyError as e:
         raise oracle.OracleFormatError(f"case {entry['id']} is damaged ({e})") from None
     return args
@@ -292,6 +308,9 @@ def _write_inputs(work: Path, student: Path, items: list) -> list[str]:
             if isinstance(value, np.ndarray):
                 arrays[f"in.{name}"] = value
                 arguments[name] = {"array": f"in.{name}"}
+            elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+                arrays.update({f"in.{name}.{k}": v for k, v in value.items()})   # a model's weights
+                arguments[name] = {"arrays": {k: f"in.{name}.{k}" for k in value}}
             else:
                 arguments[name] = value
         np.savez(work / "cases" / f"{key}.npz", **arrays)
@@ -675,6 +694,27 @@ def _zeros_case(task: int, cases: list, hints: int) -> list:
         res.status, res.kind, res.hint = oracle.FAIL, "zeros", _hint_text(GradedCase("", "", "", kind="zeros"), hints)
         res.message = "\n".join([f"{c.id}: {c.zeros}" for c in bad[:3]]
                                  + ([f"... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
+    return [res]
+
+
+def _timing_case(task: int, cases: list, hints: int) -> list:
+    """One assertion per task with timed cases: the median time of the lazy form is at most
+    TIMING_MAX_RATIO times that of prune_heads, both correct on the timed layer. [] without them."""
+    timed = [c for c in cases if TIMED in c.id]
+    if not timed:
+        return []
+    res = GradedCase(f"task{task}.lazy_form_not_slower_than_reinversion", "timing", oracle.PASS)
+    if any(c.status != oracle.PASS for c in timed) or {c.operation for c in timed} != {"prune_heads", "prune_heads_lazy"}:
+        res.status, res.kind = oracle.FAIL, "output"
+        res.message = "timing: prune_heads and prune_heads_lazy must both be correct on the timed cases first"
+        return [res]
+    median = {op: float(np.median([c.seconds for c in timed if c.operation == op]))
+              for op in ("prune_heads", "prune_heads_lazy")}
+    ratio = median["prune_heads_lazy"] / max(median["prune_heads"], 1e-9)
+    if ratio > TIMING_MAX_RATIO:
+        res.status, res.kind, res.hint = oracle.FAIL, "output", _diagnose.hint("timing", None, hints)
+        res.message = (f"timing: prune_heads_lazy took {median['prune_heads_lazy']:.3f} s (median), prune_heads "
+                       f"{median['prune_heads']:.3f} s: ratio {ratio:.2f}, allowed at most {TIMING_MAX_RATIO}")
     return [res]
 
 

@@ -239,7 +239,7 @@ def ipr_for_target(n_layers, target, first=None, strategy="log"):
 
 
 # ------------------------------------------------------------------------------------------------
-# The course's units (README.md): questions, a constructed input, the fast algorithm
+# The course's units (README.md): questions, a constructed input, the pipeline, the fast algorithm
 
 # Units 1-3: each answer is a number you compute on the question's layer (README.md gives the
 # recipe); checked to 4 significant figures. Computing them here with your own functions is fine.
@@ -257,6 +257,49 @@ def gcd_counterexample():
     Returns
     -------
     (W : (d_out, d_in) float64, H : (d_in, d_in) float64, head_dim : int)
+    """
+    raise NotImplementedError
+
+
+def model_perplexity(weights, config, token_ids):
+    """Unit 3: the perplexity of a LLaMA-style model on token windows, in float64 NumPy.
+
+    Spec §6 (the LLaMA-style layers the pipeline prunes). weights: {Hugging Face parameter name: array}
+    ("model.embed_tokens.weight", "model.layers.{i}.self_attn.{q,k,v,o}_proj.weight",
+    "model.layers.{i}.{input,post_attention}_layernorm.weight", "model.layers.{i}.mlp.{gate,up,down}
+    _proj.weight", "model.norm.weight", "lm_head.weight"); config: a dict with hidden_size,
+    num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size, head_dim,
+    rope_theta, rms_norm_eps, vocab_size. The LLaMA conventions of transformers: RMSNorm with eps,
+    rotary embeddings in the rotate-half layout (pair (j, j + d/2) at frequency rope_theta^(-2j/d)),
+    causal attention scaled by 1/sqrt(head_dim), query head h reading KV head h // (heads / kv_heads),
+    a SwiGLU FFN (SiLU on gate_proj). A pruned layer has fewer heads and channels: read them off
+    the shapes (q_proj has heads * head_dim rows), never from config.
+
+    Returns
+    -------
+    ppl : float, exp of the mean next-token cross-entropy over token_ids (B, T): B * (T - 1) tokens
+    """
+    raise NotImplementedError
+
+
+def prune_llama(weights, config, token_ids, target, *, percdamp=0.01):
+    """Unit 3: prune a LLaMA-style model layer by layer, as slimgpt's pipeline does.
+
+    Paper: §3 (layer-wise pruning), Eq. (6); spec §5.4, §6.3-6.4. Model conventions as in
+    model_perplexity; token_ids (N, T) are the calibration windows (every position is a token of
+    the statistics). Layer i is pruned at ratio r_i = ipr_for_target(L, target)[i] (log, the default
+    first): round(heads * r_i) heads of o_proj (prune_heads, head_dim from config) and
+    round(intermediate_size * r_i) channels of down_proj (prune_channels), each with `percdamp`,
+    the pruned heads' rows of q/k/v_proj and the pruned channels' rows of gate/up_proj removed too.
+    Which inputs each pruning is calibrated on is the point of spec §6.3: get it right.
+
+    Returns (the trace graded against slimgpt's pipeline)
+    -------
+    (ratios : (L,) float64,
+     pruned_heads : (L, heads) int, 1 where a head was pruned,
+     pruned_channels : (L, intermediate_size) int, 1 where a channel was pruned,
+     hessian_traces : (L, 2) float64, trace of the H of o_proj's and of down_proj's inputs,
+     weight_norms : (L, 2) float64, Frobenius norms of the pruned o_proj and down_proj)
     """
     raise NotImplementedError
 
@@ -283,4 +326,20 @@ def prune_heads_fast(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compens
 
 def prune_channels_fast(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
     """Unit 4: prune_channels with one inverse and exact set downdates (spec §3.4): the same result."""
+    raise NotImplementedError
+
+
+def prune_heads_lazy(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None):
+    """Unit 4: prune_heads in the form the C++ core runs, where G = H^-1 is never formed.
+
+    Spec §3.4; docs/cpp.md, "What is actually computed": the state is M = L^-1 of the prepared H
+    and the rows of the sets removed so far; the loop reads from it only what it needs. The same
+    result as prune_heads. Timed too: on a layer where one factorisation is several times faster
+    than one inverse per head, your prune_heads_lazy must not be slower than your prune_heads.
+    """
+    raise NotImplementedError
+
+
+def prune_channels_lazy(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
+    """Unit 4: prune_channels in the lazy form of docs/cpp.md (spec §3.4): the same result."""
     raise NotImplementedError
