@@ -201,7 +201,7 @@ def prune_heads_lazy(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compens
     W, H, d, n_heads, n_prune, percdamp, groups, quota = _heads_arguments(W, H, n_prune, head_dim, percdamp,
                                                                          head_groups)
     if n_prune == 0:
-        return nothing_pruned(W, False)
+        return W, np.zeros(0, dtype=np.int64)
 
     def greedy(W, H):
         W0, G = W.copy(), LazyInverse(H)
@@ -215,14 +215,14 @@ def prune_heads_lazy(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compens
             pruned[j] = True
         return W, np.flatnonzero(pruned).astype(np.int64), 0.0
 
-    W_new, heads, _ = solve_with_damping(W, H, percdamp, greedy)
+    (W_new, heads, _), _ = solve_with_damping(W, H, percdamp, greedy)
     return W_new, heads
 
 
 def prune_channels_lazy(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True):
     W, H, n_prune, percdamp, sizes = _channels_arguments(W, H, n_prune, percdamp, group_sizes)
     if n_prune == 0:
-        return nothing_pruned(W, False)
+        return W, np.zeros(0, dtype=np.int64)
 
     def greedy(W, H):
         G = LazyInverse(H)
@@ -233,7 +233,7 @@ def prune_channels_lazy(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compen
             W, _ = G.remove(W, S, compensate)
         return W, np.flatnonzero(G.removed).astype(np.int64), 0.0
 
-    W_new, channels, _ = solve_with_damping(W, H, percdamp, greedy)
+    (W_new, channels, _), _ = solve_with_damping(W, H, percdamp, greedy)
     return W_new, channels
 """
 

@@ -342,9 +342,7 @@ def _cholesky_target(op: str, args: dict):
         def inverse(p):
             return cholesky_inverse(prepare_hessian(W, H, p)[1])
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                G = retry_with_damping(inverse, float(args.get("percdamp", 0.0)))
+            G, _ = retry_with_damping(inverse, H, float(args.get("percdamp", 0.0)), warn=False)
         except NotPositiveDefiniteError:
             return None
     return G[np.ix_(S, S)]
