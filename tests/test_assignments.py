@@ -780,3 +780,35 @@ def test_bad_command_line_input_is_one_line(tmp_path, args, expected):
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_additive_tripwire_on_the_factor_does_not_earn_the_cholesky_points(golden, tmp_path):
+    """Explicit-inverse downdates plus a term that is 0 on a real call and moves when the factor
+    is perturbed: the factor is computed and touches the output, but its values do not drive the
+    result, so the probe's output is not the one the Cholesky form predicts."""
+    wrong = _submission(tmp_path, "tripwire.py", """
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            W = np.array(W, dtype=np.float64)
+            G = np.array(Hinv, dtype=np.float64)
+            S = np.asarray(columns, dtype=np.int64)
+            K = np.setdiff1d(np.arange(W.shape[1]), S) if survivors is None else np.asarray(survivors, dtype=np.int64)
+            order = np.concatenate([S, K])
+            Gp = G[np.ix_(order, order)]
+            Wn = W.copy()
+            Wo = W[:, order].copy()
+            Gd = Gp.copy()
+            losses = []
+            for i in range(S.size):
+                losses.append(float(np.sum(Wo[:, i] ** 2) / Gd[i, i]))
+                Wo = Wo - np.outer(Wo[:, i] / Gd[i, i], Gd[i, :])
+                Gd = Gd - np.outer(Gd[:, i], Gd[i, :]) / Gd[i, i]
+            Wn[:, order] = Wo
+            U = np.linalg.cholesky(Gp)
+            Wn[:, K] += U[0, 0] - np.sqrt(Gp[0, 0])
+            Wn[:, S] = 0.0
+            return Wn, np.array(losses)
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "-v")
+    assert rc == 1 and "XX Task 2" in out, out
+    assert "FAIL prune_columns_cholesky.single\n" in out and "FAIL prune_columns.single\n" in out
+    assert "does not drive" in out

@@ -160,16 +160,16 @@ def counterexample_problem(W, H, head_dim) -> str:
 
 def build(ops) -> list[Case]:
     """The course's cases for the operations in `ops`."""
-    cases = [Case(f"answers.q{q}", "answers", {"question": q}, f"question {q}", ["question"], "float32")
+    cases = [Case(f"answers.q{q}", "answers", {"question": q}, f"question {q}", ["question", "project"], "float32")
              for q in QUESTIONS]
     cases.append(Case("gcd_counterexample.yours", "gcd_counterexample", {},
-                      "an input on which the grouped Cholesky changes the cheapest head", ["construct"]))
+                      "an input on which the grouped Cholesky changes the cheapest head", ["construct", "project"]))
     r = np.random.default_rng(90)
     X, W = calibration(r, 256, 32), weights(r, 12, 32)
     G = np.linalg.inv(hessian_of(X))
     for name, S in [("single", [7]), ("set", [30, 4, 11, 20]), ("head", list(range(8, 16)))]:
         cases.append(Case(f"remove_set.{name}", "remove_set", {"W": W, "G": G, "S": np.array(S)},
-                          "one set removed from W and downdated out of G (spec §3.4)", ["downdate"], "float64_solve"))
+                          "one set removed from W and downdated out of G (spec §3.4)", ["downdate", "project"], "float64_solve"))
     fast = [op[: -len("_fast")] for op in ops if op.endswith("_fast")]
     for c in oracle.build_cases() if fast else []:
         if c.operation in fast:
