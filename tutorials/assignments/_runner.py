@@ -22,8 +22,8 @@ arrays to out/<key>.npz (numeric arrays only, no pickles); grade.py compares the
 While prune_columns and prune_columns_cholesky run, the matrices handed to numpy.linalg.cholesky,
 scipy.linalg.cholesky and scipy.linalg.cho_factor are watched for one whose leading block is
 G[S, S] (grade.py writes that target, derived from the inputs, beside the case); the call is then
-repeated with those factorisations given a damped matrix, so that grade.py can check that the
-factor's result reaches the output (the Cholesky form of docs/spec.md §2.3), not only that a
+repeated with those factorisations given a matrix whose leading block is damped, so that grade.py
+can check that the output moved exactly as the factor's values predict (the Cholesky form of docs/spec.md §2.3), not only that a
 factorisation happened.
 
 This is a guard against re-exporting the library and against reading the answers, not a
@@ -250,8 +250,9 @@ def _recording(fn, recorder):
 
 class Recorder:
     """Watches the factorisations of one call: whether one was of a matrix whose leading block is
-    the target G[S, S] (`matched`), and, in the probe run (`perturb`), hands those a damped copy
-    (A + 0.1 mean(diag A) I) so that grade.py can see whether the factor's result reaches the output."""
+    the target G[S, S] (`matched`), and, in the probe run (`perturb`), hands those a copy whose
+    leading block is damped (+ 0.1 mean(diag G[S, S]) on its diagonal, grade.py's PROBE_DAMPING) so
+    that grade.py can check the output moved exactly as the Cholesky form predicts for that block."""
 
     def __init__(self, np):
         self.np, self.active, self.perturb, self.target, self.matched, self.seen = np, False, False, None, False, 0
@@ -280,7 +281,8 @@ class Recorder:
     def perturbed(self, a):
         np = self.np
         arr = np.array(a, dtype=np.result_type(np.asarray(a).dtype, np.float32))
-        arr[np.diag_indices_from(arr)] += 0.1 * np.mean(np.diag(arr))
+        s = self.target.shape[0]
+        arr[np.arange(s), np.arange(s)] += 0.1 * np.mean(np.diag(self.target))
         return arr
 
 

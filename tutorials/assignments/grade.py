@@ -55,6 +55,7 @@ import course_cases
 import units
 from slimgpt import oracle, reference
 from slimgpt.reference.damping import NotPositiveDefiniteError, cholesky_inverse, prepare_hessian, retry_with_damping
+from slimgpt.testing import tolerance
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_runner.py"
@@ -84,6 +85,7 @@ ASSIGNMENT = [1, 2, 3, 4, 5, 6]   # what a plain `grade.py SUBMISSION` grades: 1
 
 # Operations whose compensating cases must use the Cholesky form (spec §2.3).
 CHOLESKY_OPS = ("prune_columns", "prune_columns_cholesky")
+PROBE_DAMPING = 0.1             # the probe adds this times mean(diag G[S, S]) to that block's diagonal (_runner.py)
 # Outputs that are weights: their tolerance has a floor tied to max|W| of the input, and the
 # columns the reference zeroes (removed columns, dead inputs) must be exactly zero.
 WEIGHT_OUTPUTS = ("W_new",)
@@ -306,29 +308,50 @@ def _write_inputs(work: Path, student: Path, items: list) -> list[str]:
     return keys
 
 
-def _cholesky_target(op: str, args: dict):
-    """G[S, S] for a case that must use the Cholesky form (S = the columns in the given order), with
-    G the H^-1 the reference factors (after the dead inputs, the damping and any retry); None for a
-    case that needs no factorisation. It is derived from the inputs alone, so the worker may see it."""
+def _cholesky_problem(op: str, args: dict):
+    """(W, G, S, K) of a case that must use the Cholesky form: W after the dead inputs, G the H^-1
+    the reference factors (after the dead inputs, the damping and any retry), S the pruned columns
+    in the given order, K the survivors (None: every other column); None for a case that needs no
+    factorisation. It is derived from the inputs alone."""
     if op not in CHOLESKY_OPS or args.get("compensate", True) is False or "columns" not in args:
         return None
     S = np.asarray(args["columns"], dtype=np.int64)
     if S.size == 0:
         return None
+    W = np.asarray(args["W"], dtype=np.float64)
     if op == "prune_columns_cholesky":
-        G = np.asarray(args["Hinv"], dtype=np.float64)
-    else:
-        W, H = np.asarray(args["W"], dtype=np.float64), np.asarray(args["H"], dtype=np.float64)
+        K = args.get("survivors")
+        return W, np.asarray(args["Hinv"], dtype=np.float64), S, None if K is None else np.asarray(K, dtype=np.int64)
+    H = np.asarray(args["H"], dtype=np.float64)
 
-        def inverse(p):
-            return cholesky_inverse(prepare_hessian(W, H, p)[1])
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                G = retry_with_damping(inverse, float(args.get("percdamp", 0.0)))
-        except NotPositiveDefiniteError:
-            return None
-    return G[np.ix_(S, S)]
+    def inverse(p):
+        W_p, H_p = prepare_hessian(W, H, p)
+        return W_p, cholesky_inverse(H_p)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            W, G = retry_with_damping(inverse, float(args.get("percdamp", 0.0)))
+    except NotPositiveDefiniteError:
+        return None
+    return W, G, S, None
+
+
+def _cholesky_target(op: str, args: dict):
+    """G[S, S] (S in the given order) for a case that must use the Cholesky form, None otherwise;
+    the worker may see it (it is derived from the inputs)."""
+    problem = _cholesky_problem(op, args)
+    return None if problem is None else problem[1][np.ix_(problem[2], problem[2])]
+
+
+def _cholesky_prediction(op: str, args: dict) -> np.ndarray:
+    """The weights the Cholesky form gives when every factorisation of G[S, S] is handed
+    G[S, S] + delta I instead (what _runner.Recorder does in the probe run): the spec §2.3 formula
+    W_K - W_S (G_SS + delta I)^-1 G_SK, computed by the reference with that G. A result that
+    merely computes the factor, or adds a trace of it, does not move this way."""
+    W, G, S, K = _cholesky_problem(op, args)
+    G = G.copy()
+    G[S, S] += PROBE_DAMPING * float(np.mean(np.diag(G)[S]))
+    return reference.prune_columns_cholesky(W, G, S, survivors=K)[0]
 
 
 def _guard(cases: list[str], isolation: str) -> dict:
@@ -704,6 +727,12 @@ def _cholesky_check(entry: dict, args: dict, data: dict, rec: dict, tol: dict) -
     if not moved:
         return (f"{op} factorised G[S, S] but its result does not reach {first}: perturbing that factorisation "
                 f"left the output unchanged (a factor computed and discarded is not the Cholesky form)")
+    rtol, atol = tolerance("float64_solve", predicted := _cholesky_prediction(op, args))
+    if not np.allclose(probe, predicted, rtol=rtol, atol=atol):
+        return (f"{op} factorised G[S, S] but the factor's values do not drive {first}: handed the factor of a "
+                f"differently damped G[S, S], the output did not change as the Cholesky form predicts "
+                f"(W_K - W_S (G_SS)^-1 G_SK with that G_SS; max difference "
+                f"{float(np.max(np.abs(probe - predicted))):.3e})")
     return ""
 
 
