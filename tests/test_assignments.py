@@ -812,3 +812,22 @@ def test_additive_tripwire_on_the_factor_does_not_earn_the_cholesky_points(golde
     assert rc == 1 and "XX Task 2" in out, out
     assert "FAIL prune_columns_cholesky.single\n" in out and "FAIL prune_columns.single\n" in out
     assert "values do not drive W_new" in out
+
+
+def test_no_question_answer_is_printed_in_the_docs():
+    """Each question's number must be computed: none of them appears, at 4 to 6 significant figures,
+    in docs/, the README or tutorials/ (a table or an "at a glance" line would give it away)."""
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import units
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    files = [ROOT / "README.md"] + [p for d in ("docs", "tutorials") for p in (ROOT / d).rglob("*")
+                                    if p.suffix in (".md", ".py", ".txt", ".json", ".html")]
+    text = "\n".join(p.read_text(errors="ignore") for p in files)
+    for q, f in units.QUESTIONS.items():
+        value = float(f())
+        assert value != round(value), f"question {q}: an integer answer is a lookup or plain arithmetic"
+        for digits in (4, 5, 6):
+            shown = f"{value:.{digits}g}"
+            assert not re.search(rf"(?<![\d.]){re.escape(shown)}", text), f"question {q}: {shown} is printed"
