@@ -831,3 +831,35 @@ def test_no_question_answer_is_printed_in_the_docs():
         for digits in (4, 5, 6):
             shown = f"{value:.{digits}g}"
             assert not re.search(rf"(?<![\d.]){re.escape(shown)}", text), f"question {q}: {shown} is printed"
+
+
+def test_an_error_at_import_says_it_scored_0_and_points_to_answers(golden, tmp_path):
+    """ANSWERS computed at import with one bug: nothing loads, and the message says why it is 0
+    (an error at import, not only a loop) and where the numbers belong (answers())."""
+    path = _submission(tmp_path, "eager.py", """
+        ANSWERS = {"1.1": float(prune_columns(np.eye(3), np.eye(3), [7])[0, 0])}   # a bug: column 7 of 3
+    """)
+    rc, out = _grade(path, golden, "--task", "1")
+    assert rc == 1 and "cannot load the submission: ValueError" in out, out
+    assert "an error while importing scores 0 on every task" in out and "answers()" in out
+
+
+def test_answers_function_is_called_lazily_and_its_error_stays_local():
+    """answers() is called once, when the first question runs; its error is re-raised for each
+    question rather than failing the import; the ANSWERS dict of earlier terms still works."""
+    import types
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import _runner
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    calls = []
+    good = types.SimpleNamespace(answers=lambda: calls.append(1) or {"1.1": 2.5})
+    assert _runner._answers(good, {}) == {"1.1": 2.5}
+    cache = {}
+    bad = types.SimpleNamespace(answers=lambda: calls.append(1) or 1 / 0)
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            _runner._answers(bad, cache)
+    assert len(calls) == 2  # once per module, however many questions
+    assert _runner._answers(types.SimpleNamespace(ANSWERS={"3.1": 0.5}), {}) == {"3.1": 0.5}

@@ -345,8 +345,11 @@ def main(config_path):
 def run_case(case, module, config, recorder, submission, np):
     op = case["operation"]
     fn = getattr(module, op, None)
-    if op == "answers":  # a question: the number in the submission's ANSWERS
-        answers = getattr(module, "ANSWERS", None)
+    if op == "answers":  # a question: the number in the submission's answers() (or ANSWERS)
+        try:
+            answers = _answers(module)
+        except BaseException as exc:  # noqa: BLE001 - fails the questions only
+            return {"status": "error", "error": _error(exc, submission), "seconds": 0.0, "warnings": []}
         question = case["arguments"].get("question")
         if not isinstance(answers, dict) or answers.get(question) is None:
             return {"status": "missing"}
@@ -393,6 +396,21 @@ def run_case(case, module, config, recorder, submission, np):
         arrays.update(_probe(case, module, data, target, recorder, names, np))
     np.savez(os.path.join(config["outputs_dir"], case["key"] + ".npz"), **arrays)
     return out
+
+
+def _answers(module, _cache={}):
+    """The submission's answers: answers() called once, when the first question is graded (so an
+    error in it fails the questions, not the whole submission), or the ANSWERS dict of earlier terms."""
+    if "result" not in _cache:
+        fn = getattr(module, "answers", None)
+        try:
+            _cache["result"] = (fn() if callable(fn) else getattr(module, "ANSWERS", None)), None
+        except BaseException as exc:  # noqa: BLE001 - re-raised for every question
+            _cache["result"] = None, exc
+    answers, exc = _cache["result"]
+    if exc is not None:
+        raise exc
+    return answers
 
 
 def _probe(case, module, data, target, recorder, names, np):

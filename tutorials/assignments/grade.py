@@ -412,12 +412,15 @@ def _run_worker(work: Path, submission: Path, keys: list[str], timeout: float, g
             elif e.get("event") == "load_error" and isinstance(e.get("error"), dict):
                 err = e["error"]
                 load_error = (f"cannot load the submission: {err.get('type')}: {err.get('message')}"
-                              + (f" (at {err['where']})" if err.get("where") else ""))
+                              + (f" (at {err['where']})" if err.get("where") else "")
+                              + "; an error while importing scores 0 on every task: compute the questions' "
+                                "numbers in answers(), which the grader calls when it grades them")
         if load_error or outcome == "finished":
             break
         if not loaded:
             load_error = ("importing the submission took longer than the time limit "
-                          f"({timeout:g} s): an endless loop at module level?" if outcome == "timeout" else
+                          f"({timeout:g} s): an endless loop or a long computation at module level (compute the questions' "
+                          "numbers in answers(), not at import)?" if outcome == "timeout" else
                           f"the worker process ended while importing the submission ({outcome}): "
                           "sys.exit/os._exit/a crash at import time; nothing could be graded")
             break
