@@ -212,7 +212,7 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
         order = [t.split(".")[0] for t in task_ops]
         mine = sorted((c for c in results if _in_task(c.id, c.operation, task_ops)),
                       key=lambda c: order.index(c.operation))
-        mine += _zeros_case(number, mine, hints)
+        mine += _zeros_cases(mine, hints)
         passed = sum(c.status == oracle.PASS for c in mine)
         scores.append(TaskScore(number, title, passed, len(mine), points * passed / max(len(mine), 1), points,
                                 [c for c in mine if c.status == oracle.FAIL] if not result.load_error else [],
@@ -689,19 +689,23 @@ def _zeros_check(name: str, got: np.ndarray, expected: np.ndarray) -> str:
             f"max |{name}| there is {float(np.max(np.abs(got[:, bad]))):.3e}")
 
 
-def _zeros_case(task: int, cases: list, hints: int) -> list:
-    """One assertion per task with weight outputs: every removed column (and dead input) is exactly
-    zero, in every case whose values passed. [] when the task has no such case."""
+def _zeros_cases(cases: list, hints: int) -> list:
+    """One assertion per function with weight outputs: every removed column (and dead input) is
+    exactly zero, in every case of it whose values passed; one FAIL line per function, so the
+    report's count of failures is the number of lines under it."""
     weighty = [c for c in cases if c.status == oracle.PASS and oracle.OUTPUTS[c.operation][0][0] in WEIGHT_OUTPUTS]
-    if not weighty:
-        return []
-    res = GradedCase(f"task{task}.removed_columns_exactly_zero", weighty[0].operation, oracle.PASS)
-    bad = [c for c in weighty if c.zeros]
-    if bad:
-        res.status, res.kind, res.hint = oracle.FAIL, "zeros", _hint_text(GradedCase("", "", "", kind="zeros"), hints)
-        res.message = "\n".join([f"{c.id}: {c.zeros}" for c in bad[:3]]
-                                 + ([f"... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
-    return [res]
+    results = []
+    for op in dict.fromkeys(c.operation for c in weighty):
+        mine = [c for c in weighty if c.operation == op]
+        res = GradedCase(f"{op}.removed_columns_exactly_zero", op, oracle.PASS)
+        bad = [c for c in mine if c.zeros]
+        if bad:
+            res.status, res.kind, res.hint = oracle.FAIL, "zeros", _hint_text(GradedCase("", "", "", kind="zeros"), hints)
+            res.message = "\n".join([f"in {len(bad)} of its {len(mine)} cases:"]
+                                     + [f"  {c.id}: {c.zeros}" for c in bad[:3]]
+                                     + ([f"  ... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
+        results.append(res)
+    return results
 
 
 def _short_list(values: list, n: int = 8) -> str:
