@@ -868,3 +868,39 @@ def test_answers_function_is_called_lazily_and_its_error_stays_local():
             _runner._answers(bad, cache)
     assert len(calls) == 2  # once per module, however many questions
     assert _runner._answers(types.SimpleNamespace(ANSWERS={"3.1": 0.5}), {}) == {"3.1": 0.5}
+
+
+def test_hints_name_the_lower_factor_and_no_false_off_by_one(golden, tmp_path):
+    """U = L (the lower factor where the upper belongs) leaves the survivors uncompensated: the hint
+    names the lower factor too. A DGS recurrence with a wrong divisor is not called an off-by-one."""
+    lower = _submission(tmp_path, "lower.py", """
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            W = np.array(W, dtype=np.float64)
+            G = np.asarray(Hinv, dtype=np.float64)
+            S = np.asarray(columns, dtype=np.int64)
+            K = np.setdiff1d(np.arange(W.shape[1]), S) if survivors is None else np.asarray(survivors, dtype=np.int64)
+            order = np.concatenate([S, K])
+            U = np.linalg.cholesky(G[np.ix_(order, order)])   # the mistake: L, not L^T
+            E = np.zeros((W.shape[0], S.size))
+            for i in range(S.size):
+                E[:, i] = W[:, S[i]] / U[i, i]
+                W[:, S[i:]] -= np.outer(E[:, i], U[i, i:S.size])
+            W[:, K] -= E @ U[:S.size, S.size:]
+            W[:, S] = 0.0
+            return W, np.sum(E ** 2, axis=0)
+    """)
+    divisor = _submission(tmp_path, "divisor.py", """
+        def dgs_group_sizes(n_prune):
+            sizes, b, left = [], (n_prune - 512) // 3, n_prune     # the mistake: // 3
+            while left > 0:
+                g = min(left, max(b, 64), 1024)
+                sizes.append(g)
+                left -= g
+                b = (b - 512) // 3
+            return sizes
+    """)
+    (rc1, out1), (rc2, out2) = _grade_many([(lower, golden, "--task", "2", "-v", "--hints", "1"),
+                                            (divisor, golden, "--task", "5", "-v", "--hints", "1")])
+    assert rc1 == 1 and "the lower Cholesky factor L used where the upper factor U belongs" in out1, out1
+    assert rc2 == 1 and "FAIL dgs_group_sizes" in out2, out2
+    assert "off-by-one" not in out2 and "differ from the schedule" in out2
