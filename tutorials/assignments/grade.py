@@ -635,6 +635,8 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
                    "figures" if got[name].size == 1 else "give one number")
         elif not ok and "hidden" in entry.get("tags", []):
             msg = f"{name}: differs from the expected value (a hidden case: its values are not shown)"
+        elif not ok and o["compare"] in ("index_set", "exact"):
+            msg = _difference(name, o["compare"], got[name], expected[name]) or msg
         if not ok:
             output_msgs.append(msg)
         elif name in WEIGHT_OUTPUTS:
@@ -706,6 +708,25 @@ def _zeros_cases(cases: list, hints: int) -> list:
                                      + ([f"  ... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
         results.append(res)
     return results
+
+
+def _difference(name: str, compare: str, got, expected: np.ndarray) -> str:
+    """How discrete outputs differ, without the expected list itself: the missing and unexpected
+    indices of a set, the first differing position of a list. '' when the oracle's own message
+    (a shape, duplicates, a conversion) says it better."""
+    try:
+        a = np.asarray(got).astype(np.int64).ravel().tolist()
+    except (TypeError, ValueError):
+        return ""
+    e = expected.astype(np.int64).ravel().tolist()
+    if compare == "index_set":
+        if expected.ndim != 1 or len(set(a)) != len(a):
+            return ""
+        missing, extra = sorted(set(e) - set(a)), sorted(set(a) - set(e))
+        return f"{name}: {len(missing)} index(es) missing from yours: {_short_list(missing)}; unexpected: {_short_list(extra)}"
+    k = next((i for i, (x, y) in enumerate(zip(a, e)) if x != y), min(len(a), len(e)))
+    return (f"{name}: yours differs from position {k} on (yours there: {a[k] if k < len(a) else 'nothing'}; "
+            f"yours has {len(a)} entries, the expected {len(e)})")
 
 
 def _short_list(values: list, n: int = 8) -> str:
