@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slimgpt import oracle
@@ -773,6 +774,7 @@ def test_gradescope_output_lists_failures_per_task(golden, tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     pytest.param(["no_such_file.py"], "no_such_file.py: no such file", id="missing_file"),
+    pytest.param(["."], ".: is a directory (give the path to your .py file)", id="directory"),
     pytest.param([str(SKELETON), "--cases", "."], "not a usable oracle export", id="not_an_export"),
     pytest.param([str(SKELETON), "--cases", "no_such_dir"], "no_such_dir: no such directory", id="missing_dir"),
     pytest.param([str(SKELETON), "--task", "11"], "no task [11]", id="unknown_task"),
@@ -907,3 +909,27 @@ def test_hints_name_the_lower_factor_and_no_false_off_by_one(golden, tmp_path):
     assert rc2 == 1 and "FAIL dgs_group_sizes" in out2, out2
     assert "off-by-one" not in out2 and "differ from the schedule" in out2
     assert "group_sizes: yours differs from position 0 on (yours there: " in out2 and "expected [" not in out2
+
+
+def test_messages_name_the_submissions_own_mistake(golden, tmp_path):
+    """A syntax error points at the student's file and line (not importlib's frame); a call that
+    runs out of time says it exceeded the limit, possibly by returning a very large result; NaN in
+    a constructed input is the submission's, not a malformed report."""
+    broken = tmp_path / "syntax.py"
+    broken.write_text("import numpy as np\n\ndef hessian(X)\n    return X\n")
+    slow = _submission(tmp_path, "slow.py", """
+        def hessian(X):
+            import time
+            time.sleep(30)   # as long as handing back a result of many GB
+    """)
+    (rc1, out1), (rc2, out2) = _grade_many([(broken, golden, "--task", "1"),
+                                            (slow, golden, "--task", "1", "--timeout", "2")])
+    assert rc1 == 1 and "SyntaxError" in out1 and "(at syntax.py:3)" in out1 and "frozen" not in out1, out1
+    assert "exceeded the time limit" in out2 and "very large result" in out2 and "endless loop?)" not in out2, out2
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import units
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    W = np.full((4, 8), np.nan)
+    assert units.counterexample_problem(W, np.eye(8), 4) == "your W contains NaN or Inf: build finite inputs"

@@ -92,10 +92,13 @@ def _error(exc, submission_file):
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [f for f in frames if os.path.realpath(f.filename) == submission_file]
     where = (mine or frames or [None])[-1]
+    where = f"{os.path.basename(where.filename)}:{where.lineno}" if where else ""
+    if isinstance(exc, SyntaxError) and exc.filename:  # raised by the compiler: the line is in the exception
+        where = f"{os.path.basename(exc.filename)}:{exc.lineno}"
     return {"type": type(exc).__name__,
             "mro": [c.__name__ for c in type(exc).__mro__],
-            "message": _text(exc),
-            "where": f"{os.path.basename(where.filename)}:{where.lineno}" if where else ""}
+            "message": _text(exc.msg if isinstance(exc, SyntaxError) and exc.msg else exc),
+            "where": where}
 
 
 def _numeric(name, value, np):

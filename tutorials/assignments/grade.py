@@ -150,6 +150,8 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
 
     isolation: "auto" (namespaces where this machine has them, see _sandbox.py) or "audit"."""
     student = Path(student)
+    if student.is_dir():
+        raise GradingError(f"{student}: is a directory (give the path to your .py file)")
     if not student.is_file():
         raise GradingError(f"{student}: no such file (give the path to your .py file)")
     if student.suffix != ".py":
@@ -427,8 +429,8 @@ def _run_worker(work: Path, submission: Path, keys: list[str], timeout: float, g
         if current is not None:
             op = index[current]["operation"]
             if outcome == "timeout":
-                problems[current] = (f"timed out after {timeout:g} s (an endless loop?); the other cases of "
-                                     f"{op} were not run")
+                problems[current] = (f"timed out after {timeout:g} s: the call exceeded the time limit (an endless "
+                                     f"loop, or a very large result to hand back?); the other cases of {op} were not run")
                 for k in todo:
                     if k not in done and k != current and index[k]["operation"] == op:
                         problems[k] = f"not run: {op} timed out on an earlier case"

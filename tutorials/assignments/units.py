@@ -144,6 +144,8 @@ def counterexample_problem(W, H, head_dim) -> str:
     d = int(np.asarray(head_dim).ravel()[0]) if np.size(head_dim) else 0
     if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]) or d < 2 or W.shape[1] % d or W.shape[1] // d < 2:
         return "return (W (d_out, d_in), H (d_in, d_in), head_dim >= 2 dividing d_in into at least 2 heads)"
+    if not (np.all(np.isfinite(W)) and np.all(np.isfinite(H))):
+        return f"your {'W' if not np.all(np.isfinite(W)) else 'H'} contains NaN or Inf: build finite inputs"
     if not np.allclose(H, H.T) or np.linalg.eigvalsh(H).min() <= 1e-8 * np.abs(H).max():
         return "H must be symmetric positive definite"
     G = np.linalg.inv(H)
