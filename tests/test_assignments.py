@@ -933,3 +933,21 @@ def test_messages_name_the_submissions_own_mistake(golden, tmp_path):
         sys.path.remove(str(ASSIGNMENTS))
     W = np.full((4, 8), np.nan)
     assert units.counterexample_problem(W, np.eye(8), 4) == "your W contains NaN or Inf: build finite inputs"
+
+
+@pytest.mark.parametrize("answer", [np.array([1.0]), np.array([[1.0]]), np.array([1.0, 2.0])],
+                         ids=["1d", "2d", "two"])
+def test_an_array_answer_gets_one_message(tmp_path, answer):
+    """However the array is shaped, a wrong answer given as an array says: give one number."""
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import grade
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    (tmp_path / "out").mkdir()
+    np.savez(tmp_path / "out" / "k.npz", **{"out.value": answer})
+    entry = {"id": "answers.q1.1", "operation": "answers", "tags": [],
+             "outputs": [{"name": "value", "compare": "float", "tolerances": {"float64": {"rtol": 1e-4, "atol": 0.0}}}]}
+    worker = {"problems": {}, "done": {"k": {"status": "returned"}}}
+    res = grade._judge(entry, {"question": "1.1"}, {"value": np.array(7.5)}, worker, "k", tmp_path)
+    assert res.status == oracle.FAIL and res.message == "give one number (a Python float), not an array"

@@ -633,8 +633,8 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
         tol = _tolerance(name, o, args, expected[name])
         ok, msg, ea, er = oracle.compare_output(name, o["compare"], got[name], expected[name], tol)
         if not ok and op == "answers":  # the message would print the answer
-            msg = (f"your answer {np.ravel(got[name])[:1].tolist()} is not the question's number to 4 significant "
-                   "figures" if got[name].size == 1 else "give one number")
+            msg = (f"your answer {float(got[name])!r} is not the question's number to 4 significant figures"
+                   if got[name].ndim == 0 else "give one number (a Python float), not an array")
         elif not ok and "hidden" in entry.get("tags", []):
             msg = f"{name}: differs from the expected value (a hidden case: its values are not shown)"
         elif not ok and o["compare"] in ("index_set", "exact"):
