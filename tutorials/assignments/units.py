@@ -166,7 +166,7 @@ def build(ops) -> list[Case]:
     cases = [Case(f"answers.q{q}", "answers", {"question": q}, f"question {q}", ["question", "project"], "float32")
              for q in QUESTIONS]
     cases.append(Case("gcd_counterexample.yours", "gcd_counterexample", {},
-                      "an input on which the grouped Cholesky changes the cheapest head", ["construct", "project"]))
+                      "an input on which the grouped Cholesky changes the cheapest head", ["construct", "paper"]))
     r = np.random.default_rng(90)
     X, W = calibration(r, 256, 32), weights(r, 12, 32)
     G = np.linalg.inv(hessian_of(X))
