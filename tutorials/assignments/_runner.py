@@ -23,8 +23,8 @@ While prune_columns and prune_columns_cholesky run, the matrices handed to numpy
 scipy.linalg.cholesky and scipy.linalg.cho_factor are watched for one whose leading block is
 G[S, S] (grade.py writes that target, derived from the inputs, beside the case); the call is then
 repeated with those factorisations given a matrix whose leading block is damped, so that grade.py
-can check that the output moved exactly as the factor's values predict (the Cholesky form of docs/spec.md §2.3), not only that a
-factorisation happened.
+can check that the output moved exactly as the factor's values predict (the Cholesky form of
+docs/spec.md §2.3), not only that a factorisation happened.
 
 This is a guard against re-exporting the library and against reading the answers, not a
 security sandbox: code that sets out to defeat this very script (rewriting the modules it

@@ -421,16 +421,17 @@ def _run_worker(work: Path, submission: Path, keys: list[str], timeout: float, g
             break
         if not loaded:
             load_error = ("importing the submission took longer than the time limit "
-                          f"({timeout:g} s): an endless loop or a long computation at module level (compute the questions' "
-                          "numbers in answers(), not at import)?" if outcome == "timeout" else
+                          f"({timeout:g} s): an endless loop or a long computation at module level (compute "
+                          "the questions' numbers in answers(), not at import)?" if outcome == "timeout" else
                           f"the worker process ended while importing the submission ({outcome}): "
                           "sys.exit/os._exit/a crash at import time; nothing could be graded")
             break
         if current is not None:
             op = index[current]["operation"]
             if outcome == "timeout":
-                problems[current] = (f"timed out after {timeout:g} s: the call exceeded the time limit (an endless "
-                                     f"loop, or a very large result to hand back?); the other cases of {op} were not run")
+                problems[current] = (f"timed out after {timeout:g} s: the call exceeded the time limit (an "
+                                     "endless loop, or a very large result to hand back?); the other cases of "
+                                     f"{op} were not run")
                 for k in todo:
                     if k not in done and k != current and index[k]["operation"] == op:
                         problems[k] = f"not run: {op} timed out on an earlier case"
@@ -704,7 +705,8 @@ def _zeros_cases(cases: list, hints: int) -> list:
         res = GradedCase(f"{op}.removed_columns_exactly_zero", op, oracle.PASS)
         bad = [c for c in mine if c.zeros]
         if bad:
-            res.status, res.kind, res.hint = oracle.FAIL, "zeros", _hint_text(GradedCase("", "", "", kind="zeros"), hints)
+            res.status, res.kind = oracle.FAIL, "zeros"
+            res.hint = _hint_text(GradedCase("", "", "", kind="zeros"), hints)
             res.message = "\n".join([f"in {len(bad)} of its {len(mine)} cases:"]
                                      + [f"  {c.id}: {c.zeros}" for c in bad[:3]]
                                      + ([f"  ... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
@@ -725,7 +727,8 @@ def _difference(name: str, compare: str, got, expected: np.ndarray) -> str:
         if expected.ndim != 1 or len(set(a)) != len(a):
             return ""
         missing, extra = sorted(set(e) - set(a)), sorted(set(a) - set(e))
-        return f"{name}: {len(missing)} index(es) missing from yours: {_short_list(missing)}; unexpected: {_short_list(extra)}"
+        return (f"{name}: {len(missing)} index(es) missing from yours: {_short_list(missing)}; "
+                f"unexpected: {_short_list(extra)}")
     k = next((i for i, (x, y) in enumerate(zip(a, e)) if x != y), min(len(a), len(e)))
     return (f"{name}: yours differs from position {k} on (yours there: {a[k] if k < len(a) else 'nothing'}; "
             f"yours has {len(a)} entries, the expected {len(e)})")
