@@ -456,7 +456,9 @@ def test_summed_single_column_errors_fail_task_3_with_a_hint(golden, tmp_path):
     # one line for the three cases that show the same mistake, diagnosed from the output
     assert "FAIL head_errors: 4 cases show the same problem (basic, one_head, correlated_head, six_heads_of_12)" in out
     assert "hint: your head errors are the single-column errors summed over each head" in out
-    assert "pruned_heads: expected indices [5, 6], got [3, 6]" in out
+    # the difference, not the expected list
+    assert "pruned_heads: 1 index(es) missing from yours: [5]; unexpected: [3]" in out
+    assert "expected indices" not in out
     assert "hint: your heads are the ones the summed single-column errors choose" in out
     assert "Eq. 3 downdate" not in out  # level 1 says what the output shows, not why
 
@@ -645,10 +647,15 @@ def test_rounding_in_removed_columns_is_its_own_failure(golden, tmp_path):
     rc, out = _grade(wrong, golden, "--task", "2", "--task", "4", "-v")
     assert rc == 1
     assert "must be exactly 0; max |W_new| there is 1.000e-16" in out
-    assert "FAIL task2.removed_columns_exactly_zero" in out and "FAIL task4.removed_columns_exactly_zero" in out
+    assert "FAIL prune_columns_cholesky.removed_columns_exactly_zero" in out
+    assert "FAIL prune_heads.removed_columns_exactly_zero" in out
     assert "prune_heads.all: W_new: column(s) [0, 1, 2, 3, 4, 5, 6, 7, ... (64 in all)] are removed" in out
     assert "out of tolerance" not in out and "allowed there 0.000e+00" not in out
-    assert "22/23  cases   19.1/20 points" in out  # one assertion, not every case
+    assert "22/23  cases   19.1/20 points" in out  # one assertion per function, not every case
+    # the header's failures are the FAIL lines listed under it: one per function
+    for block in re.split(r"\n(?=XX )", out.split("\n\nscore")[0])[1:]:
+        passed, total = map(int, re.search(r"(\d+)/(\d+)  cases", block).groups())
+        assert block.count("FAIL ") == total - passed == 1 + block.startswith("XX Task 2"), block
 
 
 # ------------------------------------------------------------------------------------------------
@@ -967,6 +974,7 @@ def test_gradescope_output_lists_failures_per_task(golden, tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     pytest.param(["no_such_file.py"], "no_such_file.py: no such file", id="missing_file"),
+    pytest.param(["."], ".: is a directory (give the path to your .py file)", id="directory"),
     pytest.param([str(SKELETON), "--cases", "."], "not a usable oracle export", id="not_an_export"),
     pytest.param([str(SKELETON), "--cases", "no_such_dir"], "no_such_dir: no such directory", id="missing_dir"),
     pytest.param([str(SKELETON), "--task", "13"], "no task [13]", id="unknown_task"),
@@ -981,3 +989,165 @@ def test_bad_command_line_input_is_one_line(tmp_path, args, expected):
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_additive_tripwire_on_the_factor_does_not_earn_the_cholesky_points(golden, tmp_path):
+    """Explicit-inverse downdates plus a term that is 0 on a real call and moves when the factor
+    is perturbed: the factor is computed and touches the output, but its values do not drive the
+    result, so the probe's output is not the one the Cholesky form predicts."""
+    wrong = _submission(tmp_path, "tripwire.py", """
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            W = np.array(W, dtype=np.float64)
+            G = np.array(Hinv, dtype=np.float64)
+            S = np.asarray(columns, dtype=np.int64)
+            K = np.setdiff1d(np.arange(W.shape[1]), S) if survivors is None else np.asarray(survivors, dtype=np.int64)
+            order = np.concatenate([S, K])
+            Gp = G[np.ix_(order, order)]
+            Wn = W.copy()
+            Wo = W[:, order].copy()
+            Gd = Gp.copy()
+            losses = []
+            for i in range(S.size):
+                losses.append(float(np.sum(Wo[:, i] ** 2) / Gd[i, i]))
+                Wo = Wo - np.outer(Wo[:, i] / Gd[i, i], Gd[i, :])
+                Gd = Gd - np.outer(Gd[:, i], Gd[i, :]) / Gd[i, i]
+            Wn[:, order] = Wo
+            U = np.linalg.cholesky(Gp)
+            Wn[:, K] += U[0, 0] - np.sqrt(Gp[0, 0])
+            Wn[:, S] = 0.0
+            return Wn, np.array(losses)
+    """)
+    rc, out = _grade(wrong, golden, "--task", "2", "-v")
+    assert rc == 1 and "XX Task 2" in out, out
+    assert "FAIL prune_columns_cholesky.single\n" in out and "FAIL prune_columns.single\n" in out
+    assert "values do not drive W_new" in out
+
+
+def test_no_question_answer_is_printed_in_the_docs():
+    """Each question's number must be computed: none of them appears, at 4 to 6 significant figures,
+    in docs/, the README or tutorials/ (a table or an "at a glance" line would give it away)."""
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import units
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    files = [ROOT / "README.md"] + [p for d in ("docs", "tutorials") for p in (ROOT / d).rglob("*")
+                                    if p.suffix in (".md", ".py", ".txt", ".json", ".html")]
+    text = "\n".join(p.read_text(errors="ignore") for p in files)
+    for q, f in units.QUESTIONS.items():
+        value = float(f())
+        assert value != round(value), f"question {q}: an integer answer is a lookup or plain arithmetic"
+        for digits in (4, 5, 6):
+            shown = f"{value:.{digits}g}"
+            assert not re.search(rf"(?<![\d.]){re.escape(shown)}", text), f"question {q}: {shown} is printed"
+
+
+def test_an_error_at_import_says_it_scored_0_and_points_to_answers(golden, tmp_path):
+    """ANSWERS computed at import with one bug: nothing loads, and the message says why it is 0
+    (an error at import, not only a loop) and where the numbers belong (answers())."""
+    path = _submission(tmp_path, "eager.py", """
+        ANSWERS = {"1.1": float(prune_columns(np.eye(3), np.eye(3), [7])[0, 0])}   # a bug: column 7 of 3
+    """)
+    rc, out = _grade(path, golden, "--task", "1")
+    assert rc == 1 and "cannot load the submission: ValueError" in out, out
+    assert "an error while importing scores 0 on every task" in out and "answers()" in out
+
+
+def test_answers_function_is_called_lazily_and_its_error_stays_local():
+    """answers() is called once, when the first question runs; its error is re-raised for each
+    question rather than failing the import; the ANSWERS dict of earlier terms still works."""
+    import types
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import _runner
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    calls = []
+    good = types.SimpleNamespace(answers=lambda: calls.append(1) or {"1.1": 2.5})
+    assert _runner._answers(good, {}) == {"1.1": 2.5}
+    cache = {}
+    bad = types.SimpleNamespace(answers=lambda: calls.append(1) or 1 / 0)
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            _runner._answers(bad, cache)
+    assert len(calls) == 2  # once per module, however many questions
+    assert _runner._answers(types.SimpleNamespace(ANSWERS={"3.1": 0.5}), {}) == {"3.1": 0.5}
+
+
+def test_hints_name_the_lower_factor_and_no_false_off_by_one(golden, tmp_path):
+    """U = L (the lower factor where the upper belongs) leaves the survivors uncompensated: the hint
+    names the lower factor too. A DGS recurrence with a wrong divisor is not called an off-by-one."""
+    lower = _submission(tmp_path, "lower.py", """
+        def prune_columns_cholesky(W, Hinv, columns, *, survivors=None):
+            W = np.array(W, dtype=np.float64)
+            G = np.asarray(Hinv, dtype=np.float64)
+            S = np.asarray(columns, dtype=np.int64)
+            K = np.setdiff1d(np.arange(W.shape[1]), S) if survivors is None else np.asarray(survivors, dtype=np.int64)
+            order = np.concatenate([S, K])
+            U = np.linalg.cholesky(G[np.ix_(order, order)])   # the mistake: L, not L^T
+            E = np.zeros((W.shape[0], S.size))
+            for i in range(S.size):
+                E[:, i] = W[:, S[i]] / U[i, i]
+                W[:, S[i:]] -= np.outer(E[:, i], U[i, i:S.size])
+            W[:, K] -= E @ U[:S.size, S.size:]
+            W[:, S] = 0.0
+            return W, np.sum(E ** 2, axis=0)
+    """)
+    divisor = _submission(tmp_path, "divisor.py", """
+        def dgs_group_sizes(n_prune):
+            sizes, b, left = [], (n_prune - 512) // 3, n_prune     # the mistake: // 3
+            while left > 0:
+                g = min(left, max(b, 64), 1024)
+                sizes.append(g)
+                left -= g
+                b = (b - 512) // 3
+            return sizes
+    """)
+    (rc1, out1), (rc2, out2) = _grade_many([(lower, golden, "--task", "2", "-v", "--hints", "1"),
+                                            (divisor, golden, "--task", "5", "-v", "--hints", "1")])
+    assert rc1 == 1 and "the lower Cholesky factor L used where the upper factor U belongs" in out1, out1
+    assert rc2 == 1 and "FAIL dgs_group_sizes" in out2, out2
+    assert "off-by-one" not in out2 and "differ from the schedule" in out2
+    assert "group_sizes: yours differs from position 0 on (yours there: " in out2 and "expected [" not in out2
+
+
+def test_messages_name_the_submissions_own_mistake(golden, tmp_path):
+    """A syntax error points at the student's file and line (not importlib's frame); a call that
+    runs out of time says it exceeded the limit, possibly by returning a very large result; NaN in
+    a constructed input is the submission's, not a malformed report."""
+    broken = tmp_path / "syntax.py"
+    broken.write_text("import numpy as np\n\ndef hessian(X)\n    return X\n")
+    slow = _submission(tmp_path, "slow.py", """
+        def hessian(X):
+            import time
+            time.sleep(30)   # as long as handing back a result of many GB
+    """)
+    (rc1, out1), (rc2, out2) = _grade_many([(broken, golden, "--task", "1"),
+                                            (slow, golden, "--task", "1", "--timeout", "2")])
+    assert rc1 == 1 and "SyntaxError" in out1 and "(at syntax.py:3)" in out1 and "frozen" not in out1, out1
+    assert "exceeded the time limit" in out2 and "very large result" in out2 and "endless loop?)" not in out2, out2
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import units
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    W = np.full((4, 8), np.nan)
+    assert units.counterexample_problem(W, np.eye(8), 4) == "your W contains NaN or Inf: build finite inputs"
+
+
+@pytest.mark.parametrize("answer", [np.array([1.0]), np.array([[1.0]]), np.array([1.0, 2.0])],
+                         ids=["1d", "2d", "two"])
+def test_an_array_answer_gets_one_message(tmp_path, answer):
+    """However the array is shaped, a wrong answer given as an array says: give one number."""
+    sys.path.insert(0, str(ASSIGNMENTS))
+    try:
+        import grade
+    finally:
+        sys.path.remove(str(ASSIGNMENTS))
+    (tmp_path / "out").mkdir()
+    np.savez(tmp_path / "out" / "k.npz", **{"out.value": answer})
+    entry = {"id": "answers.q1.1", "operation": "answers", "tags": [],
+             "outputs": [{"name": "value", "compare": "float", "tolerances": {"float64": {"rtol": 1e-4, "atol": 0.0}}}]}
+    worker = {"problems": {}, "done": {"k": {"status": "returned"}}}
+    res = grade._judge(entry, {"question": "1.1"}, {"value": np.array(7.5)}, worker, "k", tmp_path)
+    assert res.status == oracle.FAIL and res.message == "give one number (a Python float), not an array"

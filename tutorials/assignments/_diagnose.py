@@ -67,6 +67,12 @@ PATTERNS = {
     "uncompensated": ("your survivors are the input columns unchanged: nothing was compensated",
                       "OBS moves the removed columns' contribution onto the survivors through H^-1",
                       "W_K - W_S (G_SS)^-1 G_SK, or the Cholesky form of spec §2.3"),
+    "uncompensated_or_lower": ("your survivors are the input columns unchanged: nothing was compensated; the lower "
+                               "Cholesky factor L used where the upper factor U belongs gives exactly this (L is 0 "
+                               "right of its diagonal, so every update vanishes)",
+                               "np.linalg.cholesky returns L with A = L L^T; spec §2.3 writes G_perm = U^T U, and "
+                               "OBS moves the removed columns' contribution onto the survivors",
+                               "U = L^T of the reordered G; the local and global updates use the rows of U"),
     "lower_factor": ("your result is what the lower Cholesky factor L gives where the upper factor U belongs",
                      "np.linalg.cholesky returns L with A = L L^T; spec §2.3 writes G_perm = U^T U",
                      "U = L^T of the reordered G; the local and global updates use the rows of U"),
@@ -104,9 +110,10 @@ PATTERNS = {
     "no_quota": ("your heads ignore the KV-group quotas",
                  "with head_groups every group loses the same number of heads (spec §6.6)",
                  "a head is eligible only while its group is below n_prune / n_groups"),
-    "dgs_boundary": ("your schedule covers T channels but its group boundaries differ: an off-by-one in "
-                     "the stopping rule or the floor",
-                     "compare with the spec §4.2 table for T = 688 and T = 2752",
+    "dgs_boundary": ("your group sizes add up to T but differ from the schedule (the failure names the first "
+                     "differing position)",
+                     "each group size follows from the previous one by the spec §4.2 recurrence; check yours "
+                     "against the table for T = 688 and T = 2752",
                      "b_0 = (T - 512) // 2; g_k = min(T - done, max(b_k, 64), 1024); b_{k+1} = (b_k - 512) // 2"),
     "dgs_sum": ("your group sizes do not add up to T",
                 "every channel to prune belongs to exactly one group",
@@ -377,12 +384,13 @@ def _accumulate_variant(kind):
     return check
 
 
-_COLUMNS = [("uncompensated", _uncompensated), ("lower_factor", _factor(lower=True)),
+_COLUMNS = [("uncompensated_or_lower", lambda args, got: _uncompensated(args, got) and _factor(lower=True)(args, got)),
+            ("uncompensated", _uncompensated), ("lower_factor", _factor(lower=True)),
             ("unpermuted", _factor(unpermuted=True))]
 _VARIANTS = {
     "hessian": [(k, _hessian_variant(k)) for k in ("token_gram", "half", "n_minus_1")],
     "accumulate_hessian": [(k, _accumulate_variant(k)) for k in ("last_chunk", "equal_weights")],
-    "prune_columns_naive": [_COLUMNS[0]] + [(k, _prepare_variant(k, "prune_columns_naive"))
+    "prune_columns_naive": [_COLUMNS[1]] + [(k, _prepare_variant(k, "prune_columns_naive"))
                                             for k in ("damping_before_dead", "mean_before_dead")],
     "prune_columns": _COLUMNS + [(k, _prepare_variant(k, "prune_columns"))
                                  for k in ("damping_before_dead", "mean_before_dead")],

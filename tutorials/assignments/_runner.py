@@ -22,9 +22,9 @@ arrays to out/<key>.npz (numeric arrays only, no pickles); grade.py compares the
 While prune_columns and prune_columns_cholesky run, the matrices handed to numpy.linalg.cholesky,
 scipy.linalg.cholesky and scipy.linalg.cho_factor are watched for one whose leading block is
 G[S, S] (grade.py writes that target, derived from the inputs, beside the case); the call is then
-repeated with those factorisations given a damped matrix, so that grade.py can check that the
-factor's result reaches the output (the Cholesky form of docs/spec.md §2.3), not only that a
-factorisation happened.
+repeated with those factorisations given a matrix whose leading block is damped, so that grade.py
+can check that the output moved exactly as the factor's values predict (the Cholesky form of
+docs/spec.md §2.3), not only that a factorisation happened.
 
 This is a guard against re-exporting the library and against reading the answers, not a
 security sandbox: code that sets out to defeat this very script (rewriting the modules it
@@ -92,10 +92,13 @@ def _error(exc, submission_file):
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [f for f in frames if os.path.realpath(f.filename) == submission_file]
     where = (mine or frames or [None])[-1]
+    where = f"{os.path.basename(where.filename)}:{where.lineno}" if where else ""
+    if isinstance(exc, SyntaxError) and exc.filename:  # raised by the compiler: the line is in the exception
+        where = f"{os.path.basename(exc.filename)}:{exc.lineno}"
     return {"type": type(exc).__name__,
             "mro": [c.__name__ for c in type(exc).__mro__],
-            "message": _text(exc),
-            "where": f"{os.path.basename(where.filename)}:{where.lineno}" if where else ""}
+            "message": _text(exc.msg if isinstance(exc, SyntaxError) and exc.msg else exc),
+            "where": where}
 
 
 def _numeric(name, value, np):
@@ -250,8 +253,9 @@ def _recording(fn, recorder):
 
 class Recorder:
     """Watches the factorisations of one call: whether one was of a matrix whose leading block is
-    the target G[S, S] (`matched`), and, in the probe run (`perturb`), hands those a damped copy
-    (A + 0.1 mean(diag A) I) so that grade.py can see whether the factor's result reaches the output."""
+    the target G[S, S] (`matched`), and, in the probe run (`perturb`), hands those a copy whose
+    leading block is damped (+ 0.1 mean(diag G[S, S]) on its diagonal, grade.py's PROBE_DAMPING) so
+    that grade.py can check the output moved exactly as the Cholesky form predicts for that block."""
 
     def __init__(self, np):
         self.np, self.active, self.perturb, self.target, self.matched, self.seen = np, False, False, None, False, 0
@@ -280,7 +284,8 @@ class Recorder:
     def perturbed(self, a):
         np = self.np
         arr = np.array(a, dtype=np.result_type(np.asarray(a).dtype, np.float32))
-        arr[np.diag_indices_from(arr)] += 0.1 * np.mean(np.diag(arr))
+        s = self.target.shape[0]
+        arr[np.arange(s), np.arange(s)] += 0.1 * np.mean(np.diag(self.target))
         return arr
 
 
@@ -353,8 +358,11 @@ def _argument(value, data):
 def run_case(case, module, config, recorder, submission, np):
     op = case["operation"]
     fn = getattr(module, op, None)
-    if op == "answers":  # a question: the number in the submission's ANSWERS
-        answers = getattr(module, "ANSWERS", None)
+    if op == "answers":  # a question: the number in the submission's answers() (or ANSWERS)
+        try:
+            answers = _answers(module)
+        except BaseException as exc:  # noqa: BLE001 - fails the questions only
+            return {"status": "error", "error": _error(exc, submission), "seconds": 0.0, "warnings": []}
         question = case["arguments"].get("question")
         if not isinstance(answers, dict) or answers.get(question) is None:
             return {"status": "missing"}
@@ -401,6 +409,21 @@ def run_case(case, module, config, recorder, submission, np):
         arrays.update(_probe(case, module, data, target, recorder, names, np))
     np.savez(os.path.join(config["outputs_dir"], case["key"] + ".npz"), **arrays)
     return out
+
+
+def _answers(module, _cache={}):
+    """The submission's answers: answers() called once, when the first question is graded (so an
+    error in it fails the questions, not the whole submission), or the ANSWERS dict of earlier terms."""
+    if "result" not in _cache:
+        fn = getattr(module, "answers", None)
+        try:
+            _cache["result"] = (fn() if callable(fn) else getattr(module, "ANSWERS", None)), None
+        except BaseException as exc:  # noqa: BLE001 - re-raised for every question
+            _cache["result"] = None, exc
+    answers, exc = _cache["result"]
+    if exc is not None:
+        raise exc
+    return answers
 
 
 def _probe(case, module, data, target, recorder, names, np):

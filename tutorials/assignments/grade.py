@@ -55,6 +55,7 @@ import course_cases
 import units
 from slimgpt import oracle, reference
 from slimgpt.reference.damping import NotPositiveDefiniteError, cholesky_inverse, prepare_hessian, retry_with_damping
+from slimgpt.testing import tolerance
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "_runner.py"
@@ -87,6 +88,7 @@ ASSIGNMENT = [1, 2, 3, 4, 5, 6]   # what a plain `grade.py SUBMISSION` grades: 1
 
 # Operations whose compensating cases must use the Cholesky form (spec §2.3).
 CHOLESKY_OPS = ("prune_columns", "prune_columns_cholesky")
+PROBE_DAMPING = 0.1             # the probe adds this times mean(diag G[S, S]) to that block's diagonal (_runner.py)
 # Outputs that are weights: their tolerance has a floor tied to max|W| of the input, and the
 # columns the reference zeroes (removed columns, dead inputs) must be exactly zero.
 WEIGHT_OUTPUTS = ("W_new",)
@@ -157,6 +159,8 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
 
     isolation: "auto" (namespaces where this machine has them, see _sandbox.py) or "audit"."""
     student = Path(student)
+    if student.is_dir():
+        raise GradingError(f"{student}: is a directory (give the path to your .py file)")
     if not student.is_file():
         raise GradingError(f"{student}: no such file (give the path to your .py file)")
     if student.suffix != ".py":
@@ -220,7 +224,7 @@ def grade(student, cases_dir=None, tasks=None, timeout: float = DEFAULT_TIMEOUT,
         order = [t.split(".")[0] for t in task_ops]
         mine = sorted((c for c in results if _in_task(c.id, c.operation, task_ops)),
                       key=lambda c: order.index(c.operation))
-        mine += _zeros_case(number, mine, hints) + _timing_case(number, mine, hints)
+        mine += _zeros_cases(mine, hints) + _timing_case(number, mine, hints)
         passed = sum(c.status == oracle.PASS for c in mine)
         scores.append(TaskScore(number, title, passed, len(mine), points * passed / max(len(mine), 1), points,
                                 [c for c in mine if c.status == oracle.FAIL] if not result.load_error else [],
@@ -325,27 +329,48 @@ def _write_inputs(work: Path, student: Path, items: list) -> list[str]:
     return keys
 
 
-def _cholesky_target(op: str, args: dict):
-    """G[S, S] for a case that must use the Cholesky form (S = the columns in the given order), with
-    G the H^-1 the reference factors (after the dead inputs, the damping and any retry); None for a
-    case that needs no factorisation. It is derived from the inputs alone, so the worker may see it."""
+def _cholesky_problem(op: str, args: dict):
+    """(W, G, S, K) of a case that must use the Cholesky form: W after the dead inputs, G the H^-1
+    the reference factors (after the dead inputs, the damping and any retry), S the pruned columns
+    in the given order, K the survivors (None: every other column); None for a case that needs no
+    factorisation. It is derived from the inputs alone."""
     if op not in CHOLESKY_OPS or args.get("compensate", True) is False or "columns" not in args:
         return None
     S = np.asarray(args["columns"], dtype=np.int64)
     if S.size == 0:
         return None
+    W = np.asarray(args["W"], dtype=np.float64)
     if op == "prune_columns_cholesky":
-        G = np.asarray(args["Hinv"], dtype=np.float64)
-    else:
-        W, H = np.asarray(args["W"], dtype=np.float64), np.asarray(args["H"], dtype=np.float64)
+        K = args.get("survivors")
+        return W, np.asarray(args["Hinv"], dtype=np.float64), S, None if K is None else np.asarray(K, dtype=np.int64)
+    H = np.asarray(args["H"], dtype=np.float64)
 
-        def inverse(p):
-            return cholesky_inverse(prepare_hessian(W, H, p)[1])
-        try:
-            G, _ = retry_with_damping(inverse, H, float(args.get("percdamp", 0.0)), warn=False)
-        except NotPositiveDefiniteError:
-            return None
-    return G[np.ix_(S, S)]
+    def inverse(p):
+        W_p, H_p = prepare_hessian(W, H, p)
+        return W_p, cholesky_inverse(H_p)
+    try:
+        (W, G), _ = retry_with_damping(inverse, H, float(args.get("percdamp", 0.0)), warn=False)
+    except NotPositiveDefiniteError:
+        return None
+    return W, G, S, None
+
+
+def _cholesky_target(op: str, args: dict):
+    """G[S, S] (S in the given order) for a case that must use the Cholesky form, None otherwise;
+    the worker may see it (it is derived from the inputs)."""
+    problem = _cholesky_problem(op, args)
+    return None if problem is None else problem[1][np.ix_(problem[2], problem[2])]
+
+
+def _cholesky_prediction(op: str, args: dict) -> np.ndarray:
+    """The weights the Cholesky form gives when every factorisation of G[S, S] is handed
+    G[S, S] + delta I instead (what _runner.Recorder does in the probe run): the spec §2.3 formula
+    W_K - W_S (G_SS + delta I)^-1 G_SK, computed by the reference with that G. A result that
+    merely computes the factor, or adds a trace of it, does not move this way."""
+    W, G, S, K = _cholesky_problem(op, args)
+    G = G.copy()
+    G[S, S] += PROBE_DAMPING * float(np.mean(np.diag(G)[S]))
+    return reference.prune_columns_cholesky(W, G, S, survivors=K)[0]
 
 
 def _guard(cases: list[str], isolation: str) -> dict:
@@ -406,19 +431,23 @@ def _run_worker(work: Path, submission: Path, keys: list[str], timeout: float, g
             elif e.get("event") == "load_error" and isinstance(e.get("error"), dict):
                 err = e["error"]
                 load_error = (f"cannot load the submission: {err.get('type')}: {err.get('message')}"
-                              + (f" (at {err['where']})" if err.get("where") else ""))
+                              + (f" (at {err['where']})" if err.get("where") else "")
+                              + "; an error while importing scores 0 on every task: compute the questions' "
+                                "numbers in answers(), which the grader calls when it grades them")
         if load_error or outcome == "finished":
             break
         if not loaded:
             load_error = ("importing the submission took longer than the time limit "
-                          f"({timeout:g} s): an endless loop at module level?" if outcome == "timeout" else
+                          f"({timeout:g} s): an endless loop or a long computation at module level (compute "
+                          "the questions' numbers in answers(), not at import)?" if outcome == "timeout" else
                           f"the worker process ended while importing the submission ({outcome}): "
                           "sys.exit/os._exit/a crash at import time; nothing could be graded")
             break
         if current is not None:
             op = index[current]["operation"]
             if outcome == "timeout":
-                problems[current] = (f"timed out after {timeout:g} s (an endless loop?); the other cases of "
+                problems[current] = (f"timed out after {timeout:g} s: the call exceeded the time limit (an "
+                                     "endless loop, or a very large result to hand back?); the other cases of "
                                      f"{op} were not run")
                 for k in todo:
                     if k not in done and k != current and index[k]["operation"] == op:
@@ -622,10 +651,12 @@ def _judge(entry: dict, args: dict, expected: dict, worker: dict, key: str, work
         tol = _tolerance(name, o, args, expected[name])
         ok, msg, ea, er = oracle.compare_output(name, o["compare"], got[name], expected[name], tol)
         if not ok and op == "answers":  # the message would print the answer
-            msg = (f"your answer {np.ravel(got[name])[:1].tolist()} is not the question's number to 4 significant "
-                   "figures" if got[name].size == 1 else "give one number")
+            msg = (f"your answer {float(got[name])!r} is not the question's number to 4 significant figures"
+                   if got[name].ndim == 0 else "give one number (a Python float), not an array")
         elif not ok and "hidden" in entry.get("tags", []):
             msg = f"{name}: differs from the expected value (a hidden case: its values are not shown)"
+        elif not ok and o["compare"] in ("index_set", "exact"):
+            msg = _difference(name, o["compare"], got[name], expected[name]) or msg
         if not ok:
             output_msgs.append(msg)
         elif name in WEIGHT_OUTPUTS:
@@ -680,19 +711,44 @@ def _zeros_check(name: str, got: np.ndarray, expected: np.ndarray) -> str:
             f"max |{name}| there is {float(np.max(np.abs(got[:, bad]))):.3e}")
 
 
-def _zeros_case(task: int, cases: list, hints: int) -> list:
-    """One assertion per task with weight outputs: every removed column (and dead input) is exactly
-    zero, in every case whose values passed. [] when the task has no such case."""
+def _zeros_cases(cases: list, hints: int) -> list:
+    """One assertion per function with weight outputs: every removed column (and dead input) is
+    exactly zero, in every case of it whose values passed; one FAIL line per function, so the
+    report's count of failures is the number of lines under it."""
     weighty = [c for c in cases if c.status == oracle.PASS and oracle.OUTPUTS[c.operation][0][0] in WEIGHT_OUTPUTS]
-    if not weighty:
-        return []
-    res = GradedCase(f"task{task}.removed_columns_exactly_zero", weighty[0].operation, oracle.PASS)
-    bad = [c for c in weighty if c.zeros]
-    if bad:
-        res.status, res.kind, res.hint = oracle.FAIL, "zeros", _hint_text(GradedCase("", "", "", kind="zeros"), hints)
-        res.message = "\n".join([f"{c.id}: {c.zeros}" for c in bad[:3]]
-                                 + ([f"... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
-    return [res]
+    results = []
+    for op in dict.fromkeys(c.operation for c in weighty):
+        mine = [c for c in weighty if c.operation == op]
+        res = GradedCase(f"{op}.removed_columns_exactly_zero", op, oracle.PASS)
+        bad = [c for c in mine if c.zeros]
+        if bad:
+            res.status, res.kind = oracle.FAIL, "zeros"
+            res.hint = _hint_text(GradedCase("", "", "", kind="zeros"), hints)
+            res.message = "\n".join([f"in {len(bad)} of its {len(mine)} cases:"]
+                                     + [f"  {c.id}: {c.zeros}" for c in bad[:3]]
+                                     + ([f"  ... and {len(bad) - 3} more cases"] if len(bad) > 3 else []))
+        results.append(res)
+    return results
+
+
+def _difference(name: str, compare: str, got, expected: np.ndarray) -> str:
+    """How discrete outputs differ, without the expected list itself: the missing and unexpected
+    indices of a set, the first differing position of a list. '' when the oracle's own message
+    (a shape, duplicates, a conversion) says it better."""
+    try:
+        a = np.asarray(got).astype(np.int64).ravel().tolist()
+    except (TypeError, ValueError):
+        return ""
+    e = expected.astype(np.int64).ravel().tolist()
+    if compare == "index_set":
+        if expected.ndim != 1 or len(set(a)) != len(a):
+            return ""
+        missing, extra = sorted(set(e) - set(a)), sorted(set(a) - set(e))
+        return (f"{name}: {len(missing)} index(es) missing from yours: {_short_list(missing)}; "
+                f"unexpected: {_short_list(extra)}")
+    k = next((i for i, (x, y) in enumerate(zip(a, e)) if x != y), min(len(a), len(e)))
+    return (f"{name}: yours differs from position {k} on (yours there: {a[k] if k < len(a) else 'nothing'}; "
+            f"yours has {len(a)} entries, the expected {len(e)})")
 
 
 def _timing_case(task: int, cases: list, hints: int) -> list:
@@ -742,6 +798,12 @@ def _cholesky_check(entry: dict, args: dict, data: dict, rec: dict, tol: dict) -
     if not moved:
         return (f"{op} factorised G[S, S] but its result does not reach {first}: perturbing that factorisation "
                 f"left the output unchanged (a factor computed and discarded is not the Cholesky form)")
+    rtol, atol = tolerance("float64_solve", predicted := _cholesky_prediction(op, args))
+    if not np.allclose(probe, predicted, rtol=rtol, atol=atol):
+        return (f"{op} factorised G[S, S] but the factor's values do not drive {first}: handed the factor of a "
+                f"differently damped G[S, S], the output did not change as the Cholesky form predicts "
+                f"(W_K - W_S (G_SS)^-1 G_SK with that G_SS; max difference "
+                f"{float(np.max(np.abs(probe - predicted))):.3e})")
     return ""
 
 

@@ -241,11 +241,13 @@ def ipr_for_target(n_layers, target, first=None, strategy="log"):
 # ------------------------------------------------------------------------------------------------
 # The course's units (README.md): questions, a constructed input, the pipeline, the fast algorithm
 
-# Units 1-3: each answer is a number you compute on the question's layer (README.md gives the
-# recipe); checked to 4 significant figures. Computing them here with your own functions is fine.
-ANSWERS = {"1.1": None, "1.2": None, "1.3": None,
-           "2.2": None, "2.3": None, "2.4": None,
-           "3.1": None, "3.2": None}
+def answers():
+    """Units 1-3: question id -> the number you compute on the question's layer (README.md gives
+    the recipe), checked to 4 significant figures. Compute them here, with your own functions: the
+    grader calls answers() when it grades the questions (an error at import would score 0)."""
+    return {"1.1": None, "1.2": None, "1.3": None,
+            "2.2": None, "2.3": None, "2.4": None,
+            "3.1": None, "3.2": None}
 
 
 def gcd_counterexample():

@@ -98,10 +98,10 @@ def _q11():
 
 
 def _q12():
-    """eps_q of Eq. (4) for q = 3 on layer 1 (twice the answer of 1.1)."""
-    X, W = layer(1)
+    """eps_q of Eq. (4) for q = 6 on layer 4 (not 1.1's layer: the answer is computed, not doubled)."""
+    X, W = layer(4)
     G = np.linalg.inv(hessian_of(X))
-    return float(np.sum(W[:, 3] ** 2) / G[3, 3])
+    return float(np.sum(W[:, 6] ** 2) / G[6, 6])
 
 
 def _q13():
@@ -120,24 +120,25 @@ def _q22():
     return float(reference.grouped_cholesky_diag(np.linalg.inv(hessian_of(X)), 4)[1, 2])
 
 
+# T and the layer counts below are tabulated nowhere in docs/: the answers must be computed.
 def _q23():
-    """The number of greedy iterations (groups) for T = 5504 channels with DGS."""
-    return float(len(reference.dgs_group_sizes(5504)))
+    """The mean DGS group size (T / the number of greedy iterations) for T = 7300 channels."""
+    return 7300 / len(reference.dgs_group_sizes(7300))
 
 
 def _q24():
-    """The number of greedy iterations for T = 5504 with fixed groups of 128 (-DGS)."""
-    return float(math.ceil(5504 / 128))
+    """Greedy iterations with DGS over those with fixed groups of 128 (-DGS), T = 7300."""
+    return len(reference.dgs_group_sizes(7300)) / math.ceil(7300 / 128)
 
 
 def _q31():
-    """The mean of the log IPR ratios for 32 layers from 0.0625 to 0.25."""
-    return float(np.mean(reference.ipr_ratios(32, 0.0625, 0.25)))
+    """The mean of the log IPR ratios for 28 layers from 0.05 to 0.3."""
+    return float(np.mean(reference.ipr_ratios(28, 0.05, 0.3)))
 
 
 def _q32():
-    """The last layer's ratio for a 50% mean on 30 layers, first = 0.3125 * target (log)."""
-    return float(reference.ipr_for_target(30, 0.5)[-1])
+    """The last layer's ratio for a 40% mean on 26 layers, first = 0.3125 * target (log)."""
+    return float(reference.ipr_for_target(26, 0.4)[-1])
 
 
 QUESTIONS = {"1.1": _q11, "1.2": _q12, "1.3": _q13, "2.2": _q22, "2.3": _q23, "2.4": _q24,
@@ -234,6 +235,8 @@ def counterexample_problem(W, H, head_dim) -> str:
     d = int(np.asarray(head_dim).ravel()[0]) if np.size(head_dim) else 0
     if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]) or d < 2 or W.shape[1] % d or W.shape[1] // d < 2:
         return "return (W (d_out, d_in), H (d_in, d_in), head_dim >= 2 dividing d_in into at least 2 heads)"
+    if not (np.all(np.isfinite(W)) and np.all(np.isfinite(H))):
+        return f"your {'W' if not np.all(np.isfinite(W)) else 'H'} contains NaN or Inf: build finite inputs"
     if not np.allclose(H, H.T) or np.linalg.eigvalsh(H).min() <= 1e-8 * np.abs(H).max():
         return "H must be symmetric positive definite"
     G = np.linalg.inv(H)
