@@ -43,7 +43,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
