@@ -396,7 +396,8 @@ def head_errors(W, Hinv, head_dim, *, gcd=True, backend=None):
 
 def prune_heads(W, H, n_prune, head_dim, *, percdamp=0.0, gcd=True, compensate=True, head_groups=None,
                 return_loss=False, return_damping=False, backend=None):
-    """Greedy head pruning, one head per iteration (spec §3.3); returns (W_new, pruned_heads[, loss][, percdamp])."""
+    """Greedy head pruning, one head per iteration (spec §3.3); returns (W_new, pruned_heads), then
+    the loss (return_loss) and the damping used (return_damping)."""
     W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
@@ -429,7 +430,8 @@ def dgs_group_sizes(n_prune, *, backend=None):
 
 def prune_channels(W, H, n_prune, *, percdamp=0.0, group_sizes=None, compensate=True, return_loss=False,
                    return_damping=False, backend=None):
-    """DGS channel pruning (spec §4); returns (W_new, pruned_channels[, loss][, percdamp])."""
+    """DGS channel pruning (spec §4); returns (W_new, pruned_channels), then the loss (return_loss)
+    and the damping used (return_damping)."""
     W, H = _array("W", W), _array("H", H)
     backend = resolve_backend(backend, W)
     if backend == "reference":
