@@ -72,7 +72,7 @@ def cmd_prune(a):
                       hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
                       method_options={"group_sizes": a.fixed_group} if a.fixed_group else {},
                       device=distributed.rank_device(a.device),
-                      bias_compensation=True if a.bias_compensation else None)
+                      bias_compensation=True if a.bias_compensation else None, align=a.align)
     s.validate()
     comm = distributed.from_env(s.device)
     try:
@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ablation (-DGS): prune FFN channels in fixed groups of G (paper: 128)")
     pr.add_argument("--bias-compensation", action="store_true",
                     help="beyond the paper: mean-shift bias b += (W - W_new)·mean(x) after the OBS update")
+    pr.add_argument("--align", type=_positive_int, default=1, metavar="N",
+                    help="keep a multiple of N FFN channels per layer and equal query heads per KV head, for "
+                         "faster inference in llama.cpp (slimgpt/align.py; default 1: the paper's exact counts)")
     pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, activations and statistics live")
     pr.add_argument("--batch-size", type=_positive_int, default=8)
