@@ -1,12 +1,14 @@
 """Dense vs pruned SmolLM2-135M where users run it: llama.cpp (GGUF f16, q8_0, Q4_K_M) and torch.
 
     pip install llama-cpp-python==0.3.36                 # builds llama.cpp (many minutes on 2 cores)
-    python benchmarks/bench_llama_cpp.py --work out/llama_cpp --json out/llama_cpp/results.json
+    PYTHONPATH=. python benchmarks/bench_llama_cpp.py --work out/llama_cpp --json out/llama_cpp/results.json
+
+(PYTHONPATH=.: the checkout's slimgpt, not an older installed one.)
 
 What it does, in order (every step skips what the work folder already holds):
 1. checkpoints: the dense model (saved as a slimgpt checkpoint) and, for every --ratios x
    --aligns, `slimgpt prune --model smollm2-135m --ratio R --align N` with the default settings
-   (the README command plus --align); with --shapes-only, seeded random weights with the shapes
+   (the README command plus --align, --nsamples); with --shapes-only, seeded random weights with the shapes
    those prunes have instead (speed depends on shapes only; no perplexity then);
 2. `slimgpt export --format gguf --dtype D` for every --formats;
 3. speed in llama.cpp, per format and --flash-attn setting: all models loaded in one process,
@@ -81,12 +83,12 @@ def planned_shapes(cfg, ratio: float, align: int):
     return heads, kvs, maps, ffn
 
 
-def make_checkpoints(work: Path, ratios, aligns, shapes_only: bool, log) -> dict:
+def make_checkpoints(work: Path, ratios, aligns, shapes_only: bool, log, nsamples: int = 64) -> dict:
     from slimgpt.checkpoint import save_pretrained
     from slimgpt.loaders import load_model
     from slimgpt.model import build_model, random_init_
 
-    out = {"dense": work / "dense"}
+    out = {"dense": work / "dense", "dense-deci": work / "dense"}
     if not (out["dense"] / "model.safetensors").exists():
         loaded = load_model("smollm2-135m")
         save_pretrained(loaded.model, out["dense"], loaded.tokenizer, {"source_model": "smollm2-135m"},
@@ -108,21 +110,28 @@ def make_checkpoints(work: Path, ratios, aligns, shapes_only: bool, log) -> dict
                                 {"source_model": "smollm2-135m", "shapes_only": True})
             else:
                 cmd = [sys.executable, "-m", "slimgpt", "prune", "--model", "smollm2-135m", "--ratio", str(r),
-                       "--align", str(n), "--eval-tokens", "0", "--quiet", "--out", str(folder)]
+                       "--align", str(n), "--nsamples", str(nsamples), "--eval-tokens", "0", "--quiet",
+                       "--out", str(folder)]
                 subprocess.run(cmd, check=True)
             log(f"{name}: {time.perf_counter() - t:.0f} s")
     return out
 
 
 def export_all(ckpts: dict, formats, work: Path, log) -> dict:
+    """GGUF files; "dense-deci" is the dense model written as `deci` (per-layer arrays) instead of
+    `llama`, to measure what the architecture alone costs at equal widths."""
+    import slimgpt.export.gguf as writer
     from slimgpt.export import export_checkpoint
 
     files = {}
+    plain = writer.is_plain_llama
     for name, folder in ckpts.items():
         for f in formats:
             path = work / f"{name}-{f}.gguf"
             if not path.exists():
+                writer.is_plain_llama = (lambda cfg: False) if name == "dense-deci" else plain
                 info = export_checkpoint(folder, path, format="gguf", dtype=FTYPES[f])
+                writer.is_plain_llama = plain
                 log(f"exported {path.name}: {info.get('arch')}, types {info.get('tensor_types')}, "
                     f"regrouped layers {len(info.get('regrouped_layers', []))}")
             files[name, f] = path
@@ -276,6 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", default="f16,q8_0,q4_k_m")
     ap.add_argument("--flash-attn", default="off", help="off, on or off,on (llama.cpp's flash attention)")
     ap.add_argument("--shapes-only", action="store_true", help="random weights with the planned shapes (speed only)")
+    ap.add_argument("--nsamples", type=int, default=64, help="calibration windows of the prunes (CLI default 64)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--decode", type=int, default=64)
@@ -297,7 +307,7 @@ def main(argv=None) -> int:
     from slimgpt.loaders import load_model
     from slimgpt.textdata import wikitext2_tokens
 
-    ckpts = make_checkpoints(work, ratios, aligns, a.shapes_only, log)
+    ckpts = make_checkpoints(work, ratios, aligns, a.shapes_only, log, a.nsamples)
     names = list(ckpts)
     files = export_all(ckpts, formats, work, log)
     tok = load_model(str(ckpts["dense"])).tokenizer
