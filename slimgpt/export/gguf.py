@@ -45,6 +45,7 @@ requires the key.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -255,7 +256,13 @@ def quantize_file(f16_path: Path, path: Path, dtype: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _LLAMA_QUANTIZED[dtype]
     params.nthread = 0                   # llama.cpp: all hardware threads
-    rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(path).encode(), params)
+    logger = logging.getLogger("llama-cpp-python")     # llama.cpp logs every tensor through it
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(path).encode(), params)
+    finally:
+        logger.setLevel(level)
     if rc != 0 or not path.exists():
         raise ExportError(f"llama.cpp's quantizer failed ({dtype}, return code {rc})")
 
