@@ -231,7 +231,7 @@ def torch_ppl(folder: Path, stream: torch.Tensor, a) -> float:
 def llama_ppl(path: Path, stream: torch.Tensor, a) -> float:
     from llama_cpp import Llama
 
-    n_win = a.ppl_tokens // 2048
+    n_win = a.llama_ppl_tokens // 2048
     llm = Llama(model_path=str(path), n_ctx=2048, n_batch=512, n_threads=a.threads, n_threads_batch=a.threads,
                 logits_all=True, verbose=False)
     total, count = 0.0, 0
@@ -267,9 +267,11 @@ def tables(res: dict) -> str:
                          f"{s['prompt']:.0f} | {s['prompt'] / d['prompt']:.2f} | {s['decode']:.1f} | "
                          f"{s['decode'] / d['decode']:.2f} | {ceil} |")
     if res.get("ppl"):
-        lines += ["", "| model | " + " | ".join(res["ppl"]["dense"]) + " |",
+        lines += ["", f"PPL@2048, WikiText-2: torch on {res['settings']['ppl_tokens']} tokens, llama.cpp on "
+                  f"{res['settings']['llama_ppl_tokens']} (× the dense model in the same format)", "",
+                  "| model | " + " | ".join(res["ppl"]["dense"]) + " |",
                   "|---|" + "---|" * len(res["ppl"]["dense"])]
-        for n in names:
+        for n in res.get("ppl", {}):
             row = res["ppl"].get(n, {})
             dense = res["ppl"]["dense"]
             cells = [f"{row[k]:.2f} ({row[k] / dense[k]:.2f}×)" if k in row else "—" for k in dense]
@@ -290,8 +292,10 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--ppl-tokens", type=int, default=16384, help="PPL@2048 tokens (0: skip perplexity)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch speed")
+    ap.add_argument("--no-speed", action="store_true", help="skip every speed measurement (perplexity only)")
+    ap.add_argument("--ppl-tokens", type=int, default=16384, help="PPL@2048 tokens in torch (0: skip perplexity)")
+    ap.add_argument("--llama-ppl-tokens", type=int, default=16384, help="PPL@2048 tokens in llama.cpp")
     ap.add_argument("--ppl-formats", default="f16,q8_0,q4_k_m", help="llama.cpp formats whose PPL is measured")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -308,6 +312,8 @@ def main(argv=None) -> int:
     from slimgpt.textdata import wikitext2_tokens
 
     ckpts = make_checkpoints(work, ratios, aligns, a.shapes_only, log, a.nsamples)
+    if a.no_speed:
+        del ckpts["dense-deci"]                        # a speed control only
     names = list(ckpts)
     files = export_all(ckpts, formats, work, log)
     tok = load_model(str(ckpts["dense"])).tokenizer
@@ -318,18 +324,30 @@ def main(argv=None) -> int:
            "load": os.getloadavg()}
     for (n, f), p in files.items():
         res["gguf"][f"{n}/{f}"] = gguf_info(p)
-    for f in formats:
+    for f in formats if not a.no_speed else []:
         for fa in a.flash_attn.split(","):
             res["speed"][f"llama.cpp/{f}/{fa}"] = llama_speed(files, names, f, fa == "on", tokens, a, log)
-    if not a.no_torch:
+    if not (a.no_torch or a.no_speed):
         res["speed"]["torch/f32/—"] = torch_speed(ckpts, names, tokens, a, log)
     if a.ppl_tokens and not a.shapes_only:
         res["ppl"] = {}
+        cache_path = work / "ppl_cache.json"           # perplexities of unchanged files, reused
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+
+        def cached(key, fn):
+            if key not in cache:
+                cache[key] = fn()
+                cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+            return cache[key]
         for n in names:
-            row = res["ppl"][n] = {"torch f32": torch_ppl(ckpts[n], stream, a)}
+            if n == "dense-deci":                      # the same weights as dense
+                continue
+            row = res["ppl"][n] = {"torch f32": cached(f"{n}/torch/{a.ppl_tokens}",
+                                                       lambda: torch_ppl(ckpts[n], stream, a))}
             for f in a.ppl_formats.split(","):
                 if f in formats:
-                    row[f"llama.cpp {f}"] = llama_ppl(files[n, f], stream, a)
+                    row[f"llama.cpp {f}"] = cached(f"{n}/{f}/{a.llama_ppl_tokens}",
+                                                   lambda: llama_ppl(files[n, f], stream, a))
             log(f"ppl {n}: {row}")
     res["load_after"] = os.getloadavg()
     print(tables(res))
