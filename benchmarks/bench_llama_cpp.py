@@ -286,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--aligns", default="1,32")
     ap.add_argument("--formats", default="f16,q8_0,q4_k_m")
     ap.add_argument("--flash-attn", default="off", help="off, on or off,on (llama.cpp's flash attention)")
+    ap.add_argument("--flash-attn-formats", default=None, help="formats timed with every --flash-attn setting "
+                    "(default all; the others with the first setting only)")
     ap.add_argument("--shapes-only", action="store_true", help="random weights with the planned shapes (speed only)")
     ap.add_argument("--nsamples", type=int, default=64, help="calibration windows of the prunes (CLI default 64)")
     ap.add_argument("--threads", type=int, default=2)
@@ -324,8 +326,9 @@ def main(argv=None) -> int:
            "load": os.getloadavg()}
     for (n, f), p in files.items():
         res["gguf"][f"{n}/{f}"] = gguf_info(p)
+    fa_formats = formats if a.flash_attn_formats is None else a.flash_attn_formats.split(",")
     for f in formats if not a.no_speed else []:
-        for fa in a.flash_attn.split(","):
+        for fa in a.flash_attn.split(",") if f in fa_formats else a.flash_attn.split(",")[:1]:
             res["speed"][f"llama.cpp/{f}/{fa}"] = llama_speed(files, names, f, fa == "on", tokens, a, log)
     if not (a.no_torch or a.no_speed):
         res["speed"]["torch/f32/—"] = torch_speed(ckpts, names, tokens, a, log)
