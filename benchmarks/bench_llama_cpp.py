@@ -165,15 +165,15 @@ def llama_speed(files: dict, names, fmt: str, flash: bool, tokens, a, log) -> di
             for n in names}
     times = {n: {"prompt": [], "decode": []} for n in names}
     try:
-        for rep in range(a.repeats + 1):                          # round 0: warm-up
+        for rep in range(a.repeats + 1):                          # round 0: a short warm-up
             for n in names:
                 llm = llms[n]
                 llm.reset()
                 t = time.perf_counter()
-                llm.eval(prompt)
+                llm.eval(prompt if rep else prompt[:32])
                 tp = time.perf_counter() - t
                 t = time.perf_counter()
-                for tok in follow:
+                for tok in follow if rep else follow[:4]:
                     llm.eval([tok])
                 td = time.perf_counter() - t
                 if rep:

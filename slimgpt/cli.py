@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from slimgpt.align import CLI_DEFAULT, cli_default
+
 
 class UsageError(ValueError):
     """A bad command-line value (one clear message)."""
@@ -72,7 +74,8 @@ def cmd_prune(a):
                       hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
                       method_options={"group_sizes": a.fixed_group} if a.fixed_group else {},
                       device=distributed.rank_device(a.device),
-                      bias_compensation=True if a.bias_compensation else None, align=a.align)
+                      bias_compensation=True if a.bias_compensation else None,
+                      align=a.align if a.align is not None else cli_default(a.schedule, a.method))
     s.validate()
     comm = distributed.from_env(s.device)
     try:
@@ -406,9 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ablation (-DGS): prune FFN channels in fixed groups of G (paper: 128)")
     pr.add_argument("--bias-compensation", action="store_true",
                     help="beyond the paper: mean-shift bias b += (W - W_new)·mean(x) after the OBS update")
-    pr.add_argument("--align", type=_positive_int, default=1, metavar="N",
-                    help="keep a multiple of N FFN channels per layer and equal query heads per KV head, for "
-                         "faster inference in llama.cpp (slimgpt/align.py; default 1: the paper's exact counts)")
+    pr.add_argument("--align", type=_positive_int, default=None, metavar="N",
+                    help=f"keep a multiple of N FFN channels per layer and equal query heads per KV head, so the "
+                         f"model runs faster than dense in llama.cpp (slimgpt/align.py, docs/inference.md; default "
+                         f"{CLI_DEFAULT}, 1 with --schedule auto|flap or --method flap); --align 1: the paper's exact counts")
     pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, activations and statistics live")
     pr.add_argument("--batch-size", type=_positive_int, default=8)

@@ -92,3 +92,17 @@ def test_aligned_prune_changes_the_counts():
 def test_bad_align_settings(kw):
     with pytest.raises(PruneError, match="--align"):
         PruneSettings(ratio=0.2, **kw).validate()
+
+
+@pytest.mark.parametrize("argv,align", [([], 32), (["--align", "1"], 1), (["--schedule", "auto"], 1)])
+def test_cli_default_align(tmp_path, argv, align):
+    """`slimgpt prune` aligns to 32 unless told otherwise; whole-model plans keep exact counts."""
+    from slimgpt.cli import main
+    out = tmp_path / "p"
+    assert main(["prune", "--model", "tiny-gqa", "--ratio", "0.3", "--nsamples", "4", "--seqlen", "32",
+                 "--eval-tokens", "0", "--quiet", "--out", str(out), *argv]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["align"] == align
+    kept = json.loads((out / "config.json").read_text())["slimgpt_layers"]["intermediate"]
+    if align == 32:
+        assert all(k % 32 == 0 or k == 128 for k in kept), kept
