@@ -280,6 +280,10 @@ def tables(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    # ggml's OpenMP threads spin at every barrier by default; on a CPU shared with other jobs a
+    # spinning thread waits for a descheduled partner for a whole time slice (2 threads: 0.1
+    # decode tok/s instead of 12 on the shared machine). Passive waits measure the model instead.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="out/llama_cpp", help="checkpoints and GGUF files (reused when present)")
     ap.add_argument("--ratios", default="0.2,0.5")
