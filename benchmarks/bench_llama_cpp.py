@@ -39,8 +39,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# ggml's OpenMP threads spin at every barrier by default; on a CPU shared with other jobs a
+# spinning thread waits for a descheduled partner for a whole time slice (2 threads: 0.1 decode
+# tok/s instead of 12 on the shared machine). Passive waits measure the model instead. Set before
+# torch is imported: torch loads the libgomp.so.1 that ggml then shares, and it reads this once.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FTYPES = {"f16": "float16", "q8_0": "q8_0", "q4_k_m": "q4_k_m"}
@@ -280,10 +286,6 @@ def tables(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    # ggml's OpenMP threads spin at every barrier by default; on a CPU shared with other jobs a
-    # spinning thread waits for a descheduled partner for a whole time slice (2 threads: 0.1
-    # decode tok/s instead of 12 on the shared machine). Passive waits measure the model instead.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="out/llama_cpp", help="checkpoints and GGUF files (reused when present)")
     ap.add_argument("--ratios", default="0.2,0.5")
