@@ -162,9 +162,25 @@ def gguf_info(path: Path) -> dict:
 # ------------------------------------------------------------------------------------------------
 # 3-4. Speed
 
+def _no_repack():
+    """llama.cpp without its extra CPU buffer types (runtime weight repacking, AMX): with them,
+    llama-cpp-python 0.3.36 segfaulted on every Q8_0 / Q4_K_M eval on this machine (an AVX-512 /
+    AMX Xeon VM), dense llama.cpp-quantized files included. Applied to all formats alike."""
+    import llama_cpp
+    import llama_cpp.llama as module
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    module.llama_cpp.llama_model_default_params = params
+
 def llama_speed(files: dict, names, fmt: str, flash: bool, tokens, a, log) -> dict:
     from llama_cpp import Llama
 
+    _no_repack()
     prompt, follow = tokens[:a.prompt], tokens[a.prompt:a.prompt + a.decode]
     llms = {n: Llama(model_path=str(files[n, fmt]), n_ctx=a.prompt + a.decode + 16, n_batch=512, n_ubatch=512,
                      n_threads=a.threads, n_threads_batch=a.threads, flash_attn=flash, verbose=False)
@@ -237,6 +253,7 @@ def torch_ppl(folder: Path, stream: torch.Tensor, a) -> float:
 def llama_ppl(path: Path, stream: torch.Tensor, a) -> float:
     from llama_cpp import Llama
 
+    _no_repack()
     n_win = a.llama_ppl_tokens // 2048
     llm = Llama(model_path=str(path), n_ctx=2048, n_batch=512, n_threads=a.threads, n_threads_batch=a.threads,
                 logits_all=True, verbose=False)
