@@ -28,7 +28,6 @@ Ratios are to the dense model of the same format, measured in the same process a
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
 import math
@@ -395,5 +394,4 @@ def _versions() -> dict:
 
 
 if __name__ == "__main__":
-    gc.collect()
     sys.exit(main())
