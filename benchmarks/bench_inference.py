@@ -315,7 +315,12 @@ Reading the table:
 - The machine is a 2-core CPU shared with other jobs: absolute numbers are noisy, ratios less so.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc)
+    old = path.read_text() if path.exists() else ""
+    keep = old[old.index(KEEP_MARK):] if KEEP_MARK in old else ""     # the llama.cpp section is not ours
+    path.write_text(doc + ("\n" + keep if keep else ""))
+
+
+KEEP_MARK = "<!-- from here on: benchmarks/bench_llama_cpp.py -->"
 
 
 if __name__ == "__main__":

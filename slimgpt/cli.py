@@ -23,6 +23,7 @@ import sys
 import torch
 
 from slimgpt import distributed
+from slimgpt.align import CLI_DEFAULT, cli_default
 from slimgpt.autoschedule import WEIGHTINGS
 from slimgpt.evaluate import wikitext2_perplexity
 from slimgpt.export.cli import add_export_subcommand
@@ -63,7 +64,8 @@ def cmd_prune(a):
                       method_options=dict({"group_sizes": a.fixed_group} if a.fixed_group is not None else {},
                                           **({"auto": {"weighting": a.auto_weighting}} if a.auto_weighting else {})),
                       device=distributed.rank_device(a.device),
-                      bias_compensation=True if a.bias_compensation else None)
+                      bias_compensation=True if a.bias_compensation else None,
+                      align=a.align if a.align is not None else cli_default(a.schedule, a.method))
     o = RunOptions(model=a.model, out=a.out, force=a.force, dtype=a.dtype, calib=a.calib, eval_tokens=a.eval_tokens,
                    eval_seqlen=a.eval_seqlen, allow_long_context=a.allow_long_context, stream=a.stream,
                    resume=a.resume, activations=a.activations, report=a.report, quiet=a.quiet)
@@ -188,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ablation (-DGS): prune FFN channels in fixed groups of G (paper: 128)")
     pr.add_argument("--bias-compensation", action="store_true",
                     help="beyond the paper: mean-shift bias b += (W - W_new)·mean(x) after the OBS update")
+    pr.add_argument("--align", type=_positive_int, default=None, metavar="N",
+                    help=f"keep a multiple of N FFN channels per layer and equal query heads per KV head, so the "
+                         f"model runs faster than dense in llama.cpp (slimgpt/align.py, docs/inference.md; default "
+                         f"{CLI_DEFAULT}, 1 with --schedule auto|flap or --method flap); --align 1: the paper's exact counts")
     pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, activations and statistics live")
     pr.add_argument("--batch-size", type=_positive_int, default=8)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from slimgpt import distributed, gqa, methods, schedule, schedules
+from slimgpt import align, distributed, gqa, methods, schedule, schedules
 from slimgpt.activations import Resident
 from slimgpt.evaluate import check_activations
 from slimgpt.methods import MethodOptions
@@ -74,8 +74,10 @@ class PruneSettings:
     bias_compensation: bool | None = None   # mean-shift bias b += (W − W_new)·mean(x); None: the method's default
     device: str = "cpu"                 # where the model, the activations and the statistics live
     method_options: dict = field(default_factory=dict)
+    align: int = 1                      # kept FFN widths a multiple of this, balanced heads (align.py)
 
     def validate(self):
+        align.check(self)
         if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
             raise PruneError(f"--ratio must be in [0, 1), got {self.ratio}")
         for name in ("first", "last"):
@@ -188,7 +190,7 @@ def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=dist
     options = MethodOptions(percdamp=s.percdamp, backend=resolve_backend(s.backend, torch.empty(0, device=dev)),
                             gcd=s.gcd, compensate=s.compensate, extra=dict(s.method_options))
     cos, sin = rope_cos_sin(calib.shape[1], cfg.head_dim, cfg.rope_theta, dev, torch.float32, cfg.rope_scaling)
-    run = _Run(s, method, options, cos, sin, Budget(cfg, ratios, plan, target), comm)
+    run = _Run(s, method, options, cos, sin, Budget(cfg, ratios, plan, target, s.align), comm)
     return Job(s, cfg, ratios, plan, target, prunable, run, t_start)
 
 
@@ -262,7 +264,8 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
     stats, A = _collect(f"layer {i} o_proj", attn.o_proj.in_features, X,
                         lambda x, b: layer.attn_input(x, run.cos, run.sin), run, cache)
     t_fwd, t_hess = time.perf_counter() - t0 - stats.seconds, stats.seconds
-    blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, s.gqa, i)
+    mode = align.head_mode(s.gqa, attn.n_heads, attn.n_kv, s.align)
+    blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, mode, i)
     heads, kv, t_sel = _prune_heads(layer, stats, blocks, run, rec)
     keep_cols = _kept(rec["heads_before"] * attn.head_dim, heads, attn.head_dim, run.cos.device) if s.shrink else None
     run.budget.remove(heads=len(heads), kv_heads=len(kv))
@@ -281,7 +284,8 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
     del A
     t_fwd, t_hess = t_fwd + time.perf_counter() - t1 - stats.seconds, t_hess + stats.seconds
     width = mlp.down_proj.in_features
-    n_ch = max(0, min(width, plan.channels if plan.channels is not None else run.budget.channels(i, width)))
+    n_ch = run.budget.channels(i, width) if plan.channels is None else \
+        align.channels_to_prune(width, plan.channels, s.align)
     channels, dt = _prune_channels(layer, stats, gqa.Blocks(1, n_ch), run, rec)
     t_sel += dt
     run.budget.remove(channels=len(channels))

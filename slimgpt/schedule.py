@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slimgpt import reference
+from slimgpt.align import channels_to_prune
 
 SCHEDULES = reference.ipr.STRATEGIES
 
@@ -85,8 +86,9 @@ class Budget:
     one channel (3·D parameters) of the target.
     """
 
-    def __init__(self, cfg, ratios: list[float], plan: list[LayerPlan], target: int):
+    def __init__(self, cfg, ratios: list[float], plan: list[LayerPlan], target: int, align: int = 1):
         self.cfg, self.ratios, self.plan, self.target = cfg, ratios, plan, target
+        self.align = align              # kept channels a multiple of this (align.py; 1: exact counts)
         self.cost = param_costs(cfg)
         self.pruned = 0
 
@@ -103,4 +105,4 @@ class Budget:
         left = (self.target - self.pruned - later_heads) / self.cost["channel"]
         weights = [width * self.ratios[i]] + [self.cfg.layer_intermediate[j] * self.ratios[j] for j in range(i + 1, L)]
         share = left * weights[0] / sum(weights) if sum(weights) > 0 else (left if i == L - 1 else 0.0)
-        return max(0, min(width, round(share)))
+        return channels_to_prune(width, share, self.align)

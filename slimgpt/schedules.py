@@ -10,7 +10,7 @@ schedule of your own: subclass `Schedule` and `register(MySchedule())`.
 """
 from __future__ import annotations
 
-from slimgpt import gqa, reference
+from slimgpt import align, gqa, reference
 from slimgpt.autoschedule import AutoSchedule
 from slimgpt.methods.flap import FLAPSchedule
 from slimgpt.schedule import LayerPlan, Schedule, layer_ratios
@@ -34,7 +34,8 @@ class RatioSchedule(Schedule):
 def layer_counts(cfg, i: int, r: float, s) -> LayerPlan:
     """Layer i's counts from its ratio: heads rounded as published (gqa.planned_heads), channels by
     the Budget (or round(m · r) without hit_target)."""
-    heads, kv = gqa.planned_heads(cfg.layer_heads[i], cfg.layer_kv_heads[i], r, s.gqa, i)
+    H, K = cfg.layer_heads[i], cfg.layer_kv_heads[i]
+    heads, kv = gqa.planned_heads(H, K, r, align.head_mode(s.gqa, H, K, s.align), i)
     return LayerPlan(heads, kv, None if s.hit_target else round(cfg.layer_intermediate[i] * r))
 
 

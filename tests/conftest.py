@@ -62,6 +62,7 @@ _CHECKPOINTS = {
     "qwen3": lambda d: _tiny(d, "tiny-qwen3"),                                      # q/k norms, head_dim != D/H
     "qwen3_pruned": lambda d: _tiny(d, "tiny-qwen3", 0.5),
     "llama3_pruned": lambda d: _tiny(d, "tiny-llama3", 0.5),                        # llama3 rope scaling
+    "gqa_aligned": lambda d: _tiny(d, "tiny-gqa", 0.4, align=32),                  # --align: balanced, 32-wide
     "empty_layers": lambda d: _empty_layers(d),
 }
 

@@ -14,7 +14,7 @@ from slimgpt.testing import assert_close, quiet_prune
 from slimgpt.textdata import calibration_windows
 
 ARGS = ["--model", "tiny-gqa", "--ratio", "0.4", "--nsamples", "8", "--seqlen", "32", "--eval-tokens", "256",
-        "--eval-seqlen", "64", "--quiet", "--backend", "cpu"]
+        "--eval-seqlen", "64", "--quiet", "--backend", "cpu", "--align", "1"]   # compared with PruneSettings()
 
 
 def torchrun(*args, env=None, timeout=240):

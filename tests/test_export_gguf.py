@@ -6,6 +6,7 @@ tokenizer metadata, the q/k row permutation (un-permuted rows equal the checkpoi
 whole model read back into slimgpt giving the checkpoint's logits.
 """
 import importlib.util
+import sys
 
 import gguf
 import numpy as np
@@ -188,6 +189,28 @@ def test_dtypes(ckpts, exported, dtype, qtype):
             assert types[f"blk.{i}.ffn_down.weight"] == ("Q8_0" if m % 32 == 0 else "F16")
 
 
+def test_aligned_prune_needs_no_regrouping_or_fallback(ckpts, exported):
+    """--align 32: balanced query->KV groups (no duplicated K/V rows, one V size across layers)
+    and FFN widths in whole Q8_0 blocks (no F16 fallback for ffn_down)."""
+    path, info = exported("gqa_aligned", "q8_0")
+    assert info["regrouped_layers"] == [] and len(set(info["head_count_kv"])) == 1
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert all(m % 32 == 0 for m in info["feed_forward_length"])
+    assert all(types[f"blk.{i}.ffn_down.weight"] == "Q8_0" for i in range(len(info["feed_forward_length"])))
+    _, exact = exported("gqa_query", "q8_0")                # the exact counts regroup K/V rows
+    assert exact["regrouped_layers"]
+
+
+def test_q4_k_m_without_llama_cpp_is_one_clear_error(ckpts, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)       # import llama_cpp raises ImportError
+    out = tmp_path / "m.gguf"
+    with pytest.raises(ExportError, match="llama-cpp-python"):
+        export_checkpoint(ckpts["gqa_aligned"], out, format="gguf", dtype="q4_k_m")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(ExportError, match="GGUF quantization"):
+        export_checkpoint(ckpts["gqa_aligned"], tmp_path / "hf", format="hf", dtype="q4_k_m")
+
+
 def test_output_file_or_folder_and_force(ckpts, tmp_path, capsys):
     src = ckpts["gqa_query"]
     folder = tmp_path / "folder"
@@ -284,6 +307,31 @@ def test_llama_cpp_f16(ckpts, exported):
     with torch.no_grad():
         want = load_model(ckpts["gqa_query"]).model(torch.tensor([ids]))[0].numpy()
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("name", ["gqa_aligned", "gqa_query"])
+def test_llama_cpp_q4_k_m(ckpts, exported, name):
+    """llama.cpp's quantizer on our F16 file: Q4_K_M file type, our metadata kept, and it runs."""
+    from slimgpt.export.common import is_export_gguf
+
+    path, info = exported(name, "q4_k_m")
+    _, f = _fields(path)
+    assert f["general.file_type"] == 15 and is_export_gguf(path)
+    assert sum(info["tensor_types"].values()) == sum(1 for t in gguf.GGUFReader(str(path)).tensors
+                                                    if len(t.shape) > 1)
+    llm = _llama(path, f32_cache=False)
+    ids = _ids(B=1)[0].tolist()
+    try:
+        llm.reset()
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    with torch.no_grad():
+        want = load_model(ckpts[name]).model(torch.tensor([ids]))[0].numpy()
+    # 4-5 bit weights on a random tiny model: a loose bound that still catches a scrambled layout
+    assert np.isfinite(got).all() and np.abs(got - want).max() < 0.25 * np.abs(want).max()
 
 
 @needs_llama_cpp

@@ -32,9 +32,9 @@ def export_checkpoint(src, out, format: str = "hf", dtype: str | None = None, fo
     format "hf": a Hugging Face folder (plain LlamaForCausalLM / Qwen2ForCausalLM /
     MistralForCausalLM when every layer has the dense shape, otherwise config + a small modelling
     file loaded with trust_remote_code=True). format "gguf": a llama.cpp GGUF file (`out` ending
-    in .gguf) or a folder holding model.gguf. dtype: float32 | bfloat16 | float16 (| q8_0 for
-    GGUF); None (default): the dtype the checkpoint stores. Returns a summary dict (path, files,
-    layout).
+    in .gguf) or a folder holding model.gguf. dtype: float32 | bfloat16 | float16 (| q8_0 |
+    q4_k_m for GGUF); None (default): the dtype the checkpoint stores. Returns a summary dict
+    (path, files, layout).
     """
     log = log or (lambda s: None)
     fmt = check_format(format)

@@ -29,7 +29,7 @@ def add_export_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output folder (hf, gguf), or a file name ending in .gguf (gguf)")
     p.add_argument("--dtype", default=None, metavar="{" + ",".join(DTYPES) + "}",
-                   help="tensor type: float32, bfloat16, float16; q8_0 for gguf (default: the checkpoint's, "
+                   help="tensor type: float32, bfloat16, float16; q8_0 or q4_k_m (llama.cpp's quantizer) for gguf (default: the checkpoint's, "
                         "float32 unless it stores 16-bit weights)")
     p.add_argument("--force", action="store_true", help="replace an earlier slimgpt export at --out")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -28,7 +28,8 @@ MANIFEST = "slimgpt_export.json"
 GGUF_MARK_KEY = "slimgpt.export.format"       # a GGUF metadata key: "this file was written by slimgpt"
 
 FORMATS = ("hf", "gguf")
-DTYPES = ("float32", "bfloat16", "float16", "q8_0")
+DTYPES = ("float32", "bfloat16", "float16", "q8_0", "q4_k_m")
+GGUF_ONLY = ("q8_0", "q4_k_m")                  # GGUF quantizations (q4_k_m through llama.cpp's quantizer)
 _DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "float": "float32", "f16": "float16", "fp16": "float16",
                   "half": "float16", "bf16": "bfloat16", "q8": "q8_0"}
 
@@ -41,9 +42,12 @@ def normalize_dtype(dtype: str, fmt: str) -> str:
     d = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
     if d not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}: expected one of float32, bfloat16, float16"
-                          f"{' or q8_0' if fmt == 'gguf' else ''}")
-    if d == "q8_0" and fmt != "gguf":
-        raise ExportError("dtype q8_0 is a GGUF quantization; --format hf takes float32, bfloat16 or float16")
+                          f"{', q8_0 or q4_k_m' if fmt == 'gguf' else ''}")
+    if d in GGUF_ONLY and fmt != "gguf":
+        raise ExportError(f"dtype {d} is a GGUF quantization; --format hf takes float32, bfloat16 or float16")
+    if d == "q4_k_m":
+        from slimgpt.export.gguf import llama_quantizer
+        llama_quantizer()                          # fail before anything is loaded or written
     return d
 
 

@@ -29,7 +29,11 @@ inverse of slimgpt.loaders.gguf_loader.unpermute_qk). LLaMA-3.x rope scaling is 
 llama.cpp's own converter writes it: a `rope_freqs.weight` tensor of per-frequency divisors.
 Qwen3's q/k norms have no per-layer llama.cpp architecture: such models are refused. Norms and
 biases are always F32; the matrices are F32, F16, BF16 or Q8_0 (rows whose length is not a
-multiple of 32 fall back to F16).
+multiple of 32 fall back to F16). Q4_K_M is llama.cpp's own recipe, applied by its quantizer
+(llama_model_quantize, exposed by llama-cpp-python) to the F16 file: 4-bit K-quant blocks of
+256 along a row, 6-bit for some V / down projections and the output; a row whose length is not
+a multiple of 256 falls back to q5_0 / q8_0 (or F16 if not a multiple of 32 either), so
+`--align 256` (docs/inference.md) lets the pruned FFN widths take the K-quants.
 
 Tokenizer: byte-level BPE only (tokenizer.ggml.model "gpt2"): the vocabulary, merges and token
 types of the checkpoint's tokenizer.json, `tokenizer.ggml.pre` chosen from its pre-tokenizer
@@ -41,6 +45,7 @@ requires the key.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -228,6 +233,48 @@ class _Writer(gguf.GGUFWriter):
 
 
 _FILE_TYPE = {"float32": 0, "float16": 1, "q8_0": 7, "bfloat16": 32}   # llama_ftype (general.file_type)
+_LLAMA_QUANTIZED = {"q4_k_m": 15}        # dtype -> llama_ftype, made by llama.cpp's quantizer from F16
+
+
+def llama_quantizer():
+    """llama.cpp's llama_model_quantize (llama-cpp-python), or one clear ExportError."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ExportError("--dtype q4_k_m uses llama.cpp's quantizer: pip install llama-cpp-python "
+                          "(the slimgpt[llama-cpp] extra), or export --dtype float16 / q8_0") from None
+    if not hasattr(llama_cpp, "llama_model_quantize"):
+        raise ExportError(f"llama-cpp-python {getattr(llama_cpp, '__version__', '?')} does not expose "
+                          "llama_model_quantize; install llama-cpp-python>=0.3")
+    return llama_cpp
+
+
+def quantize_file(f16_path: Path, path: Path, dtype: str) -> None:
+    """llama.cpp's quantizer: the F16 GGUF `f16_path` -> `path` in `dtype` (its own per-tensor
+    recipe and fallbacks; the metadata, ours included, is copied)."""
+    llama_cpp = llama_quantizer()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = _LLAMA_QUANTIZED[dtype]
+    params.nthread = 0                   # llama.cpp: all hardware threads
+    logger = logging.getLogger("llama-cpp-python")     # llama.cpp logs every tensor through it
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(path).encode(), params)
+    finally:
+        logger.setLevel(level)
+    if rc != 0 or not path.exists():
+        raise ExportError(f"llama.cpp's quantizer failed ({dtype}, return code {rc})")
+
+
+def tensor_types(path) -> dict:
+    """How many matrices a GGUF stores in each ggml type, e.g. {"Q4_K": 61, "Q5_0": 120, ...}."""
+    counts = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        if len(t.shape) > 1:
+            name = t.tensor_type.name
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _target_type(name: str, shape, dtype: str):
@@ -284,6 +331,22 @@ def _tensors(model, plans):
 
 
 def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
+    """Write `source` to `path` in `dtype`; llama.cpp-quantized types go through an F16 file."""
+    if dtype not in _LLAMA_QUANTIZED:
+        return _write(source, path, dtype, log)
+    llama_quantizer()
+    f16 = path.with_name(path.name + ".f16")
+    try:
+        info = _write(source, f16, "float16", log)
+        quantize_file(f16, path, dtype)
+    finally:
+        f16.unlink(missing_ok=True)
+    info["tensor_types"] = tensor_types(path)
+    (log or (lambda s: None))(f"gguf: {dtype} by llama.cpp's quantizer: {info['tensor_types']}")
+    return info
+
+
+def _write(source, path: Path, dtype: str, log=None) -> dict:
     log = log or (lambda s: None)
     model, cfg, meta = source.model, source.config, source.meta
     if cfg.qk_norm:
@@ -365,6 +428,7 @@ def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
         + (f", zero head/channel in {dummies}" if dummies else ""))
     return {"arch": arch, "layout": "plain-llama" if plain else "deci-per-layer", "tokenizer_pre": voc["pre"],
             "regrouped_layers": dup, "padded_layers": dummies, "q8_0_f16_fallbacks": int(fallback),
+            "tensor_types": tensor_types(path),
             "head_count": [p["heads"] for p in plans], "head_count_kv": [p["kv_heads"] for p in plans],
             "feed_forward_length": [p["ffn"] for p in plans], "chat_template": bool(meta.get("chat_template")),
             "metadata_sources": meta.get("sources", [])}
