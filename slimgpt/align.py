@@ -1,7 +1,7 @@
 """Hardware-aligned widths (`--align N`): per-layer counts that inference runtimes handle well.
 
 What this is: a rule on *how many* structures each layer keeps, applied where the counts are
-decided (schedule.Budget for FFN channels, pipeline._scheduled for heads). The selection and
+decided (schedule.Budget for FFN channels, schedules.layer_counts and the pipeline for heads). The selection and
 the OBS compensation (methods/) are unchanged; only the counts they are asked for change.
 
 - FFN channels: every layer keeps a multiple of N channels (or, when nothing is pruned there,
@@ -50,30 +50,3 @@ def head_mode(gqa_mode: str, n_heads: int, n_kv: int, n: int = 1) -> str:
 # `slimgpt prune` without --align: measured faster than dense in llama.cpp where the exact counts
 # are not (docs/inference.md); the library's PruneSettings keeps the paper's exact counts (1)
 CLI_DEFAULT = 32
-
-
-def _whole_model_plan(schedule: str, method_name: str) -> bool:
-    """Whether the counts come from a whole-model plan (--schedule auto|flap, or a method with its
-    own plan, such as flap) rather than the per-layer schedule and budget."""
-    from slimgpt import methods
-    from slimgpt.methods.base import Method
-    method = methods.METHODS.get(method_name)
-    return schedule in ("auto", "flap") or (method is not None and type(method).plan is not Method.plan)
-
-
-def cli_default(schedule: str, method_name: str) -> int:
-    """--align when the user gives none: CLI_DEFAULT, or 1 where a whole-model plan sets the counts."""
-    return 1 if _whole_model_plan(schedule, method_name) else CLI_DEFAULT
-
-
-def check(settings) -> None:
-    """--align must be a positive integer (1: exact counts); N > 1 needs counts decided per layer
-    by the schedule and the budget (the hooks above), not a whole-model plan."""
-    from slimgpt.schedule import PruneError
-    n = settings.align
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise PruneError(f"--align must be a positive integer (1: the paper's exact counts), got {n!r}")
-    if n > 1 and _whole_model_plan(settings.schedule, settings.method):
-        raise PruneError(f"--align {n} needs per-layer counts from an IPR schedule (--schedule log, linear, ...) "
-                         f"and a method without its own plan; use --align 1 with --schedule {settings.schedule} "
-                         f"--method {settings.method}")

@@ -142,6 +142,7 @@ class AutoSchedule(Schedule):
     """`--schedule auto`: the plan of auto_plan (the module docstring)."""
     name = "auto"
     needs_backward = True
+    whole_model_plan = True
 
     def plan(self, cfg, model, calib, settings, method):
         return auto_plan(model, calib, settings)

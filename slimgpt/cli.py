@@ -23,7 +23,7 @@ import sys
 import torch
 
 from slimgpt import distributed
-from slimgpt.align import CLI_DEFAULT, cli_default
+from slimgpt.align import CLI_DEFAULT
 from slimgpt.autoschedule import WEIGHTINGS
 from slimgpt.evaluate import wikitext2_perplexity
 from slimgpt.export.cli import add_export_subcommand
@@ -38,7 +38,7 @@ from slimgpt.oracle import add_oracle_subcommand
 from slimgpt.oracle.cli import run as run_oracle
 from slimgpt.pipeline import PruneSettings
 from slimgpt.runner import RunOptions, check_context, run_prune
-from slimgpt.schedules import SCHEDULES
+from slimgpt.schedules import SCHEDULES, default_align
 
 
 class UsageError(ValueError):
@@ -65,7 +65,7 @@ def cmd_prune(a):
                                           **({"auto": {"weighting": a.auto_weighting}} if a.auto_weighting else {})),
                       device=distributed.rank_device(a.device),
                       bias_compensation=True if a.bias_compensation else None,
-                      align=a.align if a.align is not None else cli_default(a.schedule, a.method))
+                      align=a.align if a.align is not None else default_align(a.schedule, a.method))
     o = RunOptions(model=a.model, out=a.out, force=a.force, dtype=a.dtype, calib=a.calib, eval_tokens=a.eval_tokens,
                    eval_seqlen=a.eval_seqlen, allow_long_context=a.allow_long_context, stream=a.stream,
                    resume=a.resume, activations=a.activations, report=a.report, quiet=a.quiet)

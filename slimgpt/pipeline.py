@@ -77,7 +77,13 @@ class PruneSettings:
     align: int = 1                      # kept FFN widths a multiple of this, balanced heads (align.py)
 
     def validate(self):
-        align.check(self)
+        n = self.align
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise PruneError(f"--align must be a positive integer (1: the paper's exact counts), got {n!r}")
+        if n > 1 and schedules.whole_model_plan(self.schedule, self.method):
+            raise PruneError(f"--align {n} needs per-layer counts from an IPR schedule (--schedule log, linear, ...) "
+                             f"and a method without its own plan; use --align 1 with --schedule {self.schedule} "
+                             f"--method {self.method}")
         if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
             raise PruneError(f"--ratio must be in [0, 1), got {self.ratio}")
         for name in ("first", "last"):

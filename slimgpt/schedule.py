@@ -57,11 +57,13 @@ class Schedule:
     and a LayerPlan per layer. `model` is the dense model (None on a resumed streamed run, which
     reads its saved plan); `method` the run's Method, whose own whole-model plan a schedule may
     follow (a ratio schedule does). needs_backward: the plan takes a backward pass through the
-    whole model, so a streamed run cannot make it.
+    whole model, so a streamed run cannot make it. whole_model_plan: the plan sets every layer's
+    counts itself, so the Budget and --align do not shape them.
     """
 
     name: str = ""
     needs_backward: bool = False
+    whole_model_plan: bool = False      # sets every layer's counts itself (no per-layer budget, no --align)
 
     def plan(self, cfg, model, calib, settings, method) -> tuple[list, list]:
         raise NotImplementedError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from slimgpt import align, gqa, reference
 from slimgpt.autoschedule import AutoSchedule
+from slimgpt.methods import METHODS, Method
 from slimgpt.methods.flap import FLAPSchedule
 from slimgpt.schedule import LayerPlan, Schedule, layer_ratios
 
@@ -64,3 +65,17 @@ def plan_layers(cfg, model, calib, s, method) -> tuple[list, list]:
 
 
 __all__ = ["SCHEDULES", "RatioSchedule", "Schedule", "chosen", "layer_counts", "plan_layers", "register"]
+
+
+def whole_model_plan(schedule: str, method_name: str) -> bool:
+    """Whether the counts come from a whole-model plan (the schedule's own, or the method's, such
+    as FLAP's) rather than the per-layer schedule and Budget that --align shapes."""
+    method = METHODS.get(method_name)
+    return (getattr(SCHEDULES.get(schedule), "whole_model_plan", False)
+            or (method is not None and type(method).plan is not Method.plan))
+
+
+def default_align(schedule: str, method_name: str) -> int:
+    """--align when the user gives none: align.CLI_DEFAULT, or 1 where a whole-model plan sets
+    the counts."""
+    return 1 if whole_model_plan(schedule, method_name) else align.CLI_DEFAULT

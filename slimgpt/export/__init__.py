@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from slimgpt import paths
 from slimgpt.export.common import (DTYPES, EXPORT_FORMAT, FORMATS, MANIFEST, ExportError, check_format, check_source,
                                    is_export_folder, is_export_gguf, json_bytes, load_source, normalize_dtype, versions)
-from slimgpt.export.gguf import QK_NORM_REFUSAL, gguf_vocab, write_gguf
+from slimgpt.export.gguf import QK_NORM_REFUSAL, gguf_vocab, llama_quantizer, write_gguf
 from slimgpt.export.hf import write_hf
 from slimgpt.loaders.hf_folder import read_config
 
@@ -39,6 +39,8 @@ def export_checkpoint(src, out, format: str = "hf", dtype: str | None = None, fo
     log = log or (lambda s: None)
     fmt = check_format(format)
     dt = normalize_dtype(dtype, fmt) if dtype is not None else None
+    if dt == "q4_k_m":
+        llama_quantizer()                      # no llama.cpp quantizer: fail before anything is loaded or written
     src_path = check_source(src)
     single_file = fmt == "gguf" and str(out).endswith(".gguf")
     if single_file:

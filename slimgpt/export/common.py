@@ -45,9 +45,6 @@ def normalize_dtype(dtype: str, fmt: str) -> str:
                           f"{', q8_0 or q4_k_m' if fmt == 'gguf' else ''}")
     if d in GGUF_ONLY and fmt != "gguf":
         raise ExportError(f"dtype {d} is a GGUF quantization; --format hf takes float32, bfloat16 or float16")
-    if d == "q4_k_m":
-        from slimgpt.export.gguf import llama_quantizer
-        llama_quantizer()                          # fail before anything is loaded or written
     return d
 
 

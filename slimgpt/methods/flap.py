@@ -142,6 +142,7 @@ class FLAPSchedule(Schedule):
     """`--schedule flap`: FLAP's allocation (its global threshold over standardised fluctuation
     scores) for any method's selection; the ratios record each layer's FFN fraction."""
     name = "flap"
+    whole_model_plan = True
 
     def plan(self, cfg, model, calib, settings, method):
         plans = FLAP().plan(model, calib, settings)
