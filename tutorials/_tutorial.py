@@ -73,43 +73,16 @@ def check_max_diff(name: str, A, B, tol: float = 1e-9) -> None:
 
 
 def trained_tiny_model(name: str = "tiny-llama", steps: int = 150, seed: int = 0, **overrides):
-    """A tiny LLaMA-style model (slimgpt's `name` config) trained in-process on WikiText-2 bytes.
+    """slimgpt.loaders.tiny.trained_tiny_model (a tiny LLaMA-style model trained in-process on
+    WikiText-2 bytes, so that pruning raises its perplexity as in the paper), printing what it did.
+    Returns (model in eval mode, tokenizer, held-out tokens: the last 10% of the stream)."""
+    from slimgpt.loaders import tiny
 
-    A random model is no language model: pruning it can even *lower* its perplexity. A few
-    seconds of AdamW on the shipped WikiText-2 text (byte tokens, the first 90% of the stream)
-    give one whose perplexity pruning raises, as in the paper. Training is single-threaded and
-    seeded, so the printed numbers repeat. Returns (model in eval mode, tokenizer, held-out
-    tokens: the last 10% of the stream, never trained on).
-    """
-    import torch
-    import torch.nn.functional as F
-    from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
-    from slimgpt.textdata import wikitext2_tokens
-
-    tok = byte_tokenizer()
-    stream = wikitext2_tokens(tok)
-    split = stream.numel() * 9 // 10
-    model = tiny_model(name, seed=seed, **overrides).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    batch, seqlen, threads = 16, 64, torch.get_num_threads()
-    torch.set_num_threads(1)                      # the same numbers on every run of one machine
-    losses = []
     with Timer() as t:
-        for _ in range(steps):
-            starts = torch.randint(0, split - seqlen, (batch,), generator=gen)
-            ids = torch.stack([stream[s:s + seqlen] for s in starts])
-            logits = model(ids)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    torch.set_num_threads(threads)
+        model, held_out, losses = tiny.trained_tiny_model(name, steps, seed, **overrides)
     print(f"trained {name} ({sum(p.numel() for p in model.parameters()):,} parameters) for {steps} steps of "
-          f"{batch} x {seqlen} WikiText-2 bytes in {t.seconds:.1f} s: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
-    model.eval().requires_grad_(False)
-    return model, tok, stream[split:]
+          f"16 x 64 WikiText-2 bytes in {t.seconds:.1f} s: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    return model, tiny.byte_tokenizer(), held_out
 
 
 class Timer:
