@@ -272,6 +272,21 @@ def _llama(path, n_ctx=64, f32_cache=True):
     return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=1, **kw)
 
 
+def _default_llama_and_slimgpt_logits(path, checkpoint):
+    """Logits of one sequence from llama.cpp with its default f16 KV cache, and from slimgpt."""
+    ids = _ids(B=1)[0].tolist()
+    llm = _llama(path, f32_cache=False)
+    try:
+        llm.reset()
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    with torch.no_grad():
+        want = load_model(checkpoint).model(torch.tensor([ids]))[0].numpy()
+    return got, want
+
+
 @needs_llama_cpp
 @pytest.mark.parametrize("name", ["gqa_query", "qwen2_pruned", "flap", "empty_layers", "uniform_mha",
                                   "llama3_pruned"])
@@ -296,16 +311,7 @@ def test_llama_cpp_logits(ckpts, exported, name):
 @needs_llama_cpp
 def test_llama_cpp_f16(ckpts, exported):
     path, _ = exported("gqa_query", "float16")
-    llm = _llama(path, f32_cache=False)            # llama.cpp's defaults: f16 weights and f16 KV cache
-    ids = _ids(B=1)[0].tolist()
-    try:
-        llm.reset()
-        llm.eval(ids)
-        got = np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
-    with torch.no_grad():
-        want = load_model(ckpts["gqa_query"]).model(torch.tensor([ids]))[0].numpy()
+    got, want = _default_llama_and_slimgpt_logits(path, ckpts["gqa_query"])   # f16 weights and KV cache
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
 
@@ -320,16 +326,7 @@ def test_llama_cpp_q4_k_m(ckpts, exported, name):
     assert f["general.file_type"] == 15 and is_export_gguf(path)
     assert sum(info["tensor_types"].values()) == sum(1 for t in gguf.GGUFReader(str(path)).tensors
                                                     if len(t.shape) > 1)
-    llm = _llama(path, f32_cache=False)
-    ids = _ids(B=1)[0].tolist()
-    try:
-        llm.reset()
-        llm.eval(ids)
-        got = np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
-    with torch.no_grad():
-        want = load_model(ckpts[name]).model(torch.tensor([ids]))[0].numpy()
+    got, want = _default_llama_and_slimgpt_logits(path, ckpts[name])
     # 4-5 bit weights on a random tiny model: a loose bound that still catches a scrambled layout
     assert np.isfinite(got).all() and np.abs(got - want).max() < 0.25 * np.abs(want).max()
 
