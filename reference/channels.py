@@ -137,7 +137,8 @@ def _channels_arguments(W, H, n_prune, percdamp, group_sizes):
 
 
 def resolve_group_sizes(group_sizes, n_prune: int) -> list[int]:
-    """Resolve the group_sizes argument of prune_channels to a list summing to n_prune."""
+    """Resolve the group_sizes argument of prune_channels to a list summing to n_prune: Dynamic
+    Group Size (spec §4.2) when None, else the given fixed groups (the paper's -DGS ablation)."""
     if group_sizes is None:
         return dgs_group_sizes(n_prune)
     if np.ndim(group_sizes) == 0:           # one size: count() refuses booleans, 2.5, objects in one line

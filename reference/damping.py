@@ -127,7 +127,8 @@ MARGIN_BELOW = 1e-2
 
 
 def damping_ladder(percdamp: float) -> list[float]:
-    """The damping fractions tried, in order: the requested one, then each larger RETRY_PERCDAMP."""
+    """The damping fractions tried, in order: the requested one, then each larger RETRY_PERCDAMP
+    (spec §2.4; the retry is this project's, not the paper's)."""
     return [percdamp] + [p for p in RETRY_PERCDAMP if p > percdamp]
 
 

@@ -234,7 +234,8 @@ def _heads_arguments(W, H, n_prune, head_dim, percdamp, head_groups):
 
 
 def head_group_ids(head_groups, n_heads: int, n_prune: int) -> tuple[np.ndarray, int]:
-    """Group id per head (n_heads,) and the per-group quota; one group when head_groups is None."""
+    """Group id per head (n_heads,) and the per-group quota under GQA (spec §6.6); one group when
+    head_groups is None."""
     if head_groups is None:
         return np.zeros(n_heads, dtype=np.int64), n_prune
     if np.ndim(head_groups) == 0:
