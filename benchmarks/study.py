@@ -77,31 +77,18 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "slimgpt/c128x512": ({"method": "slimgpt"}, {"calib": (128, 512), "doc": "128 x 512 calibration tokens"}),
     "slimgpt/c64x2048": ({"method": "slimgpt"}, {"calib": (64, 2048), "doc": "64 x 2048 calibration tokens"}),
     "slimgpt/c16x2048": ({"method": "slimgpt"}, {"calib": (16, 2048), "doc": "16 x 2048 calibration tokens"}),
-    "auto/c16x2048": ({"method": "slimgpt", "schedule": "auto"}, {"calib": (16, 2048),
-                                                                   "doc": "auto schedule, 16 x 2048 calibration"}),
-    "auto/relative/c16x2048": ({"method": "slimgpt", "schedule": "auto",
-                                "method_options": {"auto": {"weighting": "relative"}}},
-                               {"calib": (16, 2048), "doc": "auto (residual-relative errors), 16 x 2048 calibration"}),
-    "auto+bias/c16x2048": ({"method": "slimgpt", "schedule": "auto", "bias_compensation": True},
-                           {"calib": (16, 2048), "doc": "auto + bias, 16 x 2048 calibration"}),
-    # the data-driven schedule and the orthogonal options (beyond the paper)
-    "auto": ({"method": "slimgpt", "schedule": "auto"}, {"doc": "SlimGPT, --schedule auto"}),
-    "auto+bias": ({"method": "slimgpt", "schedule": "auto", "bias_compensation": True},
-                  {"doc": "--schedule auto --bias-compensation"}),
-    "auto/relative": ({"method": "slimgpt", "schedule": "auto", "method_options": {"auto": {"weighting": "relative"}}},
-                      {"doc": "auto schedule with errors relative to the residual energy instead of the gradient "
-                              "weighting"}),
-    "auto/output": ({"method": "slimgpt", "schedule": "auto", "method_options": {"auto": {"weighting": "output"}}},
-                    {"doc": "auto schedule with errors relative to each module's output energy (scale-free, "
-                            "like FLAP's standardised scores)"}),
-    "auto/gqa-group": ({"method": "slimgpt", "schedule": "auto", "gqa": "group"},
-                       {"doc": "--schedule auto --gqa group"}),
-    "auto+bias/c128x512": ({"method": "slimgpt", "schedule": "auto", "bias_compensation": True},
-                           {"calib": (128, 512), "doc": "auto + bias, 128 x 512 calibration"}),
+    # the allocation search (--schedule auto): its candidates t = 0 (log), 0.5, 1 (FLAP's counts)
+    "auto/t0.5": ({"method": "slimgpt", "schedule": "auto", "method_options": {"auto": {"blends": [0.5]}}},
+                  {"doc": "the auto schedule's middle candidate: half the log schedule, half FLAP's counts"}),
+    "auto": ({"method": "slimgpt", "schedule": "auto"},
+             {"doc": "--schedule auto run end to end (its choice is derived from the candidate rows too)"}),
+    "slimgpt/align32": ({"method": "slimgpt", "align": 32},
+                        {"doc": "the log schedule with --align 32 (the CLI default; kept FFN widths a multiple "
+                                "of 32, balanced heads)"}),
+    "slimgpt/c128x2048": ({"method": "slimgpt"}, {"calib": (128, 2048), "doc": "the paper's calibration scale: "
+                                                                              "128 x 2048 C4 tokens"}),
     # LoRA recovery (slimgpt finetune) after pruning
     "slimgpt+lora": ({"method": "slimgpt"}, {"finetune": LORA, "doc": "SlimGPT, then LoRA recovery"}),
-    "auto+bias+lora": ({"method": "slimgpt", "schedule": "auto", "bias_compensation": True},
-                       {"finetune": LORA, "doc": "auto + bias, then LoRA recovery"}),
     "flap+lora": ({"method": "flap"}, {"finetune": LORA, "doc": "FLAP, then LoRA recovery"}),
     "dense+lora": ({}, {"finetune": LORA, "doc": "the dense model after the same LoRA recipe (control)"}),
     # the paper's ablations and schedules (one seed)
@@ -122,41 +109,20 @@ def key(variant: str, ratio: float, seed: int) -> str:
 def queue() -> list[tuple[str, float, int]]:
     """(variant, ratio, seed) in priority order (the CPU budget decides how far it gets). Workers
     re-read this before every row."""
+    ratios = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    alloc = ("slimgpt", "slimgpt/flap-plan", "auto/t0.5")       # the auto schedule's candidates t = 0, 1, 0.5
     q = [("dense", 0.0, 0)]
-    # 1. measurement: the paper's SlimGPT and FLAP at 20% / 50% over three calibration seeds, Wanda-sp
-    q += [(v, r, 0) for r in (0.2, 0.5) for v in ("slimgpt", "flap")]
-    q += [("auto+bias", 0.2, 0), ("auto+bias", 0.5, 0), ("auto", 0.2, 0), ("auto/relative", 0.2, 0),
-          ("slimgpt/c16x2048", 0.2, 0), ("auto/c16x2048", 0.2, 0), ("auto/relative/c16x2048", 0.2, 0),
-          ("auto/output", 0.2, 0)]
-    q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in ("slimgpt", "flap")]
-    q += [("wanda-sp", r, 0) for r in (0.2, 0.5)]
-    # 2. hypotheses for FLAP's lead at 20% (seed 0)
-    q += [(v, 0.2, 0) for v in ("slimgpt/flap-plan", "slimgpt+bias", "flap-nobias", "auto", "slimgpt/c64x2048",
-                                "slimgpt/c128x512", "slimgpt/damp0.1", "slimgpt/gqa-group", "slimgpt/damp0.001")]
-    # 3. recovery of the paper's SlimGPT at 20%, the allocation hypothesis with longer calibration,
-    #    then the ratio sweep (10-60%) for the plot
-    q += [("slimgpt+lora", 0.2, 0), ("slimgpt/flap-plan/c16x2048", 0.2, 0)]
-    q += [(v, r, 0) for r in (0.1, 0.3, 0.4, 0.6) for v in ("slimgpt", "flap", "auto+bias")]
-    q += [("slimgpt+lora", 0.5, 0), ("slimgpt/flap-plan/c16x2048", 0.5, 0)]
-    q += [("slimgpt/flap-plan/c16x2048", 0.2, s) for s in SEEDS[1:]]
-    q += [("flap/c16x2048", 0.2, 0), ("slimgpt/flap-plan/c16x2048+lora", 0.2, 0)]
-    # 4. the candidates over seeds, recovery
-    q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in ("auto+bias",)]
-    q += [(v, r, 0) for r in (0.2, 0.5) for v in ("auto+bias+lora", "slimgpt+lora")]
-    q += [("auto", 0.5, 0), ("slimgpt+bias", 0.5, 0), ("slimgpt/flap-plan", 0.5, 0)]
-    q += [("wanda-sp", r, s) for s in SEEDS[1:] for r in (0.2, 0.5)]
-    q += [(v, 0.2, s) for s in SEEDS[1:] for v in ("slimgpt/flap-plan", "slimgpt+bias", "auto")]
-    q += [("auto/gqa-group", 0.2, 0), ("auto+bias/c128x512", 0.2, 0), ("auto+bias/c128x512", 0.5, 0)]
-    # 5. the ratio sweep (10-60%), then recovery on it, then the remaining seeds of recovery
-    sweep = (0.1, 0.3, 0.4, 0.6)
-    q += [(v, r, 0) for r in sweep for v in ("slimgpt", "auto+bias", "flap")]
-    q += [(v, r, 0) for r in sweep for v in ("auto+bias+lora", "slimgpt+lora")]
-    q += [("flap+lora", 0.2, 0), ("flap+lora", 0.5, 0), ("dense+lora", 0.0, 0)]
-    q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in ("auto+bias+lora",)]
-    # 6. the paper's ablations and schedules
-    q += [(v, r, 0) for r in (0.2, 0.5) for v in ("magnitude", "no-compensation", "no-gcd", "no-dgs")]
-    q += [(v, 0.5, 0) for v in ("slimgpt/uniform", "slimgpt/log-decrease", "slimgpt/linear",
-                                "slimgpt/linear-decrease")]
+    # 1. the allocation grid: log, FLAP's counts and their blend at every ratio, seed 0 first
+    q += [(v, r, 0) for r in ratios for v in alloc]
+    q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in alloc]
+    # 2. the quality cost of --align 32 (the CLI default), paired with the log rows
+    q += [("slimgpt/align32", r, s) for s in SEEDS for r in (0.2, 0.5)]
+    # 3. the rest of the grid's seeds, then auto end to end (checks the derived choice)
+    q += [(v, r, s) for s in SEEDS[1:] for r in (0.1, 0.3, 0.4, 0.6) for v in alloc]
+    q += [("auto", 0.2, 0)]
+    # 4. the paper's calibration scale, then the older rows
+    q += [("slimgpt/c128x2048", 0.2, 0)]
+    q += [(v, r, 0) for r in (0.2, 0.5) for v in ("flap", "wanda-sp")]
     seen, out = set(), []
     for item in q:
         k = key(*item)
@@ -189,8 +155,9 @@ def command(variant: str, ratio: float, seed: int) -> str:
             cmd += f" --gqa {over['gqa']}"
         if "percdamp" in over:
             cmd += f" --percdamp {over['percdamp']:g}"
-        if over.get("method_options", {}).get("auto", {}).get("weighting"):
-            cmd += f" --auto-weighting {over['method_options']['auto']['weighting']}"
+        if over.get("method_options", {}).get("auto", {}).get("blends"):
+            cmd += " --auto-blends " + " ".join(f"{t:g}" for t in over["method_options"]["auto"]["blends"])
+        cmd += f" --align {over.get('align', 1)}"          # the study's rows are exact counts unless named
         if over.get("method_options", {}).get("group_sizes"):
             cmd += f" --fixed-group {over['method_options']['group_sizes']}"
         parts.append(cmd + " --out pruned")
@@ -222,7 +189,9 @@ def run_row(variant, ratio, seed, base, tok, ids, calib_cache, args) -> dict:
         row.update(prune_s=time.time() - t1, ratios=sm["ratios"], pruned_params=sm["pruned_params"],
                    target_pruned_params=sm["target_pruned_params"],
                    pruned_fraction_of_prunable=sm["pruned_fraction_of_prunable"],
-                   auto=sm.get("auto"), layer_errors=[[r.get("attn_error"), r.get("ffn_error")] for r in res.layers])
+                   schedule_search=sm.get("schedule_search"),
+                   calibration_loss=perplexity(model, calib.reshape(-1), T, batch_tokens=s.batch_size * T)["nll"],
+                   layer_errors=[[r.get("attn_error"), r.get("ffn_error")] for r in res.layers])
     ft = extra.get("finetune")
     if ft:
         base_key = key(variant.replace("+lora", ""), ratio, seed)
@@ -301,7 +270,7 @@ def _ppl(model, ids, seqlen, args) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path("out/study/results.json"))
+    ap.add_argument("--cache", type=Path, default=Path("benchmarks/results/study.json"))
     ap.add_argument("--doc", type=Path, default=Path("docs/study.md"))
     ap.add_argument("--img", type=Path, default=Path("docs/img"))
     ap.add_argument("--nsamples", type=int, default=CALIB[0])
@@ -355,9 +324,6 @@ def main(argv=None):
         # the queue is re-read from this file before every row, so a running worker follows edits
         # of queue() / VARIANTS (new rows, a new order) without a restart
         fresh = _reload()
-        for mod in ("slimgpt.autoschedule", "slimgpt.finetune"):     # follow edits of these too
-            if mod in sys.modules:
-                importlib.reload(sys.modules[mod])
         VARIANTS.clear()
         VARIANTS.update(fresh["VARIANTS"])
         todo = [it for it in fresh["queue"]() if (not args.only or any(fnmatch.fnmatchcase(key(*it), g)

@@ -24,7 +24,7 @@ import torch
 
 from slimgpt import distributed
 from slimgpt.align import CLI_DEFAULT
-from slimgpt.autoschedule import WEIGHTINGS
+from slimgpt.autoschedule import BLENDS
 from slimgpt.evaluate import wikitext2_perplexity
 from slimgpt.export.cli import add_export_subcommand
 from slimgpt.export.cli import run as run_export
@@ -62,7 +62,7 @@ def cmd_prune(a):
                       method=a.method, percdamp=a.percdamp, backend=a.backend, batch_size=a.batch_size,
                       hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
                       method_options=dict({"group_sizes": a.fixed_group} if a.fixed_group is not None else {},
-                                          **({"auto": {"weighting": a.auto_weighting}} if a.auto_weighting else {})),
+                                          **({"auto": {"blends": a.auto_blends}} if a.auto_blends else {})),
                       device=distributed.rank_device(a.device),
                       bias_compensation=True if a.bias_compensation else None,
                       align=a.align if a.align is not None else default_align(a.schedule, a.method))
@@ -168,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=DEFAULT_MODEL, help=f"{', '.join(NAMES)}, or a model folder (default {DEFAULT_MODEL})")
     pr.add_argument("--ratio", type=float, default=None,
                     help="global target: fraction of prunable decoder parameters (default 0.2)")
-    pr.add_argument("--schedule", default="log", choices=list(SCHEDULES), help="per-layer ratio schedule (IPR; default log); beyond the paper: auto (from OBS error "
-                    "curves) and flap (FLAP's per-layer counts)")
-    pr.add_argument("--auto-weighting", default=None, choices=WEIGHTINGS,
-                    help="--schedule auto: how OBS errors are weighted across layers (default fisher: the loss "
-                         "gradient's second moment; output / relative: scale-free errors; none: raw)")
+    pr.add_argument("--schedule", default="log", choices=list(SCHEDULES), help="per-layer ratio schedule (IPR; default log); beyond the paper: flap (FLAP's per-layer "
+                    "counts) and auto (log, flap or a blend, whichever prunes to the lowest calibration loss)")
+    pr.add_argument("--auto-blends", type=float, nargs="+", default=None, metavar="T",
+                    help=f"--schedule auto: the blends t (0: log, 1: flap) it tries (default "
+                         f"{' '.join(f'{t:g}' for t in BLENDS)}); one value prunes that blend directly")
     pr.add_argument("--first", type=float, default=None, help="explicit first-layer ratio (instead of --ratio)")
     pr.add_argument("--last", type=float, default=None, help="explicit last-layer ratio (with --first)")
     pr.add_argument("--nsamples", type=_positive_int, default=64, help="calibration windows (default 64)")

@@ -2,10 +2,11 @@
 
     log, linear, uniform,     the Incremental Pruning Ratio (spec §5.2, Eq. 6): a ratio per layer
     log-decrease, ...         from a formula; heads rounded as published, channels by the Budget
-    auto                      per-layer counts from OBS error curves (autoschedule.py, beyond the paper)
     flap                      FLAP's per-layer counts (its global threshold, methods/flap.py)
+    auto                      the log schedule, FLAP's counts or a blend, whichever prunes to the
+                              lowest calibration loss (autoschedule.py, beyond the paper)
 
-Each entry is a `schedule.Schedule`; the pipeline calls `plan_layers` and never names one. A
+Each entry is a `schedule.Schedule`; the pipeline calls `candidates` and never names one. A
 schedule of your own: subclass `Schedule` and `register(MySchedule())`.
 """
 from __future__ import annotations
@@ -40,8 +41,8 @@ def layer_counts(cfg, i: int, r: float, s) -> LayerPlan:
     return LayerPlan(heads, kv, None if s.hit_target else round(cfg.layer_intermediate[i] * r))
 
 
-SCHEDULES: dict[str, Schedule] = {
-    s.name: s for s in [*(RatioSchedule(n) for n in reference.ipr.STRATEGIES), AutoSchedule(), FLAPSchedule()]}
+SCHEDULES: dict[str, Schedule] = {s.name: s for s in (RatioSchedule(n) for n in reference.ipr.STRATEGIES)}
+SCHEDULES.update(auto=AutoSchedule(SCHEDULES["log"]), flap=FLAPSchedule())
 
 
 def register(schedule: Schedule) -> None:
@@ -59,12 +60,12 @@ def chosen(s) -> Schedule:
     return SCHEDULES[s.schedule]
 
 
-def plan_layers(cfg, model, calib, s, method) -> tuple[list, list]:
-    """(ratios, per-layer LayerPlan) of settings `s` (Schedule.plan)."""
-    return chosen(s).plan(cfg, model, calib, s, method)
+def candidates(cfg, model, calib, s, method) -> list:
+    """The plans settings `s` propose (Schedule.candidates; one for every schedule but auto)."""
+    return chosen(s).candidates(cfg, model, calib, s, method)
 
 
-__all__ = ["SCHEDULES", "RatioSchedule", "Schedule", "chosen", "layer_counts", "plan_layers", "register"]
+__all__ = ["SCHEDULES", "RatioSchedule", "Schedule", "candidates", "chosen", "layer_counts", "register"]
 
 
 def whole_model_plan(schedule: str, method_name: str) -> bool:

@@ -134,16 +134,20 @@ class FLAP(Method):
         L = cfg.num_hidden_layers
         budget = round(settings.ratio * sum(prunable_params(cfg, i) for i in range(L)))
         chosen = global_select(head_scores + chan_scores, head_cost + [cost["channel"]] * L, budget)
-        return [LayerPlan(heads=int(chosen[i].numel()) * n_rep[i], channels=int(chosen[L + i].numel()))
-                for i in range(L)]
+        group = settings.gqa == "group"         # whole KV groups leave with their query heads
+        return [LayerPlan(heads=int(chosen[i].numel()) * n_rep[i], kv_heads=int(chosen[i].numel()) if group else 0,
+                          channels=int(chosen[L + i].numel())) for i in range(L)]
 
 
 class FLAPSchedule(Schedule):
     """`--schedule flap`: FLAP's allocation (its global threshold over standardised fluctuation
-    scores) for any method's selection; the ratios record each layer's FFN fraction."""
+    scores) for any method's selection. Its heads are kept; its FFN fractions become the ratios
+    the Budget apportions channels by, so the run removes exactly the target like every other
+    schedule (FLAP's threshold may also free KV heads that no plan foresees)."""
     name = "flap"
     whole_model_plan = True
 
     def plan(self, cfg, model, calib, settings, method):
         plans = FLAP().plan(model, calib, settings)
-        return [p.channels / cfg.layer_intermediate[i] for i, p in enumerate(plans)], plans
+        return ([p.channels / cfg.layer_intermediate[i] for i, p in enumerate(plans)],
+                [LayerPlan(p.heads, p.kv_heads, None if settings.hit_target else p.channels) for p in plans])
