@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from slimgpt.methods import Method
 from slimgpt.methods.flap import FLAPSchedule
-from slimgpt.schedule import Candidate, LayerPlan, PruneError, Schedule
+from slimgpt.schedule import Candidate, LayerPlan, PruneError, Schedule  # noqa: F401 (LayerPlan: for callers)
 
 BLENDS = (0.0, 0.5, 1.0)
 

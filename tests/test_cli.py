@@ -322,11 +322,11 @@ def test_prune_carries_the_tokenizer_metadata(tmp_path, capsys):
     assert main(["generate", str(out), "hello", "--chat", "--max-new-tokens", "3", "--quiet"]) == 0
 
 
-def test_auto_weighting_reaches_the_schedule(tmp_path):
-    """docs/study.md's weighting variants of --schedule auto are CLI commands (issue 19)."""
+def test_auto_blends_reach_the_schedule(tmp_path):
+    """docs/study.md's blend rows of --schedule auto are CLI commands (issue 19)."""
     out = tmp_path / "o"
-    rc = main(["prune", "--model", "tiny-llama", "--ratio", "0.3", "--schedule", "auto", "--auto-weighting", "output",
+    rc = main(["prune", "--model", "tiny-llama", "--ratio", "0.3", "--schedule", "auto", "--auto-blends", "0.5",
                "--nsamples", "4", "--seqlen", "16", "--eval-tokens", "0", "--out", str(out), "--quiet"])
     assert rc == 0
     man = json.loads((out / "manifest.json").read_text())
-    assert man["settings"]["method_options"]["auto"] == {"weighting": "output"}
+    assert man["settings"]["method_options"]["auto"] == {"blends": [0.5]}

@@ -345,14 +345,19 @@ def test_python_api_prune_applies_the_flap_plan():
 
 @pytest.mark.parametrize("method", ["slimgpt", "wanda-sp"])
 def test_flap_schedule_gives_any_method_flaps_per_layer_counts(method):
-    """--schedule flap (beyond the paper): FLAP's plan decides how many heads and channels each
-    layer loses, the method decides which; so the per-layer counts equal FLAP's own run, and the
-    recorded ratios are each layer's FFN fraction."""
+    """--schedule flap (beyond the paper): FLAP's plan decides how many heads each layer loses and
+    how its channels are shared out, the method decides which. Without the target (hit_target=False)
+    the counts are FLAP's own; with it the Budget re-apportions the channels by FLAP's fractions so
+    the run removes the target within one channel, like every schedule."""
     calib = calibration_windows(byte_tokenizer(), 8, 32, 0)
     flap = quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, method="flap")
-    ours = quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, method=method, schedule="flap")
-    assert [(r["heads_kept"], r["channels_kept"]) for r in ours.layers] == \
+    own = quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, method=method, schedule="flap", hit_target=False)
+    assert [(r["heads_kept"], r["channels_kept"]) for r in own.layers] == \
         [(r["heads_kept"], r["channels_kept"]) for r in flap.layers]
-    assert ours.summary["ratios"] == [len(r["channels_pruned"]) / r["channels_before"] for r in ours.layers]
+    ours = quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, method=method, schedule="flap")
+    assert [r["heads_kept"] for r in ours.layers] == [r["heads_kept"] for r in flap.layers]
+    assert ours.summary["ratios"] == [len(r["channels_pruned"]) / r["channels_before"] for r in flap.layers]
+    sm = ours.summary
+    assert abs(sm["pruned_params"] - sm["target_pruned_params"]) <= P.param_costs(tiny_model("tiny-gqa").config)["channel"]
     with pytest.raises(PruneError, match="--schedule flap"):
         quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, schedule="flap", gqa="balanced")
