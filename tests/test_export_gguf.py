@@ -22,8 +22,14 @@ from slimgpt.loaders.gguf_loader import load_gguf, unpermute_qk
 from slimgpt.loaders.tiny import byte_tokenizer, tiny_model
 from slimgpt.testing import assert_close
 
-needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                     reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+_skip_without_llama_cpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason='llama-cpp-python is not installed (pip install ".[llama-cpp]"; .ci/llama_cpp)')
+
+
+def needs_llama_cpp(test):
+    """Runs llama.cpp: marked llama_cpp (`pytest -m llama_cpp` selects these) and skipped without it."""
+    return pytest.mark.llama_cpp(_skip_without_llama_cpp(test))
 
 
 @pytest.fixture(scope="module")

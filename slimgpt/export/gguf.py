@@ -348,7 +348,7 @@ def write_gguf(source, path: Path, dtype: str, log=None) -> dict:
 
 def _write(source, path: Path, dtype: str, log=None) -> dict:
     log = log or (lambda s: None)
-    model, cfg, meta = source.model, source.config, source.meta
+    cfg, meta = source.config, source.meta
     if cfg.qk_norm:
         raise ExportError(QK_NORM_REFUSAL)
     if source.tokenizer is None:
@@ -359,6 +359,26 @@ def _write(source, path: Path, dtype: str, log=None) -> dict:
     plans = [layer_plan(cfg, i) for i in range(cfg.num_hidden_layers)]
 
     w = _Writer(str(path), arch)
+    _add_model_keys(w, source, plans, plain, dtype)
+    _add_tokenizer_keys(w, voc, meta)
+    _add_slimgpt_keys(w, source)
+    fallback = _write_tensors(w, source.model, plans, dtype)
+    dup = [i for i, p in enumerate(plans) if p["order"] is not None]
+    dummies = [i for i, p in enumerate(plans) if p["dummy_head"] or p["dummy_ffn"]]
+    log(f"gguf: arch {arch}, {dtype}, pre-tokenizer {voc['pre']}"
+        + (f", regrouped KV heads in layers {dup}" if dup else "")
+        + (f", zero head/channel in {dummies}" if dummies else ""))
+    return {"arch": arch, "layout": "plain-llama" if plain else "deci-per-layer", "tokenizer_pre": voc["pre"],
+            "regrouped_layers": dup, "padded_layers": dummies, "q8_0_f16_fallbacks": fallback,
+            "tensor_types": tensor_types(path),
+            "head_count": [p["heads"] for p in plans], "head_count_kv": [p["kv_heads"] for p in plans],
+            "feed_forward_length": [p["ffn"] for p in plans], "chat_template": bool(meta.get("chat_template")),
+            "metadata_sources": meta.get("sources", [])}
+
+
+def _add_model_keys(w, source, plans, plain: bool, dtype: str) -> None:
+    """general.* and the architecture's sizes: scalars for a stock LLaMA, per-layer arrays for deci."""
+    cfg = source.config
     name = str(source.manifest.get("source_model") or source.path.name)
     w.add_type("model")
     w.add_name(f"{Path(name).name} (slimgpt)")
@@ -382,7 +402,10 @@ def _write(source, path: Path, dtype: str, log=None) -> dict:
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
-    # tokenizer
+
+
+def _add_tokenizer_keys(w, voc: dict, meta: dict) -> None:
+    """tokenizer.*: the byte-level BPE vocabulary (gguf_vocab), special token ids, flags, chat template."""
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(voc["pre"])
     w.add_token_list(voc["tokens"])
@@ -400,20 +423,29 @@ def _write(source, path: Path, dtype: str, log=None) -> dict:
     w.add_add_eos_token(bool(meta.get("add_eos_token") or False))
     if meta.get("chat_template"):
         w.add_chat_template(meta["chat_template"])
+
+
+def _add_slimgpt_keys(w, source) -> None:
+    """slimgpt.*: the export mark (common.is_export_gguf), the source folder, rope scaling for read_gguf."""
     w.add_string(GGUF_MARK_KEY, EXPORT_FORMAT)
     w.add_string("slimgpt.export.source", str(source.path.name))
-    if cfg.rope_scaling is not None:      # for read_gguf; llama.cpp reads rope_freqs.weight
-        w.add_string("slimgpt.export.rope_scaling", json.dumps(cfg.rope_scaling))
+    if source.config.rope_scaling is not None:      # llama.cpp reads rope_freqs.weight instead
+        w.add_string("slimgpt.export.rope_scaling", json.dumps(source.config.rope_scaling))
 
-    # pass 1: tensor infos (shapes and types; arrays are rebuilt in pass 2, one layer at a time)
+
+def _write_tensors(w, model, plans, dtype: str) -> int:
+    """The header, the metadata and the tensors, then close; returns how many q8_0 matrices fell
+    back to F16. Two passes over the lazily built arrays (`_tensors`), so only one layer's float32
+    copies are alive at a time: the tensor infos (shapes and types) first, the data second."""
+    Q = gguf.GGMLQuantizationType
     types = {}
     fallback = 0
     for tname, arr in _tensors(model, plans):
         qt = _target_type(tname, arr.shape, dtype)
-        fallback += dtype == "q8_0" and arr.ndim == 2 and qt != gguf.GGMLQuantizationType.Q8_0
+        fallback += dtype == "q8_0" and arr.ndim == 2 and qt != Q.Q8_0
         types[tname] = qt
         # element shape; for BF16/Q8_0 the raw type says how many bytes a row takes
-        w.add_tensor_info(tname, arr.shape, np.dtype(np.float16 if qt == gguf.GGMLQuantizationType.F16 else np.float32),
+        w.add_tensor_info(tname, arr.shape, np.dtype(np.float16 if qt == Q.F16 else np.float32),
                           _nbytes(arr.shape, qt), raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -421,17 +453,7 @@ def _write(source, path: Path, dtype: str, log=None) -> dict:
     for tname, arr in _tensors(model, plans):
         w.write_tensor_data(_encode(arr, types[tname]))
     w.close()
-    dup = [i for i, p in enumerate(plans) if p["order"] is not None]
-    dummies = [i for i, p in enumerate(plans) if p["dummy_head"] or p["dummy_ffn"]]
-    log(f"gguf: arch {arch}, {dtype}, pre-tokenizer {voc['pre']}"
-        + (f", regrouped KV heads in layers {dup}" if dup else "")
-        + (f", zero head/channel in {dummies}" if dummies else ""))
-    return {"arch": arch, "layout": "plain-llama" if plain else "deci-per-layer", "tokenizer_pre": voc["pre"],
-            "regrouped_layers": dup, "padded_layers": dummies, "q8_0_f16_fallbacks": int(fallback),
-            "tensor_types": tensor_types(path),
-            "head_count": [p["heads"] for p in plans], "head_count_kv": [p["kv_heads"] for p in plans],
-            "feed_forward_length": [p["ffn"] for p in plans], "chat_template": bool(meta.get("chat_template")),
-            "metadata_sources": meta.get("sources", [])}
+    return int(fallback)
 
 
 # ----------------------------------------------------------------------------------------------
