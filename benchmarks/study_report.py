@@ -341,7 +341,7 @@ def command_table(res: dict) -> list[str]:
     for ratio in RATIOS:
         for s, d in derive_auto(res, ratio).items():
             cmd = auto_command(res, ratio, s)
-            out.append(f"| auto (derived, t = {tfmt(d['t'])})@{ratio:g}#s{s} | {fmt(d['row'].get('ppl128'))} | "
+            out.append(f"| auto@{ratio:g}#s{s} derived (t = {tfmt(d['t'])}) | {fmt(d['row'].get('ppl128'))} | "
                        f"{fmt(d['row'].get('ppl2048'))} | " + (f"`{cmd}`" if cmd else "the `auto` row's command at "
                                                               "this ratio and seed (no `auto` row yet)") + " |")
     return out
@@ -372,6 +372,7 @@ def plot(res: dict, dense2048, path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for v, label, c, pts in lines:
@@ -383,6 +384,9 @@ def plot(res: dict, dense2048, path: Path) -> bool:
     if dense2048:
         ax.axhline(dense2048, color="grey", linewidth=0.8, linestyle=":", label="dense")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("pruned share of prunable decoder parameters (%)")
     ax.set_ylabel("WikiText-2 PPL@2048 (log scale)")
     ax.set_title("SmolLM2-135M: geometric mean over seeds, bars = seed range", fontsize=9)
@@ -486,10 +490,14 @@ def write_doc(data: dict, doc: Path, img: Path, source: Path = RESULTS) -> None:
         "",
         "```bash",
         "python benchmarks/study.py --only 'KEY'    # one row, KEY as in the table below, e.g. 'slimgpt@0.2#s1'",
+        "python benchmarks/study.py --only 'slimgpt@0.2#s1' 'auto/t0.5@0.2#s1' 'slimgpt/flap-plan@0.2#s1'"
+        "   # a derived auto row's candidates",
         "python benchmarks/study_report.py          # re-render this page and the figure",
         "```",
         "",
-        "The same model comes out of the CLI command in each row. " + eval_note(res),
+        "The same model comes out of the CLI command in each row; a derived auto row has no key of its own (it is "
+        "computed from its three candidates' rows) and its command is `--schedule auto` at that ratio and seed. "
+        + eval_note(res),
         "",
         *command_table(res),
         "",
@@ -511,7 +519,7 @@ def main(argv=None):
         print(f"study_report: cannot read {args.results}: {e}", file=sys.stderr)
         sys.exit(2)
     write_doc(data, args.doc, args.img, args.results)
-    print(f"wrote {args.doc} and {args.img / 'study_ppl.png'}")
+    print(f"wrote {args.doc}" + (f" and {args.img / 'study_ppl.png'}" if (args.img / "study_ppl.png").exists() else ""))
 
 
 if __name__ == "__main__":

@@ -75,4 +75,4 @@ def test_empty_file_and_cli(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "study_report.py"), "--results", str(good),
                            "--doc", str(tmp_path / "y.md"), "--img", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "auto (derived, t = 1)@0.2#s0" in (tmp_path / "y.md").read_text()
+    assert "auto@0.2#s0 derived (t = 1)" in (tmp_path / "y.md").read_text()
