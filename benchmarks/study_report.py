@@ -119,7 +119,7 @@ def settings_lines(st: dict) -> list[str]:
              "ppl128": "PPL@128", "ppl2048": "PPL@2048", "torch": "torch", "threads": "torch threads",
              "cpus": "CPU cores (shared with other jobs: times are wall clock, indicative only)",
              "machine": "Machine"}
-    return [f"- {names.get(k, k)}: {v}" for k, v in st.items() if k in names]
+    return [f"- {names[k]}: {v}" for k, v in st.items() if k in names]
 
 
 def allocation_table(res: dict, dense2048) -> list[str]:
@@ -287,14 +287,15 @@ def align_table(res: dict) -> list[str]:
     return out
 
 
-def calib_of(row: dict) -> tuple:
-    return tuple(row.get("calibration") or ())
+def paper_scale(row: dict) -> bool:
+    """Calibrated at the paper's scale: at least 128 windows of 2048 tokens."""
+    n, T = (row.get("calibration") or (0, 0))[:2]
+    return n >= 128 and T == 2048
 
 
 def paper_scale_lines(res: dict) -> list[str]:
     """Rows at the paper's calibration scale (≥ 128 windows of 2048 tokens) beside their base variant."""
-    rows = sorted((r for r in res.values() if len(calib_of(r)) == 2 and calib_of(r)[0] >= 128
-                   and calib_of(r)[1] == 2048), key=lambda r: (r["variant"], r["ratio"], r.get("seed", 0)))
+    rows = sorted(filter(paper_scale, res.values()), key=lambda r: (r["variant"], r["ratio"], r.get("seed", 0)))
     if not rows:
         return [f"Paper-scale calibration (128 × 2048 C4 tokens): {NOT_RUN}."]
     out = ["| configuration | ratio | seed | calibration | PPL@128 | PPL@2048 | same seed, 32 × 256 | prune s | wall s |",
@@ -303,7 +304,7 @@ def paper_scale_lines(res: dict) -> list[str]:
         base = by_seed(res, re.sub(r"/c\d+x\d+$", "", r["variant"]), r["ratio"]).get(r.get("seed", 0))
         b = (f"{fmt(base.get('ppl128'))} / {fmt(base.get('ppl2048'))} (PPL@2048 {pct(r['ppl2048'], base['ppl2048'])} "
              "here)" if base and base.get("ppl2048") else NOT_RUN)
-        n, T = calib_of(r)
+        n, T = r["calibration"]
         out.append(f"| {r['variant']} | {r['ratio']:.0%} | {r.get('seed', 0)} | {n} × {T} | {fmt(r.get('ppl128'))} | "
                    f"{fmt(r.get('ppl2048'))} | {b} | {fmt(r.get('prune_s'), 0)} | {fmt(r.get('wall_s'), 0)} |")
     return out
@@ -312,8 +313,7 @@ def paper_scale_lines(res: dict) -> list[str]:
 def other_rows(res: dict) -> list[str]:
     """Rows that none of the sections above shows (other methods, extra variants)."""
     shown = set(CANDIDATES.values()) | {"dense", "auto", ALIGN[0]}
-    rows = [r for r in res.values() if r.get("variant") not in shown and not (
-        len(calib_of(r)) == 2 and calib_of(r)[0] >= 128 and calib_of(r)[1] == 2048)]
+    rows = [r for r in res.values() if r.get("variant") not in shown and not paper_scale(r)]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["ratio"], r["variant"]), {})[r.get("seed", 0)] = r
@@ -412,8 +412,8 @@ def write_doc(data: dict, doc: Path, img: Path, source: Path = RESULTS) -> None:
     lines = [
         "# Allocation study: the log schedule, FLAP's counts and `--schedule auto` on SmolLM2-135M",
         "",
-        f"*Rendered by `python benchmarks/study_report.py` from the committed `{source}` ({len(res)} row{'s' if len(res) != 1 else ''}). "
-        "Every number and sentence is computed from that file; a configuration missing from it is shown as "
+        f"*Rendered by `python benchmarks/study_report.py` from the committed `{source}` "
+        f"({len(res)} row{'s' if len(res) != 1 else ''}). Every number and sentence is computed from that file; a configuration missing from it is shown as "
         f"\"{NOT_RUN}\". Edit the renderer, not this page.*",
         "",
         "## Settings",
