@@ -214,7 +214,7 @@ def verdicts(res: dict) -> tuple[list[str], list[str]]:
                          f"| {spread} | {paired(auto, log, field, seeds)} | {paired(auto, flap, field, seeds)} |")
     summary = [f"- auto is at least as good as the better of log and FLAP's counts (mean) in {ok} of {cells} "
                "(ratio, protocol) cells measured; better beyond the seed spread in "
-               + (", ".join(beyond) if beyond else "none") + "."]
+               + (", ".join(beyond) if beyond else "none") + "." if cells else f"- auto vs the baselines: {NOT_RUN}."]
     if missing:
         summary.append(f"- No derived auto (a candidate row {NOT_RUN}): {', '.join(missing)}.")
     return (table if cells else []), summary
@@ -495,7 +495,7 @@ def write_doc(data: dict, doc: Path, img: Path, source: Path = RESULTS) -> None:
         "python benchmarks/study_report.py          # re-render this page and the figure",
         "```",
         "",
-        "The same model comes out of the CLI command in each row; a derived auto row has no key of its own (it is "
+        "Each row records the CLI command that makes its model; a derived auto row has no key of its own (it is "
         "computed from its three candidates' rows) and its command is `--schedule auto` at that ratio and seed. "
         + eval_note(res),
         "",
