@@ -1,585 +1,525 @@
-"""Render the quality study (benchmarks/study.py) from its JSON cache: docs/study.md and the
-figures docs/img/study_*.png. Separate from the runner so a partial cache can be rendered at
-any time:
+"""Render the allocation study (benchmarks/study.py) from its committed results file: docs/study.md
+and the figure docs/img/study_ppl.png. A pure renderer (JSON in, page out, no model), so a partial
+file renders at any time and the page re-renders with one command:
 
-    python benchmarks/study_report.py                   # out/study/results.json -> docs/study.md
+    python benchmarks/study_report.py          # benchmarks/results/study.json -> docs/study.md
 
-Every sentence of the discussion is computed from the cached rows (means, seed ranges, ratios to
-dense), so re-rendering after more rows can never leave a stale claim behind. "Beyond the seed
-spread" means that the worst calibration seed of one configuration is better than the best seed
-of the other (both with at least two seeds); otherwise a difference is reported as within the
-spread, or as a single-seed observation.
+Every number and sentence of the page is computed from the rows; a configuration that is not in
+the file is shown as "not run". `--schedule auto`'s row per (ratio, seed) is derived from its three
+candidate rows (lowest calibration loss, ties to the smaller t), which is the choice
+pipeline.choose_plan makes on the same windows; the one end-to-end `auto` row checks that.
+"Beyond the seed spread" means the worst seed of one configuration is better than the best seed of
+the other, both with at least two seeds.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
+import sys
 from pathlib import Path
 
-# Display order and labels (variant -> label). Unknown variants are shown by name, last.
-LABELS = {
-    "dense": "dense",
-    "slimgpt": "SlimGPT (paper: log schedule)",
-    "auto": "SlimGPT, auto schedule",
-    "auto+bias": "SlimGPT, auto schedule + bias",
-    "slimgpt+bias": "SlimGPT + bias",
-    "slimgpt/flap-plan": "SlimGPT with FLAP's per-layer counts",
-    "slimgpt/flap-plan/c16x2048": "SlimGPT with FLAP's per-layer counts, 16 x 2048 calibration",
-    "slimgpt/flap-plan/c16x2048+lora": "SlimGPT with FLAP's counts, 16 x 2048 calibration + LoRA",
-    "flap/c16x2048": "FLAP, 16 x 2048 calibration",
-    "slimgpt/gqa-group": "SlimGPT, whole KV groups (--gqa group)",
-    "auto/gqa-group": "SlimGPT, auto + whole KV groups",
-    "slimgpt/damp0.001": "SlimGPT, percdamp 0.001",
-    "slimgpt/damp0.1": "SlimGPT, percdamp 0.1",
-    "slimgpt/c128x512": "SlimGPT, 128 x 512 calibration",
-    "slimgpt/c64x2048": "SlimGPT, 64 x 2048 calibration",
-    "slimgpt/c16x2048": "SlimGPT, 16 x 2048 calibration",
-    "auto/c16x2048": "SlimGPT, auto schedule, 16 x 2048 calibration",
-    "auto+bias/c16x2048": "SlimGPT, auto + bias, 16 x 2048 calibration",
-    "auto/relative": "SlimGPT, auto schedule (residual-relative errors)",
-    "auto/relative/c16x2048": "SlimGPT, auto (residual-relative), 16 x 2048 calibration",
-    "auto/output": "SlimGPT, auto schedule (output-relative errors)",
-    "auto+bias/c128x512": "SlimGPT, auto + bias, 128 x 512 calibration",
-    "flap": "FLAP",
-    "flap-nobias": "FLAP without bias",
-    "wanda-sp": "Wanda-sp",
-    "magnitude": "magnitude",
-    "slimgpt+lora": "SlimGPT + LoRA",
-    "auto+bias+lora": "SlimGPT, auto + bias + LoRA",
-    "flap+lora": "FLAP + LoRA",
-    "dense+lora": "dense + LoRA (control)",
-    "no-compensation": "SlimGPT −compensation",
-    "no-gcd": "SlimGPT −GCD",
-    "no-dgs": "SlimGPT −DGS (group 128)",
-    "slimgpt/uniform": "SlimGPT, uniform schedule",
-    "slimgpt/log-decrease": "SlimGPT, log-decrease schedule",
-    "slimgpt/linear": "SlimGPT, linear schedule",
-    "slimgpt/linear-decrease": "SlimGPT, linear-decrease schedule",
-}
+RESULTS = Path("benchmarks/results/study.json")
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+# the auto schedule's candidates t (slimgpt/autoschedule.py BLENDS) and the study rows that prune them
+CANDIDATES = {0.0: "slimgpt", 0.5: "auto/t0.5", 1.0: "slimgpt/flap-plan"}
+AUTO = "auto"                           # derived from the candidates; the variant "auto" is the end-to-end run
+SCHEDULES = (("slimgpt", "log (paper)"), ("slimgpt/flap-plan", "FLAP's counts (t = 1)"),
+             ("auto/t0.5", "blend t = 0.5"), (AUTO, "**auto** (derived)"))
 PROTOCOLS = (("ppl128", "PPL@128"), ("ppl2048", "PPL@2048"))
-FAMILY = ("slimgpt", "auto", "auto+bias", "slimgpt/c16x2048", "auto/c16x2048", "auto+bias/c16x2048", "auto/relative",
-          "auto/output", "auto/relative/c16x2048", "slimgpt+bias", "slimgpt/flap-plan", "slimgpt/flap-plan/c16x2048", "slimgpt/gqa-group", "auto/gqa-group",
-          "slimgpt/damp0.001", "slimgpt/damp0.1", "slimgpt/c128x512", "slimgpt/c64x2048", "auto+bias/c128x512")
-TARGETS = {  # (ratio, fine-tuned, protocol, factor of dense): the issue's targets
-    "20% without fine-tuning: PPL@2048 ≤ 1.6 × dense": (0.2, False, "ppl2048", 1.6),
-    "20% with LoRA recovery: PPL@2048 ≤ 1.3 × dense": (0.2, True, "ppl2048", 1.3),
-    "50% without fine-tuning: PPL@2048 ≤ 4 × dense": (0.5, False, "ppl2048", 4.0),
-}
+TARGETS = ((0.2, 1.6), (0.5, 5.0))      # issue 21: PPL@2048 ≤ factor × dense, without fine-tuning
+ALIGN = ("slimgpt/align32", (0.2, 0.5))
+NOT_RUN = "not run"
 
 
-def load(cache: Path) -> dict:
-    if Path(cache).exists():
-        return json.loads(Path(cache).read_text())
-    return {"settings": {}, "results": {}}
+def load(path: Path) -> dict:
+    """The results file, or an empty one."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {"settings": {}, "results": {}}
 
 
 # ----------------------------------------------------------------------------------------------
-# Aggregation over seeds
+# Rows and their aggregates
 
-class Agg:
-    """The seeds of one (variant, ratio): mean, min and max of each protocol."""
-
-    def __init__(self, variant: str, ratio: float, rows: list):
-        self.variant, self.ratio, self.rows = variant, ratio, sorted(rows, key=lambda r: r.get("seed", 0))
-        self.n = len(rows)
-        self.seeds = [r.get("seed", 0) for r in self.rows]
-
-    def values(self, field):
-        return [r[field] for r in self.rows if r.get(field) is not None]
-
-    def mean(self, field):
-        v = self.values(field)
-        return math.exp(sum(math.log(x) for x in v) / len(v)) if v else None     # geometric mean of PPL
-
-    def lo(self, field):
-        v = self.values(field)
-        return min(v) if v else None
-
-    def hi(self, field):
-        v = self.values(field)
-        return max(v) if v else None
-
-    def spread(self, field):
-        """Half the seed range relative to the mean (±%), None for one seed."""
-        v = self.values(field)
-        return None if len(v) < 2 else 100 * (max(v) - min(v)) / 2 / self.mean(field)
-
-    @property
-    def label(self):
-        return LABELS.get(self.variant, self.variant)
-
-    @property
-    def params(self):
-        return self.rows[0].get("params")
-
-    def first(self, field):
-        return next((r[field] for r in self.rows if r.get(field) is not None), None)
+def gmean(xs):
+    xs = [x for x in xs if x is not None]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
-def aggregate(results: dict) -> dict:
-    groups: dict = {}
-    for r in results.values():
-        v = r.get("variant") or r.get("method")
-        groups.setdefault((v, float(r.get("ratio", 0.0))), []).append(r)
-    return {k: Agg(k[0], k[1], rows) for k, rows in groups.items()}
+def amean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
 
 
-def _order(a: Agg):
-    names = list(LABELS)
-    return (a.ratio, names.index(a.variant) if a.variant in names else 99, a.variant)
+def by_seed(results: dict, variant: str, ratio: float) -> dict:
+    """seed -> row of one (variant, ratio)."""
+    return {r.get("seed", 0): r for r in results.values()
+            if r.get("variant") == variant and math.isclose(float(r.get("ratio", 0)), ratio)}
 
 
-def _fmt(x, nd=2):
+def derive_auto(results: dict, ratio: float) -> dict:
+    """seed -> {"t", "row", "cost_s"}: the candidate with the lowest calibration loss (ties: the
+    smaller t), only for seeds where every candidate row exists with its loss."""
+    cands = {t: by_seed(results, v, ratio) for t, v in CANDIDATES.items()}
+    out = {}
+    for seed in sorted(set.intersection(*(set(c) for c in cands.values()))):
+        rows = {t: cands[t][seed] for t in sorted(cands)}
+        if any(r.get("calibration_loss") is None for r in rows.values()):
+            continue
+        t = min(rows, key=lambda t: (rows[t]["calibration_loss"], t))
+        prunes = [r.get("prune_s") for r in rows.values()]
+        cost = None if None in prunes else sum(prunes) + rows[t]["prune_s"]
+        out[seed] = {"t": t, "row": rows[t], "cost_s": cost}
+    return out
+
+
+def series(results: dict, variant: str, ratio: float) -> dict:
+    """seed -> row for a study variant, or for the derived auto (its chosen candidate's row)."""
+    if variant == AUTO:
+        return {s: d["row"] for s, d in derive_auto(results, ratio).items()}
+    return by_seed(results, variant, ratio)
+
+
+def values(rows: dict, field: str, seeds=None) -> list:
+    return [r[field] for s, r in sorted(rows.items()) if (seeds is None or s in seeds) and r.get(field) is not None]
+
+
+def fmt(x, nd=2):
     if x is None:
         return "—"
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return "∞" if x == math.inf else "nan"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.{nd}f}"
+    if math.isinf(x) or math.isnan(x):
+        return str(x)
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{nd}f}"
 
 
-def _cell(a: Agg, field):
-    m = a.mean(field)
-    if m is None:
-        return "—"
-    if a.n < 2:
-        return _fmt(m)
-    return f"{_fmt(m)} [{_fmt(a.lo(field))}–{_fmt(a.hi(field))}]"
+def tfmt(t: float) -> str:
+    return f"{t:g}"
 
 
-# ----------------------------------------------------------------------------------------------
-# Comparisons (the only source of the discussion's claims)
-
-def compare(a: Agg, b: Agg, field: str) -> dict:
-    """How a compares with b on one protocol (lower is better)."""
-    ma, mb = a.mean(field), b.mean(field)
-    if ma is None or mb is None:
-        return {}
-    pct = 100 * (ma - mb) / mb
-    both = a.n >= 2 and b.n >= 2
-    if both and a.hi(field) < b.lo(field):
-        verdict = "better beyond the seed spread"
-    elif both and a.lo(field) > b.hi(field):
-        verdict = "worse beyond the seed spread"
-    elif both:
-        verdict = "within the seed spread"
-    else:
-        verdict = "single seed"
-    paired = None
-    sa = {r.get("seed"): r.get(field) for r in a.rows}
-    sb = {r.get("seed"): r.get(field) for r in b.rows}
-    common = [s for s in sa if s in sb and sa[s] is not None and sb[s] is not None]
-    if len(common) >= 2:
-        paired = sum(sa[s] < sb[s] for s in common), len(common)
-    return {"a": ma, "b": mb, "pct": pct, "verdict": verdict, "paired": paired}
+def cell(rows: dict, field: str) -> str:
+    v = values(rows, field)
+    if not v:
+        return NOT_RUN
+    return fmt(gmean(v)) + (f" [{fmt(min(v))}–{fmt(max(v))}]" if len(v) > 1 else "")
 
 
-def _cmp_text(a: Agg, b: Agg, field: str, proto: str) -> str:
-    c = compare(a, b, field)
-    if not c:
-        return ""
-    word = "lower" if c["pct"] < 0 else "higher"
-    s = (f"{proto} {_fmt(c['a'])} vs {_fmt(c['b'])} ({abs(c['pct']):.1f}% {word}; {c['verdict']}")
-    if c["paired"]:
-        s += f"; lower on {c['paired'][0]} of {c['paired'][1]} paired seeds"
-    return s + ")"
-
-
-def _sp(a: Agg, field) -> str:
-    sp = a.spread(field)
-    return f"±{sp:.1f}% over {a.n} seeds" if sp is not None else "one seed"
+def pct(a, b) -> str:
+    d = 100 * (a - b) / b
+    return "±0.0%" if abs(d) < 0.05 else f"{d:+.1f}%"
 
 
 # ----------------------------------------------------------------------------------------------
 # Sections
 
-def results_table(aggs: dict, dense: Agg | None, keys=None) -> str:
-    out = ["| ratio | configuration | parameters | seeds | PPL@128 mean [min–max] | PPL@2048 mean [min–max] | "
-           "@2048 × dense | prune s |",
-           "|---|---|---|---|---|---|---|---|"]
-    d2048 = dense.mean("ppl2048") if dense else None
-    for a in sorted(aggs.values(), key=_order):
-        if keys is not None and a.variant not in keys:
-            continue
-        ratio = "0%" if a.variant.startswith("dense") else f"{a.ratio:.0%}"
-        x = f"{a.mean('ppl2048') / d2048:.2f}" if d2048 and a.mean("ppl2048") else "—"
-        ps = a.values("prune_s")
-        out.append(f"| {ratio} | {a.label} | {a.params:,} | {','.join(map(str, a.seeds))} | {_cell(a, 'ppl128')} | "
-                   f"{_cell(a, 'ppl2048')} | {x} | {_fmt(sum(ps) / len(ps), 0) if ps else '—'} |")
-    return "\n".join(out)
+def settings_lines(st: dict) -> list[str]:
+    if not st:
+        return ["Settings: not recorded (no row has run)."]
+    names = {"model": "Model", "calibration": "Calibration", "percdamp": "Damping (percdamp)",
+             "ppl128": "PPL@128", "ppl2048": "PPL@2048", "torch": "torch", "threads": "torch threads",
+             "cpus": "CPU cores (shared with other jobs: times are wall clock, indicative only)",
+             "machine": "Machine"}
+    return [f"- {names[k]}: {v}" for k, v in st.items() if k in names]
 
 
-def _get(aggs, v, r):
-    return aggs.get((v, float(r)))
-
-
-def key_findings(aggs: dict, dense: Agg | None) -> list[str]:
-    lines = []
-    for r in (0.2, 0.5):
-        s, f = _get(aggs, "slimgpt", r), _get(aggs, "flap", r)
-        if s and f:
-            for field, proto in PROTOCOLS:
-                lines.append(f"- {r:.0%}, SlimGPT (paper) vs FLAP: " + _cmp_text(s, f, field, proto) + ".")
-        w = _get(aggs, "wanda-sp", r)
-        if s and w:
-            lines.append(f"- {r:.0%}, SlimGPT (paper) vs Wanda-sp: " + _cmp_text(s, w, "ppl2048", "PPL@2048") + ".")
-        if s:
-            lines.append(f"- {r:.0%}, calibration-seed spread of SlimGPT (paper): PPL@128 {_sp(s, 'ppl128')}, "
-                         f"PPL@2048 {_sp(s, 'ppl2048')}.")
-        # the best SlimGPT-family configuration without fine-tuning vs FLAP
-        fam = [a for a in (_get(aggs, v, r) for v in FAMILY) if a and a.mean("ppl2048")]
-        if fam and f:
-            best = min(fam, key=lambda a: a.mean("ppl2048"))
-            texts = [_cmp_text(best, f, field, proto) for field, proto in PROTOCOLS]
-            beats = all(compare(best, f, fl).get("verdict") == "better beyond the seed spread" for fl, _ in PROTOCOLS)
-            lines.append(f"- {r:.0%}, best SlimGPT-family configuration by PPL@2048 is **{best.label}**; vs FLAP: "
-                         + "; ".join(texts) + (". It is below FLAP on both protocols beyond the seed spread."
-                                               if beats else ". It is not below FLAP on both protocols beyond the "
-                                                             "seed spread."))
-    return lines
-
-
-HYPOTHESES = [
-    # (variant, against, ratio, what it tests)
-    ("slimgpt/flap-plan", "slimgpt", 0.2, "FLAP's per-layer allocation (its global threshold) instead of the log "
-                                          "schedule, SlimGPT's OBS kept"),
-    ("slimgpt/flap-plan", "slimgpt", 0.5, "FLAP's per-layer allocation at 50%"),
-    ("slimgpt/flap-plan/c16x2048", "slimgpt/flap-plan", 0.2, "16 x 2048 calibration with FLAP's per-layer counts"),
-    ("slimgpt/flap-plan/c16x2048", "slimgpt/flap-plan", 0.5, "16 x 2048 calibration with FLAP's counts at 50%"),
-    ("flap/c16x2048", "flap", 0.2, "16 x 2048 calibration for FLAP itself (control)"),
-    ("auto", "slimgpt", 0.2, "the data-driven schedule (--schedule auto) instead of the log schedule"),
-    ("auto", "slimgpt", 0.5, "the data-driven schedule at 50%"),
-    ("slimgpt+bias", "slimgpt", 0.2, "FLAP's mean-shift bias compensation added to SlimGPT's OBS"),
-    ("slimgpt+bias", "slimgpt", 0.5, "bias compensation at 50%"),
-    ("auto+bias", "auto", 0.2, "bias compensation on top of the auto schedule"),
-    ("auto+bias", "auto", 0.5, "bias compensation on top of the auto schedule at 50%"),
-    ("flap-nobias", "flap", 0.2, "FLAP without its bias compensation"),
-    ("slimgpt/gqa-group", "slimgpt", 0.2, "pruning whole KV groups (a KV head with its 3 query heads)"),
-    ("auto/gqa-group", "auto", 0.2, "whole KV groups under the auto schedule"),
-    ("slimgpt/damp0.001", "slimgpt", 0.2, "damping 0.001 instead of 0.01"),
-    ("slimgpt/damp0.1", "slimgpt", 0.2, "damping 0.1 instead of 0.01"),
-    ("slimgpt/c128x512", "slimgpt", 0.2, "128 x 512 calibration tokens (8x) instead of 32 x 256"),
-    ("slimgpt/c64x2048", "slimgpt", 0.2, "64 x 2048 calibration tokens (16x)"),
-    ("slimgpt/c16x2048", "slimgpt", 0.2, "16 x 2048 calibration tokens (4x, 8x longer windows)"),
-    ("auto/c16x2048", "auto", 0.2, "16 x 2048 calibration for the auto schedule"),
-    ("auto/relative", "auto", 0.2, "auto errors relative to the residual energy instead of gradient-weighted"),
-    ("auto/output", "auto", 0.2, "auto errors relative to each module's output energy"),
-    ("auto/relative/c16x2048", "auto/relative", 0.2, "16 x 2048 calibration for the residual-relative auto schedule"),
-    ("auto+bias/c128x512", "auto+bias", 0.2, "128 x 512 calibration for auto + bias"),
-    ("auto+bias/c128x512", "auto+bias", 0.5, "128 x 512 calibration for auto + bias at 50%"),
-]
-
-
-def hypotheses(aggs: dict) -> list[str]:
-    out = ["| ratio | change | configuration vs reference | PPL@128 | PPL@2048 |", "|---|---|---|---|---|"]
-    for v, ref, r, what in HYPOTHESES:
-        a, b = _get(aggs, v, r), _get(aggs, ref, r)
-        if not (a and b):
-            continue
-        cells = []
-        for field, _ in PROTOCOLS:
-            c = compare(a, b, field)
-            cells.append(f"{_fmt(c['a'])} vs {_fmt(c['b'])} ({c['pct']:+.1f}%, {c['verdict']})" if c else "—")
-        out.append(f"| {r:.0%} | {what} | {a.label} vs {b.label} | {cells[0]} | {cells[1]} |")
-    return out if len(out) > 2 else []
-
-
-def kv_heads_note(aggs: dict) -> list[str]:
-    """How many KV heads each method drops (the KV-head hypothesis), from the recorded shapes."""
-    lines = []
-    for r in (0.2, 0.5):
-        parts = []
-        for v in ("slimgpt", "flap", "auto+bias", "slimgpt/flap-plan"):
-            a = _get(aggs, v, r)
-            if a and a.first("kv_kept"):
-                kv = a.rows[0]["kv_kept"]
-                lost = 3 * len(kv) - sum(kv)
-                parts.append(f"{a.label} {lost} of {3 * len(kv)} KV heads (seed {a.seeds[0]})")
-        if parts:
-            lines.append(f"- {r:.0%}: KV heads removed: " + "; ".join(parts) + ". A KV head leaves with the last query "
-                         "head that reads it (under --gqa query), and carries 73,728 parameters, like a query head.")
-    return lines
-
-
-def recovery(aggs: dict, dense: Agg | None) -> list[str]:
-    out = ["| ratio | configuration | PPL@128 before → after | PPL@2048 before → after | @2048 × dense after | "
-           "steps × windows × tokens | fine-tune wall s |", "|---|---|---|---|---|---|---|"]
-    d = dense.mean("ppl2048") if dense else None
-    for a in sorted(aggs.values(), key=_order):
-        if not a.variant.endswith("+lora"):
-            continue
-        ft = a.rows[0].get("finetune") or {}
-        st = ft.get("settings", {})
-        x = f"{a.mean('ppl2048') / d:.2f}" if d else "—"
-        b128 = math.exp(sum(math.log(r["ppl128_before"]) for r in a.rows) / a.n)
-        b2048 = math.exp(sum(math.log(r["ppl2048_before"]) for r in a.rows) / a.n)
-        out.append(f"| {a.ratio:.0%} | {a.label} ({a.n} seed{'s' if a.n > 1 else ''}) | {_fmt(b128)} → "
-                   f"{_cell(a, 'ppl128')} | {_fmt(b2048)} → {_cell(a, 'ppl2048')} | {x} | "
-                   f"{st.get('steps')} × {st.get('batch')} × {st.get('seqlen')} = {ft.get('tokens', 0):,} | "
-                   f"{_fmt(ft.get('seconds'), 0)} |")
-    return out if len(out) > 2 else []
-
-
-def targets(aggs: dict, dense: Agg | None) -> list[str]:
-    out = []
-    if not dense:
-        return out
-    for name, (r, tuned, field, factor) in TARGETS.items():
-        pool = [a for a in aggs.values() if a.ratio == r and a.mean(field) and
-                (a.variant.endswith("+lora") == tuned) and
-                (a.variant.replace("+lora", "") in FAMILY)]
-        if not pool:
-            out.append(f"- {name}: no SlimGPT-family row yet.")
-            continue
-        best = min(pool, key=lambda a: a.mean(field))
-        x = best.mean(field) / dense.mean(field)
-        worst = best.hi(field) / dense.mean(field)
-        status = "**met**" if x <= factor else "**missed**"
-        seeds = f" (worst of {best.n} seeds {worst:.2f} ×)" if best.n > 1 else " (one seed)"
-        out.append(f"- {name}: {status} — best {best.label}: {_fmt(best.mean(field))} = {x:.2f} × dense{seeds}.")
-    # FLAP target: a SlimGPT-family configuration below FLAP on both protocols beyond the seed spread
-    f = _get(aggs, "flap", 0.2)
-    if f:
-        winners = [a for a in (_get(aggs, v, 0.2) for v in FAMILY) if a and all(
-            compare(a, f, fl).get("verdict") == "better beyond the seed spread" for fl, _ in PROTOCOLS)]
-        if winners:
-            out.append("- 20%: below FLAP on both protocols beyond the seed spread: **met** by "
-                       + ", ".join(w.label for w in winners) + ".")
-        else:
-            out.append("- 20%: a SlimGPT-family configuration below FLAP on both protocols beyond the seed spread: "
-                       "**not met** (yet) — see the comparisons above.")
+def allocation_table(res: dict, dense2048) -> list[str]:
+    out = ["| ratio | schedule | seeds | PPL@128 mean [min–max] | PPL@2048 mean [min–max] | @2048 × dense | "
+           "auto's t per seed | prune s (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for r in RATIOS:
+        derived = derive_auto(res, r)
+        for v, label in SCHEDULES:
+            rows = series(res, v, r)
+            if not rows:
+                out.append(f"| {r:.0%} | {label} | — | {NOT_RUN} | {NOT_RUN} | — | — | — |")
+                continue
+            m = gmean(values(rows, "ppl2048"))
+            x = fmt(m / dense2048) if m and dense2048 else "—"
+            if v == AUTO:
+                ts = ", ".join(f"s{s}: {tfmt(d['t'])}" for s, d in derived.items())
+                cost = amean([d["cost_s"] for d in derived.values()])
+                prune = f"≈ {fmt(cost, 0)} (est.)" if cost is not None else "—"
+            else:
+                ts, prune = "—", fmt(amean(values(rows, "prune_s")), 0)
+            out.append(f"| {r:.0%} | {label} | {','.join(map(str, sorted(rows)))} | {cell(rows, 'ppl128')} | "
+                       f"{cell(rows, 'ppl2048')} | {x} | {ts} | {prune} |")
     return out
 
 
-def auto_cost(aggs: dict) -> list[str]:
-    lines = []
-    for r in (0.2, 0.5):
-        s, a = _get(aggs, "slimgpt", r), _get(aggs, "auto", r) or _get(aggs, "auto+bias", r)
-        if s and a and s.values("prune_s") and a.values("prune_s"):
-            ps, pa = (sum(x.values("prune_s")) / len(x.values("prune_s")) for x in (s, a))
-            lines.append(f"- {r:.0%}: a prune with --schedule auto took {_fmt(pa, 0)} s against {_fmt(ps, 0)} s for "
-                         f"the log schedule ({pa / ps:.2f} ×, wall clock on the shared machine, means over seeds).")
-    return lines
+def run_t(row: dict):
+    """The t the end-to-end auto run chose (its schedule_search record)."""
+    search = row.get("schedule_search") or {}
+    return search.get("t")
 
 
-def allocation_note(aggs: dict) -> list[str]:
-    lines = []
-    for r in (0.2, 0.5):
+def check_lines(res: dict) -> list[str]:
+    """The end-to-end `auto` rows beside their derived twins."""
+    runs = [r for r in res.values() if r.get("variant") == "auto"]
+    if not runs:
+        return [f"The end-to-end check (`{AUTO}` run by the CLI's path): {NOT_RUN}."]
+    out = ["| ratio | seed | derived: t, PPL@128, PPL@2048 | end to end: t, PPL@128, PPL@2048 | same model |",
+           "|---|---|---|---|---|"]
+    for row in sorted(runs, key=lambda r: (r["ratio"], r.get("seed", 0))):
+        d = derive_auto(res, row["ratio"]).get(row.get("seed", 0))
+        e = f"{tfmt(run_t(row)) if run_t(row) is not None else '—'}, {fmt(row.get('ppl128'))}, " \
+            f"{fmt(row.get('ppl2048'))}"
+        if d is None:
+            out.append(f"| {row['ratio']:.0%} | {row.get('seed', 0)} | {NOT_RUN} (candidate rows missing) | {e} | — |")
+            continue
+        dr = d["row"]
+        same = (run_t(row) == d["t"] and all(row.get(f) is not None and dr.get(f) is not None
+                                             and math.isclose(row[f], dr[f], rel_tol=1e-6) for f, _ in PROTOCOLS))
+        out.append(f"| {row['ratio']:.0%} | {row.get('seed', 0)} | {tfmt(d['t'])}, {fmt(dr.get('ppl128'))}, "
+                   f"{fmt(dr.get('ppl2048'))} | {e} | {'yes' if same else '**no**'} |")
+    return out
+
+
+def paired(a: dict, b: dict, field: str, seeds) -> str:
+    pairs = [(a[s][field], b[s][field]) for s in seeds if s in a and s in b
+             and a[s].get(field) is not None and b[s].get(field) is not None]
+    return f"{sum(x < y for x, y in pairs)} lower, {sum(x == y for x, y in pairs)} equal of {len(pairs)}"
+
+
+def verdicts(res: dict) -> tuple[list[str], list[str]]:
+    """Per ratio and protocol: auto against the better of log and FLAP's counts (on auto's seeds).
+    Returns (table, summary)."""
+    table = ["| ratio | protocol | seeds | auto | log | FLAP's counts | auto vs the better (mean) | beyond the seed "
+             "spread | per seed vs log | per seed vs FLAP's counts |", "|---|---|---|---|---|---|---|---|---|---|"]
+    ok, beyond, cells, missing = 0, [], 0, []
+    for r in RATIOS:
+        derived = derive_auto(res, r)
+        if not derived:
+            missing.append(f"{r:.0%}")
+            continue
+        seeds = set(derived)
+        auto = {s: d["row"] for s, d in derived.items()}
+        log, flap = by_seed(res, "slimgpt", r), by_seed(res, "slimgpt/flap-plan", r)
+        for field, proto in PROTOCOLS:
+            ma, ml, mf = (gmean(values(x, field, seeds)) for x in (auto, log, flap))
+            if None in (ma, ml, mf):
+                continue
+            cells += 1
+            best_v, best_name, mb = (log, "log", ml) if ml <= mf else (flap, "FLAP's counts", mf)
+            good = ma <= mb
+            ok += good
+            va, vb = values(auto, field, seeds), values(best_v, field, seeds)
+            if len(va) >= 2 and len(vb) >= 2:
+                strict = max(va) < min(vb)
+                spread = "**yes**" if strict else "no"
+                if strict:
+                    beyond.append(f"{r:.0%} {proto}")
+            else:
+                spread = "one seed"
+            table.append(f"| {r:.0%} | {proto} | {','.join(map(str, sorted(seeds)))} | {fmt(ma)} | {fmt(ml)} | "
+                         f"{fmt(mf)} | {pct(ma, mb)} vs {best_name}: {'as good or better' if good else '**worse**'} "
+                         f"| {spread} | {paired(auto, log, field, seeds)} | {paired(auto, flap, field, seeds)} |")
+    summary = [f"- auto is at least as good as the better of log and FLAP's counts (mean) in {ok} of {cells} "
+               "(ratio, protocol) cells measured; better beyond the seed spread in "
+               + (", ".join(beyond) if beyond else "none") + "." if cells else f"- auto vs the baselines: {NOT_RUN}."]
+    if missing:
+        summary.append(f"- No derived auto (a candidate row {NOT_RUN}): {', '.join(missing)}.")
+    return (table if cells else []), summary
+
+
+def target_lines(res: dict, dense2048) -> list[str]:
+    if not dense2048:
+        return [f"- Targets: the dense row is {NOT_RUN}."]
+    out = []
+    for r, factor in TARGETS:
+        pool = {v: by_seed(res, v, r) for v in {x.get("variant") for x in res.values()}
+                if v and v != "dense" and "lora" not in v and v != "auto"}
+        pool[AUTO] = series(res, AUTO, r)
+        means = {v: gmean(values(rows, "ppl2048")) for v, rows in pool.items()}
+        means = {v: m for v, m in means.items() if m is not None}
+        head = f"- {r:.0%} without fine-tuning, PPL@2048 ≤ {factor:g} × dense ({fmt(factor * dense2048)}): "
+        if not means:
+            out.append(head + f"{NOT_RUN}.")
+            continue
+        best = min(means, key=means.get)
+        n = len(values(pool[best], "ppl2048"))
+        x = means[best] / dense2048
+        auto = (f"; auto {fmt(means[AUTO])} = {means[AUTO] / dense2048:.2f} × dense" if AUTO in means
+                and best != AUTO else "")
+        out.append(head + f"{'**met**' if x <= factor else '**missed**'}: best configuration {best} "
+                   f"{fmt(means[best])} = {x:.2f} × dense (mean of {n} seed{'s' if n > 1 else ''}){auto}.")
+    return out
+
+
+def cost_lines(res: dict) -> list[str]:
+    out = []
+    for r in RATIOS:
+        log = by_seed(res, "slimgpt", r)
+        derived = derive_auto(res, r)
+        est = [d["cost_s"] / log[s]["prune_s"] for s, d in derived.items()
+               if d["cost_s"] is not None and log[s].get("prune_s")]
+        runs = [(s, row) for s, row in by_seed(res, "auto", r).items() if row.get("prune_s")]
         parts = []
-        for v in ("slimgpt", "auto+bias", "flap"):
-            a = _get(aggs, v, r)
-            if a and a.first("heads_kept"):
-                h, f = a.rows[0]["heads_kept"], a.rows[0]["ffn_kept"]
-                parts.append(f"{a.label}: heads kept {min(h)}–{max(h)} per layer ({sum(h)} in all), FFN kept "
-                             f"{min(f)}–{max(f)} ({sum(f):,}); first/last layer FFN {f[0]}/{f[-1]}")
-        if parts:
-            lines.append(f"- {r:.0%} (seed 0): " + "; ".join(parts) + ".")
-    return lines
+        for s, row in runs:
+            base = log.get(s, {}).get("prune_s")
+            parts.append(f"measured (end-to-end `auto`, seed {s}) {fmt(row['prune_s'], 0)} s"
+                         + (f" = {row['prune_s'] / base:.1f} × the log prune of that seed" if base else ""))
+        if est:
+            parts.append(f"estimated over {len(est)} seed{'s' if len(est) > 1 else ''} "
+                         f"{amean(est):.1f} × the log prune [{min(est):.1f}–{max(est):.1f}]")
+        out.append(f"- {r:.0%}: " + ("; ".join(parts) if parts else NOT_RUN) + ".")
+    return out
+
+
+def align_table(res: dict) -> list[str]:
+    variant, ratios = ALIGN
+    out = ["| ratio | seed | parameters --align 1 → 32 | PPL@128 --align 1 → 32 | PPL@2048 --align 1 → 32 |",
+           "|---|---|---|---|---|"]
+    for r in ratios:
+        a, b = by_seed(res, "slimgpt", r), by_seed(res, variant, r)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            out.append(f"| {r:.0%} | — | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} |")
+            continue
+        for s in seeds:
+            cells = [f"{fmt(a[s][f])} → {fmt(b[s][f])} ({pct(b[s][f], a[s][f])})" for f, _ in PROTOCOLS]
+            out.append(f"| {r:.0%} | {s} | {a[s].get('params', 0):,} → {b[s].get('params', 0):,} | "
+                       + " | ".join(cells) + " |")
+        if len(seeds) > 1:
+            cells = []
+            for f, _ in PROTOCOLS:
+                ma, mb = gmean(values(a, f, seeds)), gmean(values(b, f, seeds))
+                cells.append(f"{fmt(ma)} → {fmt(mb)} ({pct(mb, ma)})")
+            out.append(f"| {r:.0%} | mean of {len(seeds)} | | " + " | ".join(cells) + " |")
+    return out
+
+
+def paper_scale(row: dict) -> bool:
+    """Calibrated at the paper's scale: at least 128 windows of 2048 tokens."""
+    n, T = (row.get("calibration") or (0, 0))[:2]
+    return n >= 128 and T == 2048
+
+
+def paper_scale_lines(res: dict) -> list[str]:
+    """Rows at the paper's calibration scale (≥ 128 windows of 2048 tokens) beside their base variant."""
+    rows = sorted(filter(paper_scale, res.values()), key=lambda r: (r["variant"], r["ratio"], r.get("seed", 0)))
+    if not rows:
+        return [f"Paper-scale calibration (128 × 2048 C4 tokens): {NOT_RUN}."]
+    out = ["| configuration | ratio | seed | calibration | PPL@128 | PPL@2048 | same seed, 32 × 256 | prune s | wall s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = by_seed(res, re.sub(r"/c\d+x\d+$", "", r["variant"]), r["ratio"]).get(r.get("seed", 0))
+        b = (f"{fmt(base.get('ppl128'))} / {fmt(base.get('ppl2048'))} (PPL@2048 {pct(r['ppl2048'], base['ppl2048'])} "
+             "here)" if base and base.get("ppl2048") else NOT_RUN)
+        n, T = r["calibration"]
+        out.append(f"| {r['variant']} | {r['ratio']:.0%} | {r.get('seed', 0)} | {n} × {T} | {fmt(r.get('ppl128'))} | "
+                   f"{fmt(r.get('ppl2048'))} | {b} | {fmt(r.get('prune_s'), 0)} | {fmt(r.get('wall_s'), 0)} |")
+    return out
+
+
+def other_rows(res: dict) -> list[str]:
+    """Rows that none of the sections above shows (other methods, extra variants)."""
+    shown = set(CANDIDATES.values()) | {"dense", "auto", ALIGN[0]}
+    rows = [r for r in res.values() if r.get("variant") not in shown and not paper_scale(r)]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["ratio"], r["variant"]), {})[r.get("seed", 0)] = r
+    out = ["| ratio | configuration | seeds | parameters | PPL@128 | PPL@2048 | prune s |", "|---|---|---|---|---|---|---|"]
+    for (ratio, v), g in sorted(groups.items()):
+        out.append(f"| {ratio:.0%} | {v} | {','.join(map(str, sorted(g)))} | {next(iter(g.values())).get('params', 0):,} "
+                   f"| {cell(g, 'ppl128')} | {cell(g, 'ppl2048')} | {fmt(amean(values(g, 'prune_s')), 0)} |")
+    return out if groups else [f"Other methods (FLAP, Wanda-sp): {NOT_RUN}."]
+
+
+def auto_command(res: dict, ratio: float, seed: int):
+    """The CLI command of a derived auto row: the end-to-end auto row's, at this ratio and seed."""
+    run = next((r for r in res.values() if r.get("variant") == "auto" and r.get("command")), None)
+    if run is None:
+        return None
+    cmd = re.sub(r"--ratio \S+", f"--ratio {ratio:g}", run["command"])
+    return re.sub(r"--seed \S+", f"--seed {seed}", cmd)
+
+
+def command_table(res: dict) -> list[str]:
+    out = ["| configuration | PPL@128 | PPL@2048 | command |", "|---|---|---|---|"]
+    for k, r in sorted(res.items(), key=lambda kv: (kv[1].get("ratio", 0), kv[1].get("variant", ""),
+                                                    kv[1].get("seed", 0))):
+        out.append(f"| {k} | {fmt(r.get('ppl128'))} | {fmt(r.get('ppl2048'))} | `{r.get('command', '—')}` |")
+    for ratio in RATIOS:
+        for s, d in derive_auto(res, ratio).items():
+            cmd = auto_command(res, ratio, s)
+            out.append(f"| auto@{ratio:g}#s{s} derived (t = {tfmt(d['t'])}) | {fmt(d['row'].get('ppl128'))} | "
+                       f"{fmt(d['row'].get('ppl2048'))} | " + (f"`{cmd}`" if cmd else "the `auto` row's command at "
+                                                              "this ratio and seed (no `auto` row yet)") + " |")
+    return out
+
+
+def eval_note(res: dict) -> str:
+    dense = by_seed(res, "dense", 0.0).get(0, {}).get("command")
+    if not dense:
+        return "PPL of a pruned row: the dense row's eval commands on `pruned` (dense row not run)."
+    return (f"The dense row is `{dense}`; a pruned row's PPL@128 and PPL@2048 are the same commands on `pruned` "
+            f"(`{dense.replace('smollm2-135m', 'pruned')}`).")
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures
+# Figure
 
-def plot_sweep(aggs: dict, dense: Agg | None, path: Path) -> None:
+def plot(res: dict, dense2048, path: Path) -> bool:
+    """PPL@2048 vs ratio for the four allocations; False, and no file (none stale), when none has a row."""
+    lines = []
+    for (v, label), c in zip(SCHEDULES, ("C0", "C3", "C2", "k")):
+        pts = [(100 * r, vs) for r in RATIOS if (vs := values(series(res, v, r), "ppl2048"))]
+        if pts:
+            lines.append((v, label.replace("*", ""), c, pts))
+    if not lines:
+        path.unlink(missing_ok=True)
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    series = ["slimgpt", "auto+bias", "flap", "slimgpt+lora", "auto+bias+lora", "flap+lora"]
-    style = {"slimgpt": ("C0", "-"), "auto+bias": ("C2", "-"), "flap": ("C3", "-"),
-             "slimgpt+lora": ("C0", "--"), "auto+bias+lora": ("C2", "--"), "flap+lora": ("C3", "--")}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for ax, (field, proto) in zip(axes, PROTOCOLS):
-        for v in series:
-            pts = sorted((a.ratio, a) for a in aggs.values() if a.variant == v and a.mean(field))
-            if not pts:
-                continue
-            xs = [100 * r for r, _ in pts]
-            ys = [a.mean(field) for _, a in pts]
-            err = [[a.mean(field) - a.lo(field) for _, a in pts], [a.hi(field) - a.mean(field) for _, a in pts]]
-            c, ls = style[v]
-            ax.errorbar(xs, ys, yerr=err, color=c, linestyle=ls, marker="o", capsize=3, label=LABELS[v])
-        if dense and dense.mean(field):
-            ax.axhline(dense.mean(field), color="k", linewidth=0.8, linestyle=":", label="dense")
-        ax.set_yscale("log")
-        ax.set_xlabel("pruned share of prunable decoder parameters (%)")
-        ax.set_ylabel(f"WikiText-2 {proto} (log scale)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M: PPL vs ratio (mean over seeds, bars = seed range; dashed = after LoRA recovery)",
-                 fontsize=10)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for v, label, c, pts in lines:
+        ys = [gmean(vs) for _, vs in pts]
+        err = [[max(0.0, y - min(vs)) for y, (_, vs) in zip(ys, pts)],     # max(): rounding of one seed's mean
+               [max(0.0, max(vs) - y) for y, (_, vs) in zip(ys, pts)]]
+        ax.errorbar([x for x, _ in pts], ys, yerr=err, color=c, marker="o", capsize=3,
+                    linestyle="--" if v == AUTO else "-", label=label)
+    if dense2048:
+        ax.axhline(dense2048, color="grey", linewidth=0.8, linestyle=":", label="dense")
+    ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel("pruned share of prunable decoder parameters (%)")
+    ax.set_ylabel("WikiText-2 PPL@2048 (log scale)")
+    ax.set_title("SmolLM2-135M: geometric mean over seeds, bars = seed range", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def plot_allocation(aggs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 6), sharex=True)
-    for col, r in enumerate((0.2, 0.5)):
-        for v, c in (("slimgpt", "C0"), ("auto+bias", "C2"), ("auto", "C1"), ("flap", "C3")):
-            a = _get(aggs, v, r)
-            if not (a and a.first("heads_kept")):
-                continue
-            row = a.rows[0]
-            axes[0, col].plot(row["heads_kept"], color=c, marker=".", label=a.label)
-            axes[1, col].plot(row["ffn_kept"], color=c, marker=".", label=a.label)
-        axes[0, col].set_title(f"{r:.0%}: query heads kept per layer (of 9)", fontsize=9)
-        axes[1, col].set_title(f"{r:.0%}: FFN channels kept per layer (of 1536)", fontsize=9)
-        axes[1, col].set_xlabel("layer")
-        for ax in axes[:, col]:
-            ax.grid(True, alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
 
-def write_doc(data: dict, doc: Path, img: Path) -> None:
-    # the CLI command of each row from the variant table, not the string cached when it ran (here,
-    # not at the top: study.py imports this module)
-    from study import command
-
-    st = data.get("settings", {})
-    res = data.get("results", {})
-    aggs = aggregate(res)
-    dense = aggs.get(("dense", 0.0))
+def write_doc(data: dict, doc: Path, img: Path, source: Path = RESULTS) -> None:
+    """docs/study.md and img/study_ppl.png from the results (settings + rows keyed by configuration)."""
+    st, res = data.get("settings") or {}, data.get("results") or {}
+    dense2048 = by_seed(res, "dense", 0.0).get(0, {}).get("ppl2048")
     img = Path(img)
-    if img.suffix:                          # an old caller passing the PNG path
-        img = img.parent
-    have_plots = bool(res)
-    if have_plots:
-        plot_sweep(aggs, dense, img / "study_ppl.png")
-        plot_allocation(aggs, img / "study_alloc.png")
-    main_keys = ("dense", "slimgpt", "flap", "wanda-sp", "auto", "auto+bias")
-    ft = st.get("lora", {})
+    drawn = plot(res, dense2048, img / "study_ppl.png")
+    verdict, summary = verdicts(res)
+    cands = ", ".join(f"t = {tfmt(t)} (`{v}`)" for t, v in CANDIDATES.items())
     lines = [
-        "# Quality study: SlimGPT, a data-driven schedule, recovery, and the baselines on SmolLM2-135M",
+        "# Allocation study: the log schedule, FLAP's counts and `--schedule auto` on SmolLM2-135M",
         "",
-        f"*Generated by `benchmarks/study.py` / `benchmarks/study_report.py` from `out/study/results.json` "
-        f"({len(res)} configurations). Every number and every sentence below is computed from that cache; "
-        "edit the generator, not this file.*",
+        f"*Rendered by `python benchmarks/study_report.py` from the committed `{source}` "
+        f"({len(res)} row{'s' if len(res) != 1 else ''}). Every number and sentence is computed from that file; a configuration missing from it is shown as "
+        f"\"{NOT_RUN}\". Edit the renderer, not this page.*",
         "",
         "## Settings",
         "",
-        f"- Model: {st.get('model', '')}; 30 layers, 9 query heads over 3 KV heads (GQA), FFN 1536.",
-        f"- Calibration: {st.get('calibration', '')}; damping percdamp = {st.get('percdamp', '')}. A configuration's "
-        "seeds differ only in the calibration windows drawn.",
-        f"- PPL@128: {st.get('ppl128', '')} (the SlimGPT / LLM-Pruner protocol on a token budget).",
-        f"- PPL@2048: {st.get('ppl2048', '')} (the Wanda / SparseGPT protocol on a token budget).",
-        f"- torch {st.get('torch', '')}, CPU only ({st.get('cpus', '?')} cores shared with other jobs, so the times "
-        "are wall clock and only indicative). PPL means are geometric means over the seeds, with [min–max].",
-        "- Every pruned row removes the same number of parameters (the target ratio of the prunable decoder "
-        "parameters, within one FFN channel), except FLAP and SlimGPT-with-FLAP's-counts, whose global threshold "
-        "may remove KV heads the budget does not foresee (see the parameter column).",
-        "- The faithful SlimGPT is the `slimgpt` row: the log-increasing IPR schedule and the paper's settings, still "
-        "the default of `slimgpt prune`. Everything else named below is **beyond the paper**: `--schedule auto` "
-        "(slimgpt/autoschedule.py), `--bias-compensation`, `--gqa group` with SlimGPT, larger calibration, and "
-        "`slimgpt finetune` (LoRA recovery, slimgpt/finetune.py).",
-        f"- LoRA recovery rows: {ft.get('steps')} steps × {ft.get('batch')} windows × {ft.get('seqlen')} tokens of the "
-        f"C4 calibration pool (docs 1000-1999, last 2% held out for a validation loss), rank {ft.get('rank')}, peak "
-        f"lr {ft.get('lr')}, on q/k/v/o/gate/up/down, merged after training; WikiText-2 is never trained on.",
+        *settings_lines(st),
+        "- PPL means are geometric means over the calibration seeds, with [min–max]; the seeds of a configuration "
+        "differ only in the calibration windows drawn. Rows prune with exact counts (`--align 1`) unless named.",
         "",
-        "## The data-driven schedule (`--schedule auto`)",
+        "## What `--schedule auto` does",
         "",
-        "For every layer and module, greedy OBS removal on the dense model's calibration statistics gives an error "
-        "curve (error after each removed head or block of 32 channels), weighted by the second moment of the loss "
-        "gradient at the residual stream where the module writes (a K-FAC estimate of the loss increase); one "
-        "global threshold over the convex hulls of all curves chooses each layer's heads and channels for the "
-        "parameter budget, and SlimGPT's pipeline then prunes layer by layer as usual. See the module docstring of "
-        "slimgpt/autoschedule.py. Its chosen counts are in the manifest (`ratios` = FFN channel fractions, "
-        "`layers[i].heads_kept` etc.).",
+        "It prunes three candidate allocations, each on a copy of the dense model with the run's own method and "
+        "calibration windows, and keeps the one whose pruned copy has the lowest mean next-token loss on those "
+        "windows (ties: the smaller t). Candidate t sets, per layer, (1 − t) × the paper's log schedule + t × FLAP's "
+        "per-layer counts, at the same parameter budget: t = 0 is `--schedule log`, t = 1 is `--schedule flap`. "
+        "The score is in-sample (the windows OBS compensated on); the tables below show how it ranks on "
+        "WikiText-2. Beyond the paper; see slimgpt/autoschedule.py.",
         "",
-        *auto_cost(aggs),
+        "## Allocation: log, FLAP's counts, their blend, and auto",
         "",
-        "## Key results (means over calibration seeds)",
+        f"The study prunes the candidates as rows of their own: {cands}. The **auto** row of each (ratio, seed) is "
+        "derived from them: the candidate with the lowest `calibration_loss` (ties: smaller t), only where all "
+        "three candidate rows exist for that seed. That is exactly the model `--schedule auto` produces: "
+        "`pipeline.choose_plan` prunes the same candidates with the same windows and keeps the same one. The "
+        "auto row's prune seconds are the estimated cost of the search (below).",
         "",
-        results_table(aggs, dense, main_keys),
+        *allocation_table(res, dense2048),
         "",
-        *key_findings(aggs, dense),
+        "Check: `--schedule auto` run end to end beside its derived twin (equal PPL expected).",
         "",
-        "## Targets",
+        *check_lines(res),
         "",
-        *targets(aggs, dense),
+        "![PPL@2048 vs ratio](img/study_ppl.png)" if drawn else f"Figure: {NOT_RUN} (no allocation rows yet).",
         "",
-        "## Why FLAP led at 20%: the hypotheses, one number each",
+        "## Verdict",
         "",
-        "Each row changes one thing against its reference configuration (same seeds where both have them).",
+        "Per ratio and protocol, on the seeds where auto is derived; \"beyond the seed spread\" = auto's worst seed "
+        "below the better baseline's best seed (≥ 2 seeds each).",
         "",
-        *hypotheses(aggs),
+        *summary,
         "",
-        *kv_heads_note(aggs),
+        *verdict,
         "",
-        "Per-layer allocations (first seed):",
+        "Issue 21's targets (best configuration present, mean over its seeds):",
         "",
-        *allocation_note(aggs),
+        *target_lines(res, dense2048),
         "",
-        "![allocation](img/study_alloc.png)" if have_plots else "",
+        "## Cost of auto",
         "",
-        "## Recovery fine-tuning (LoRA)",
+        "Prune wall seconds as × a plain log prune (`slimgpt` row) of the same seed. Measured: the end-to-end "
+        "`auto` row. Estimated for derived rows: the three candidates' prune seconds plus the chosen one's again "
+        "(the FLAP plan pass counts twice, in the t = 0.5 and t = 1 rows; the three calibration-loss passes are "
+        "not counted). Wall clock on a shared machine.",
         "",
-        *recovery(aggs, dense),
+        *cost_lines(res),
         "",
-        "## PPL vs ratio",
+        "## The quality cost of `--align 32` (the CLI default; issue 23)",
         "",
-        "![PPL vs ratio](img/study_ppl.png)" if have_plots else "",
+        "The log schedule with exact counts (`--align 1`, the study's rows) against `--align 32`, paired by seed.",
         "",
-        "## All configurations",
+        *align_table(res),
         "",
-        results_table(aggs, dense),
+        "## The paper's calibration scale",
+        "",
+        *paper_scale_lines(res),
+        "",
+        "## Other rows",
+        "",
+        *other_rows(res),
         "",
         "## Reproducing a row",
         "",
-        "Every row is one command of the study runner (cached, resumable), and the same model comes out of the CLI "
-        "below; its PPL@128 and PPL@2048 are `slimgpt eval pruned --seqlen 128 --max-tokens 16384` and "
-        "`slimgpt eval pruned --seqlen 2048 --max-tokens 16384`:",
+        f"The results file `{source}` is committed; this page re-renders from it with one command, and each row "
+        "is one command of the study runner (resumable; `--only` takes globs):",
         "",
         "```bash",
-        "python benchmarks/study.py --list                      # the queue, done / to do, and each row's CLI command",
-        "python benchmarks/study.py --only 'auto+bias@0.2#s1'   # one row (globs work: 'slimgpt@*#s*')",
-        "python benchmarks/study_report.py                      # re-render this page from the cache",
+        "python benchmarks/study.py --only 'KEY'    # one row, KEY as in the table below, e.g. 'slimgpt@0.2#s1'",
+        "python benchmarks/study.py --only 'slimgpt@0.2#s1' 'auto/t0.5@0.2#s1' 'slimgpt/flap-plan@0.2#s1'"
+        "   # a derived auto row's candidates",
+        "python benchmarks/study_report.py          # re-render this page and the figure",
         "```",
         "",
-        "| configuration | CLI |",
-        "|---|---|",
-        *sorted({f"| {LABELS.get(r.get('variant'), r.get('variant'))} | `{command(r['variant'], r['ratio'], r['seed'])}` |"
-                 for r in res.values() if r.get("seed", 0) == 0 and r.get("ratio") in (0.0, 0.2)}),
+        "Each row records the CLI command that makes its model; a derived auto row has no key of its own (it is "
+        "computed from its three candidates' rows) and its command is `--schedule auto` at that ratio and seed. "
+        + eval_note(res),
+        "",
+        *command_table(res),
         "",
     ]
+    doc = Path(doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(x for x in lines if x is not None))
+    doc.write_text("\n".join(lines))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=Path("out/study/results.json"))
-    ap.add_argument("--img", type=Path, default=Path("docs/img"))
+    ap.add_argument("--results", "--cache", dest="results", type=Path, default=RESULTS)
     ap.add_argument("--doc", type=Path, default=Path("docs/study.md"))
-    ap.add_argument("--merge", type=Path, nargs="*", default=[],
-                    help="other caches (e.g. from a parallel run) to fold into --cache")
+    ap.add_argument("--img", type=Path, default=Path("docs/img"))
     args = ap.parse_args(argv)
-    data = load(args.cache)
-    for other in args.merge:
-        o = load(other)
-        for k, v in o["results"].items():
-            data["results"].setdefault(k, v)
-        data["settings"] = data["settings"] or o["settings"]
-    if args.merge:
-        args.cache.write_text(json.dumps(data, indent=1))
-    aggs = aggregate(data["results"])
-    print(results_table(aggs, aggs.get(("dense", 0.0))))
-    write_doc(data, args.doc, args.img)
+    try:
+        data = json.loads(args.results.read_text())
+    except (OSError, ValueError) as e:
+        print(f"study_report: cannot read {args.results}: {e}", file=sys.stderr)
+        sys.exit(2)
+    write_doc(data, args.doc, args.img, args.results)
+    print(f"wrote {args.doc}" + (f" and {args.img / 'study_ppl.png'}" if (args.img / "study_ppl.png").exists() else ""))
 
 
 if __name__ == "__main__":
