@@ -194,32 +194,38 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
         return result((W, np.zeros(0, dtype=np.int64)), 0.0, percdamp, return_loss, return_damping)
 
     def greedy(W, H):
-        W0, H0, loss = W.copy(), H.copy(), 0.0
-        pruned = np.zeros(n_heads, dtype=bool)
-        for _ in range(n_prune):
-            G = cholesky_inverse(H)
-            E = head_errors(W, G, d, gcd=gcd)
-            # already pruned heads and heads of groups at quota are not candidates
-            full = np.bincount(groups[pruned], minlength=groups.max() + 1) >= quota
-            E[pruned | full[groups]] = np.inf
-            j = int(np.argmin(E))
-            C = np.arange(j * d, (j + 1) * d)
-            if compensate:
-                alive = np.repeat(~pruned, d)
-                alive[C] = False
-                W, losses = prune_columns_cholesky(W, G, C, survivors=np.flatnonzero(alive))
-                loss += 0.5 * float(np.sum(losses))
-            else:
-                W[:, C] = 0.0
-            H = remove_from_hessian(H, C)
-            pruned[j] = True
-        heads = np.flatnonzero(pruned).astype(np.int64)
-        if not compensate:
-            loss = objective(W0, W, H0, np.repeat(pruned, d).nonzero()[0])
-        return W, heads, loss
+        return _greedy_heads(W, H, d, n_prune, groups, quota, gcd, compensate)
 
     (W_new, heads, loss), p = solve_with_damping(W, H, percdamp, greedy, warn=not return_damping)
     return result((W_new, heads), loss, p, return_loss, return_damping)
+
+
+def _greedy_heads(W, H, d, n_prune, groups, quota, gcd, compensate):
+    """Algorithm 1's loop for the prepared (damped) H: (W_new, pruned heads, loss); prune_heads."""
+    n_heads = W.shape[1] // d
+    W0, H0, loss = W.copy(), H.copy(), 0.0
+    pruned = np.zeros(n_heads, dtype=bool)
+    for _ in range(n_prune):
+        G = cholesky_inverse(H)
+        E = head_errors(W, G, d, gcd=gcd)
+        # already pruned heads and heads of groups at quota are not candidates
+        full = np.bincount(groups[pruned], minlength=groups.max() + 1) >= quota
+        E[pruned | full[groups]] = np.inf
+        j = int(np.argmin(E))
+        C = np.arange(j * d, (j + 1) * d)
+        if compensate:
+            alive = np.repeat(~pruned, d)
+            alive[C] = False
+            W, losses = prune_columns_cholesky(W, G, C, survivors=np.flatnonzero(alive))
+            loss += 0.5 * float(np.sum(losses))
+        else:
+            W[:, C] = 0.0
+        H = remove_from_hessian(H, C)
+        pruned[j] = True
+    heads = np.flatnonzero(pruned).astype(np.int64)
+    if not compensate:
+        loss = objective(W0, W, H0, np.repeat(pruned, d).nonzero()[0])
+    return W, heads, loss
 
 
 def _heads_arguments(W, H, n_prune, head_dim, percdamp, head_groups):

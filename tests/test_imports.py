@@ -123,14 +123,11 @@ def _long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list:
 
 
 def test_no_function_over_80_lines():
-    """The package's own files; slimgpt/reference is a link to reference/, the NumPy specification,
-    whose functions carry the paper's algorithm and its parameter documentation and are not
-    counted here."""
+    """Every function of the package, the NumPy specification (slimgpt/reference, a link to
+    reference/) included, docstrings counted."""
     long, allowed_seen = [], set()
     for f in sorted(ROOT.rglob("*.py")):
         rel = f"slimgpt/{f.relative_to(ROOT).as_posix()}"
-        if rel.startswith("slimgpt/reference/"):
-            continue
         for name, lines in _long_functions(f.read_text(encoding="utf-8")):
             if (rel, name) in LONG_FUNCTIONS_ALLOWED:
                 allowed_seen.add((rel, name))

@@ -67,7 +67,7 @@ PLANTED = (
              ("prune_channels.tie",),
              "ties in the channel error broken towards the higher index"),
     Mutation("unstable_head_tie_order", "heads.py",
-             "            j = int(np.argmin(E))", "            j = int(E.size - 1 - np.argmin(E[::-1]))",
+             "        j = int(np.argmin(E))", "        j = int(E.size - 1 - np.argmin(E[::-1]))",
              ("prune_heads.tie",),
              "ties in the head error broken towards the higher head index"),
     Mutation("no_compensate_keeps_dead_columns", "obs.py",
