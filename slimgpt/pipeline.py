@@ -170,7 +170,7 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
     settings.validate()
     check_calibration(calib, model, allow_long_context=True)   # the caller decides about the context
     model.to(torch.device(settings.device))
-    job = setup(model.config, model, calib, settings, comm=comm, saved=plan)
+    job = setup(model.config, model, calib, settings, comm=comm, saved=plan, log=log)
     params_before = model.num_parameters()
     X = Resident(embed_calibration(model.embed, comm.shard(calib), settings))   # one layer boundary
     records = prune_layers(job, lambda i: model.model.layers[i], X, log=log, progress=progress)
@@ -183,9 +183,10 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
 
 
 def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=distributed.LOCAL,
-          saved: tuple | None = None) -> Job:
-    """Per-layer ratios and plan (schedules.plan_layers, computed on rank 0 over all windows; `saved` = (ratios, plan) of a resumed run), the target,
-    the method options, the RoPE tables and the budget. `model` is only read by whole-model plans."""
+          saved: tuple | None = None, log=None) -> Job:
+    """Per-layer ratios and plan (choose_plan, on rank 0 over all windows; `saved` = (ratios, plan)
+    of a resumed run or given by the caller), the target, the method options, the RoPE tables and
+    the budget. `model` is only read (or copied) by whole-model plans."""
     s, t_start = settings, time.perf_counter()
     s.validate()
     method, dev, L = methods.METHODS[s.method], torch.device(s.device), cfg.num_hidden_layers
@@ -193,7 +194,7 @@ def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=dist
         raise PruneError(f"{len(s.ratios)} per-layer ratios for a model of {L} layers")
     search = None
     if saved is None:
-        saved, search = comm.broadcast_object(choose_plan(cfg, model, calib, s, method) if comm.is_root else None)
+        saved, search = comm.broadcast_object(choose_plan(cfg, model, calib, s, method, log) if comm.is_root else None)
     ratios, plan = saved
     prunable = sum(schedule.prunable_params(cfg, i) for i in range(L))
     explicit = s.ratios is not None or s.first is not None
@@ -206,7 +207,7 @@ def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=dist
     return Job(s, cfg, ratios, plan, target, prunable, run, t_start, search)
 
 
-def choose_plan(cfg, model, calib: torch.Tensor, s: PruneSettings, method) -> tuple:
+def choose_plan(cfg, model, calib: torch.Tensor, s: PruneSettings, method, log=None) -> tuple:
     """((ratios, plans), search) of settings `s`: the schedule's plan, or, when it proposes several
     (schedule.Schedule.candidates, e.g. --schedule auto), the one whose prune of a copy of `model`
     leaves the lowest mean next-token loss on the calibration windows (ties: the earlier one).
@@ -214,13 +215,15 @@ def choose_plan(cfg, model, calib: torch.Tensor, s: PruneSettings, method) -> tu
     cands = schedules.candidates(cfg, model, calib, s, method)
     if len(cands) == 1:
         return (cands[0].ratios, cands[0].plans), None
-    losses = []
+    losses, log = [], log or (lambda msg: print(msg, file=sys.stderr))
     for c in cands:
-        trial = copy.deepcopy(model)
+        t0, trial = time.perf_counter(), copy.deepcopy(model)
         prune_model(trial, calib, s, log=lambda m: None, progress=False, plan=(c.ratios, c.plans))
         losses.append(perplexity(trial, calib.reshape(-1), calib.shape[1],
                                  batch_tokens=s.batch_size * calib.shape[1])["nll"])
         del trial
+        log(f"schedule {s.schedule}: candidate {c.label}: calibration loss {losses[-1]:.4f} "
+            f"({time.perf_counter() - t0:.1f} s)")
     best = min(range(len(cands)), key=lambda k: losses[k])
     search = {"chosen": cands[best].label, **(cands[best].info or {}),
               "candidates": [{"label": c.label, **(c.info or {}), "calibration_loss": loss}
