@@ -28,7 +28,7 @@ refuses it). Deterministic: it depends on the model and the calibration windows 
 """
 from __future__ import annotations
 
-from slimgpt.methods import Method
+from slimgpt.methods import METHODS, Method
 from slimgpt.methods.flap import FLAPSchedule
 from slimgpt.schedule import Candidate, LayerPlan, PruneError, Schedule  # noqa: F401 (LayerPlan: for callers)
 
@@ -60,18 +60,21 @@ class AutoSchedule(Schedule):
     def __init__(self, log: Schedule):
         self.log = log
 
-    def candidates(self, cfg, model, calib, settings, method) -> list[Candidate]:
-        if type(method).plan is not Method.plan:
+    def validate(self, settings) -> None:
+        if type(METHODS[settings.method]).plan is not Method.plan:
             raise PruneError(f"--schedule auto searches the allocation for a layer-wise method; --method "
                              f"{settings.method} has its own plan")
         if settings.ratio is None:
             raise PruneError("--schedule auto needs a target --ratio")
-        if model is None:
-            raise PruneError("--schedule auto needs the whole model in memory (it prunes copies of it)")
         blends = settings.method_options.get("auto", {}).get("blends", BLENDS)
         if not blends or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1
                              for t in blends):
             raise PruneError(f"--auto-blends takes values in [0, 1], got {list(blends)}")
+
+    def candidates(self, cfg, model, calib, settings, method) -> list[Candidate]:
+        if model is None:
+            raise PruneError("--schedule auto needs the whole model in memory (it prunes copies of it)")
+        blends = settings.method_options.get("auto", {}).get("blends", BLENDS)
         log = self.log.plan(cfg, model, calib, settings, method)
         flap = FLAPSchedule().plan(cfg, model, calib, settings, method)
         return [blend(cfg, settings, log, flap, float(t)) for t in sorted(set(blends))]

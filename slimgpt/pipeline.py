@@ -106,6 +106,8 @@ class PruneSettings:
             raise PruneError(f"per-layer ratios must lie in [0, 1), got {self.ratios}")
         if self.schedule not in schedules.SCHEDULES:
             raise PruneError(f"--schedule must be one of {tuple(schedules.SCHEDULES)}, got {self.schedule!r}")
+        if self.method in methods.METHODS:
+            schedules.chosen(self).validate(self)
         if self.gqa not in GQA_MODES:
             raise PruneError(f"--gqa must be one of {GQA_MODES}, got {self.gqa!r}")
         if self.method not in methods.METHODS:

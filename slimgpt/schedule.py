@@ -70,6 +70,9 @@ class Schedule:
     def plan(self, cfg, model, calib, settings, method) -> tuple[list, list]:
         raise NotImplementedError
 
+    def validate(self, settings) -> None:
+        """Refuse settings this schedule cannot plan (PruneError), before any work is done."""
+
     def candidates(self, cfg, model, calib, settings, method) -> list[Candidate]:
         """The plans to choose from: this schedule's one plan."""
         return [Candidate("", *self.plan(cfg, model, calib, settings, method))]
