@@ -24,7 +24,9 @@ The score is in-sample (the windows OBS compensated on), the same for every cand
 shows how well it ranks the candidates on WikiText-2. Cost: FLAP's plan pass (one forward), then
 len(blends) prunes and loss passes on copies, then the run's own prune of the chosen plan:
 about (len(blends) + 1)× a plain prune, and one extra copy of the model in memory (streaming
-refuses it). Deterministic: it depends on the model and the calibration windows (the seed) only.
+refuses it). Both ratios hold at any size, since every candidate is one more plain prune: for
+LLaMA-7B in float32 that is 4× the plain prune's time and a second 27 GB copy of the weights.
+Deterministic: it depends on the model and the calibration windows (the seed) only.
 """
 from __future__ import annotations
 
