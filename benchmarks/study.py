@@ -114,13 +114,16 @@ def queue() -> list[tuple[str, float, int]]:
     q = [("dense", 0.0, 0)]
     # 1. the allocation grid: log, FLAP's counts and their blend at every ratio, seed 0 first
     q += [(v, r, 0) for r in ratios for v in alloc]
-    # 2. the quality cost of --align 32 (the CLI default), paired with the log rows
+    # 2. the quality cost of --align 32 (the CLI default) paired with the log rows, the grid's
+    #    seeds at 20% and 50%
     q += [("slimgpt/align32", r, 0) for r in (0.2, 0.5)]
     q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in alloc]
     q += [("slimgpt/align32", r, s) for s in SEEDS[1:] for r in (0.2, 0.5)]
-    # 3. auto end to end (checks the derived choice), then the rest of the grid's seeds
+    # 3. the seeds at 30% (where auto's choice is closest), auto end to end (checks the derived
+    #    choice), then the rest of the grid's seeds
+    q += [(v, 0.3, s) for s in SEEDS[1:] for v in alloc]
     q += [("auto", 0.2, 0)]
-    q += [(v, r, s) for s in SEEDS[1:] for r in (0.1, 0.3, 0.4, 0.6) for v in alloc]
+    q += [(v, r, s) for r in (0.1, 0.4, 0.6) for s in SEEDS[1:] for v in alloc]
     # 4. the paper's calibration scale, then the older rows
     q += [("slimgpt/c128x2048", 0.2, 0)]
     q += [(v, r, 0) for r in (0.2, 0.5) for v in ("flap", "wanda-sp")]
