@@ -66,13 +66,14 @@ def planned_shapes(cfg, ratio: float, align: int):
     exact under --align N > 1 (balanced heads: no KV head leaves); under --align 1 the KV heads
     the selection removes are unknown, so every KV head stays and the query heads leave one
     group at a time (uneven groups, as real prunes have)."""
-    from slimgpt.pipeline import PruneSettings, _scheduled
+    from slimgpt.pipeline import PruneSettings
     from slimgpt.schedule import Budget, layer_ratios, prunable_params
+    from slimgpt.schedules import layer_counts
 
     s = PruneSettings(ratio=ratio, align=align)
     L = cfg.num_hidden_layers
     ratios = layer_ratios(L, ratio, s.schedule)
-    plan = [_scheduled(cfg, i, r, s) for i, r in enumerate(ratios)]
+    plan = [layer_counts(cfg, i, r, s) for i, r in enumerate(ratios)]
     target = round(ratio * sum(prunable_params(cfg, i) for i in range(L)))
     budget = Budget(cfg, ratios, plan, target, align)
     heads, kvs, maps, ffn = [], [], [], []
