@@ -16,7 +16,8 @@ the OBS compensation (methods/) are unchanged; only the counts they are asked fo
   llama.cpp then needs no duplicated K/V rows and the V cache has one size across layers
   (no padding). Under MHA (one query head per KV head) "query" already does this; where a
   layer's query heads do not divide evenly over its KV heads, or the user chose `--gqa group`,
-  the heads are planned as before.
+  the heads are planned as before. `--align-ffn-only` keeps the paper's head counts and aligns
+  the FFN widths alone (docs/inference.md measures both).
 
 N = 1 is the paper's exact counts (SlimGPT §3, spec §5): no rule applied.
 """
@@ -38,11 +39,12 @@ def channels_to_prune(width: int, share: float, n: int = 1) -> int:
     return width - keep
 
 
-def head_mode(gqa_mode: str, n_heads: int, n_kv: int, n: int = 1) -> str:
-    """The GQA granularity heads are planned with: "balanced" under alignment (n > 1) for the
-    default "query" mode when the layer's query heads divide evenly over fewer KV heads;
-    otherwise the mode asked for (under MHA "query" already keeps one query head per KV head)."""
-    if n > 1 and gqa_mode == "query" and 0 < n_kv < n_heads and n_heads % n_kv == 0:
+def head_mode(gqa_mode: str, n_heads: int, n_kv: int, n: int = 1, balance: bool = True) -> str:
+    """The GQA granularity heads are planned with: "balanced" under alignment (n > 1, unless
+    `balance` is False: --align-ffn-only) for the default "query" mode when the layer's query heads
+    divide evenly over fewer KV heads; otherwise the mode asked for (under MHA "query" already keeps
+    one query head per KV head)."""
+    if n > 1 and balance and gqa_mode == "query" and 0 < n_kv < n_heads and n_heads % n_kv == 0:
         return "balanced"
     return gqa_mode
 

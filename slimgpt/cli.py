@@ -65,7 +65,8 @@ def cmd_prune(a):
                                           **({"auto": {"blends": a.auto_blends}} if a.auto_blends else {})),
                       device=distributed.rank_device(a.device),
                       bias_compensation=True if a.bias_compensation else None,
-                      align=a.align if a.align is not None else default_align(a.schedule, a.method))
+                      align=a.align if a.align is not None else default_align(a.schedule, a.method),
+                      align_heads=not a.align_ffn_only)
     o = RunOptions(model=a.model, out=a.out, force=a.force, dtype=a.dtype, calib=a.calib, eval_tokens=a.eval_tokens,
                    eval_seqlen=a.eval_seqlen, allow_long_context=a.allow_long_context, stream=a.stream,
                    resume=a.resume, activations=a.activations, report=a.report, quiet=a.quiet)
@@ -194,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"keep a multiple of N FFN channels per layer and equal query heads per KV head, so the "
                          f"model runs faster than dense in llama.cpp (slimgpt/align.py, docs/inference.md; default "
                          f"{CLI_DEFAULT}, 1 with --schedule auto|flap or --method flap); --align 1: the paper's exact counts")
+    pr.add_argument("--align-ffn-only", action="store_true",
+                    help="with --align N: align the FFN widths only and keep the paper's head counts (better "
+                         "quality, but uneven query->KV groups that llama.cpp runs slower; docs/inference.md)")
     pr.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean diag H (default 0.01)")
     pr.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, activations and statistics live")
     pr.add_argument("--batch-size", type=_positive_int, default=8)

@@ -76,11 +76,16 @@ class PruneSettings:
     device: str = "cpu"                 # where the model, the activations and the statistics live
     method_options: dict = field(default_factory=dict)
     align: int = 1                      # kept FFN widths a multiple of this, balanced heads (align.py)
+    align_heads: bool = True            # under align > 1, balance the query heads too (False: FFN only)
 
     def validate(self):
         n = self.align
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise PruneError(f"--align must be a positive integer (1: the paper's exact counts), got {n!r}")
+        if not isinstance(self.align_heads, bool):
+            raise PruneError(f"--align-ffn-only: align_heads must be True or False, got {self.align_heads!r}")
+        if not self.align_heads and n == 1:
+            raise PruneError("--align-ffn-only needs --align N with N > 1")
         if n > 1 and schedules.whole_model_plan(self.schedule, self.method):
             raise PruneError(f"--align {n} needs per-layer counts from an IPR schedule (--schedule log, linear, ...) "
                              f"and a method without its own plan; use --align 1 with --schedule {self.schedule} "
@@ -304,7 +309,7 @@ def prune_layer(layer, i: int, X, ratio: float, plan: LayerPlan, run: _Run) -> d
     stats, A = _collect(f"layer {i} o_proj", attn.o_proj.in_features, X,
                         lambda x, b: layer.attn_input(x, run.cos, run.sin), run, cache)
     t_fwd, t_hess = time.perf_counter() - t0 - stats.seconds, stats.seconds
-    mode = align.head_mode(s.gqa, attn.n_heads, attn.n_kv, s.align)
+    mode = align.head_mode(s.gqa, attn.n_heads, attn.n_kv, s.align, s.align_heads)
     blocks = gqa.head_blocks(attn.n_heads, attn.kv_map.tolist(), attn.head_dim, plan.heads, mode, i)
     heads, kv, t_sel = _prune_heads(layer, stats, blocks, run, rec)
     keep_cols = _kept(rec["heads_before"] * attn.head_dim, heads, attn.head_dim, run.cos.device) if s.shrink else None

@@ -37,7 +37,7 @@ def layer_counts(cfg, i: int, r: float, s) -> LayerPlan:
     """Layer i's counts from its ratio: heads rounded as published (gqa.planned_heads), channels by
     the Budget (or round(m · r) without hit_target)."""
     H, K = cfg.layer_heads[i], cfg.layer_kv_heads[i]
-    heads, kv = gqa.planned_heads(H, K, r, align.head_mode(s.gqa, H, K, s.align), i)
+    heads, kv = gqa.planned_heads(H, K, r, align.head_mode(s.gqa, H, K, s.align, s.align_heads), i)
     return LayerPlan(heads, kv, None if s.hit_target else round(cfg.layer_intermediate[i] * r))
 
 

@@ -87,8 +87,22 @@ def test_aligned_prune_changes_the_counts():
     assert all(k % 16 == 0 for k in aligned.config.layer_intermediate)
 
 
+def test_ffn_only_alignment_keeps_the_papers_heads():
+    """--align-ffn-only: the head counts of the exact counts (layer 0, which sees the same inputs,
+    selects the same heads), FFN widths aligned, the budget met within a block."""
+    exact, r1 = _prune("tiny-gqa", ratio=0.4, align=1)
+    ffn, r2 = _prune("tiny-gqa", ratio=0.4, align=16, align_heads=False)
+    assert [r["heads_kept"] for r in r2.layers] == [r["heads_kept"] for r in r1.layers]
+    assert r2.layers[0]["heads_pruned"] == r1.layers[0]["heads_pruned"]
+    assert all(k % 16 == 0 for k in ffn.config.layer_intermediate)
+    assert abs(r2.summary["pruned_params"] - r2.summary["target_pruned_params"]) <= \
+        16 * param_costs(ffn.config)["channel"]
+    assert head_mode("query", 9, 3, 32, balance=False) == "query"
+
+
 @pytest.mark.parametrize("kw", [dict(align=0), dict(align=-3), dict(align=8, schedule="auto"),
-                                dict(align=8, schedule="flap"), dict(align=8, method="flap")])
+                                dict(align=8, schedule="flap"), dict(align=8, method="flap"),
+                                dict(align=1, align_heads=False), dict(align=8, align_heads="no")])
 def test_bad_align_settings(kw):
     with pytest.raises(PruneError, match="--align"):
         PruneSettings(ratio=0.2, **kw).validate()
