@@ -61,21 +61,23 @@ def _bench_inference():
 # ------------------------------------------------------------------------------------------------
 # 1-2. Checkpoints and exports
 
-def planned_shapes(cfg, ratio: float, align: int):
-    """(heads, kv heads, kv maps, FFN widths) a default prune plans (log schedule, the budget):
-    exact under --align N > 1 (balanced heads: no KV head leaves); under --align 1 the KV heads
+def planned_shapes(cfg, ratio: float, align: str):
+    """(heads, kv heads, kv maps, FFN widths) a default prune plans (log schedule, the budget) at
+    `align` "N" (--align N) or "Nf" (--align N --align-ffn-only):
+    exact under --align N > 1 (balanced heads: no KV head leaves); under --align 1 or Nf the KV heads
     the selection removes are unknown, so every KV head stays and the query heads leave one
     group at a time (uneven groups, as real prunes have)."""
     from slimgpt.pipeline import PruneSettings
     from slimgpt.schedule import Budget, layer_ratios, prunable_params
     from slimgpt.schedules import layer_counts
 
-    s = PruneSettings(ratio=ratio, align=align)
+    n, ffn_only = int(align.rstrip("f")), align.endswith("f")
+    s = PruneSettings(ratio=ratio, align=n, align_heads=not ffn_only)
     L = cfg.num_hidden_layers
     ratios = layer_ratios(L, ratio, s.schedule)
     plan = [layer_counts(cfg, i, r, s) for i, r in enumerate(ratios)]
     target = round(ratio * sum(prunable_params(cfg, i) for i in range(L)))
-    budget = Budget(cfg, ratios, plan, target, align)
+    budget = Budget(cfg, ratios, plan, target, n)
     heads, kvs, maps, ffn = [], [], [], []
     for i, p in enumerate(plan):
         budget.remove(heads=p.heads, kv_heads=p.kv_heads)
@@ -116,8 +118,8 @@ def make_checkpoints(work: Path, ratios, aligns, shapes_only: bool, log, nsample
                                 {"source_model": "smollm2-135m", "shapes_only": True})
             else:
                 cmd = [sys.executable, "-m", "slimgpt", "prune", "--model", "smollm2-135m", "--ratio", str(r),
-                       "--align", str(n), "--nsamples", str(nsamples), "--eval-tokens", "0", "--quiet",
-                       "--out", str(folder)]
+                       "--align", n.rstrip("f"), "--nsamples", str(nsamples), "--eval-tokens", "0", "--quiet",
+                       "--out", str(folder)] + (["--align-ffn-only"] if n.endswith("f") else [])
                 subprocess.run(cmd, check=True)
             log(f"{name}: {time.perf_counter() - t:.0f} s")
     return out
@@ -306,7 +308,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="out/llama_cpp", help="checkpoints and GGUF files (reused when present)")
     ap.add_argument("--ratios", default="0.2,0.5")
-    ap.add_argument("--aligns", default="1,32")
+    ap.add_argument("--aligns", default="1,32", help="--align values, comma-separated; Nf: --align N --align-ffn-only")
     ap.add_argument("--formats", default="f16,q8_0,q4_k_m")
     ap.add_argument("--flash-attn", default="off", help="off, on or off,on (llama.cpp's flash attention)")
     ap.add_argument("--flash-attn-formats", default=None, help="formats timed with every --flash-attn setting "
@@ -330,7 +332,9 @@ def main(argv=None) -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     ratios = [float(x) for x in a.ratios.split(",")]
-    aligns = [int(x) for x in a.aligns.split(",")]
+    aligns = [x.strip() for x in a.aligns.split(",")]
+    if not all(x.rstrip("f").isdigit() and int(x.rstrip("f")) >= 1 for x in aligns):
+        ap.error(f"--aligns takes N or Nf (FFN only), comma-separated, got {a.aligns!r}")
     formats = a.formats.split(",")
 
     from slimgpt.loaders import load_model

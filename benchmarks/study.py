@@ -85,6 +85,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "slimgpt/align32": ({"method": "slimgpt", "align": 32},
                         {"doc": "the log schedule with --align 32 (the CLI default; kept FFN widths a multiple "
                                 "of 32, balanced heads)"}),
+    "slimgpt/align32-ffn": ({"method": "slimgpt", "align": 32, "align_heads": False},
+                            {"doc": "the log schedule with --align 32 --align-ffn-only (FFN widths aligned, the "
+                                    "paper's head counts)"}),
     "slimgpt/c128x2048": ({"method": "slimgpt"}, {"calib": (128, 2048), "doc": "the paper's calibration scale: "
                                                                               "128 x 2048 C4 tokens"}),
     # LoRA recovery (slimgpt finetune) after pruning
@@ -123,6 +126,7 @@ def queue() -> list[tuple[str, float, int]]:
     #    choice), then the rest of the grid's seeds
     q += [(v, 0.3, s) for s in SEEDS[1:] for v in alloc]
     q += [("auto", 0.2, 0)]
+    q += [("slimgpt/align32-ffn", r, s) for s in SEEDS for r in (0.2, 0.5)]
     q += [(v, r, s) for r in (0.1, 0.4, 0.6) for s in SEEDS[1:] for v in alloc]
     # 4. the paper's calibration scale, then the older rows
     q += [("slimgpt/c128x2048", 0.2, 0)]
@@ -162,6 +166,8 @@ def command(variant: str, ratio: float, seed: int) -> str:
         if over.get("method_options", {}).get("auto", {}).get("blends"):
             cmd += " --auto-blends " + " ".join(f"{t:g}" for t in over["method_options"]["auto"]["blends"])
         cmd += f" --align {over.get('align', 1)}"          # the study's rows are exact counts unless named
+        if over.get("align_heads") is False:
+            cmd += " --align-ffn-only"
         if over.get("method_options", {}).get("group_sizes"):
             cmd += f" --fixed-group {over['method_options']['group_sizes']}"
         parts.append(cmd + " --out pruned")
