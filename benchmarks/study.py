@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import study_report as R  # noqa: E402
 
-from slimgpt.evaluate import perplexity  # noqa: E402
+from slimgpt.evaluate import calibration_loss, perplexity  # noqa: E402
 from slimgpt.loaders import load_model  # noqa: E402
 from slimgpt.pipeline import PruneSettings, prune_model  # noqa: E402
 from slimgpt.textdata import calibration_windows, wikitext2_tokens  # noqa: E402
@@ -200,7 +200,7 @@ def run_row(variant, ratio, seed, base, tok, ids, calib_cache, args) -> dict:
                    target_pruned_params=sm["target_pruned_params"],
                    pruned_fraction_of_prunable=sm["pruned_fraction_of_prunable"],
                    schedule_search=sm.get("schedule_search"),
-                   calibration_loss=perplexity(model, calib.reshape(-1), T, batch_tokens=s.batch_size * T)["nll"],
+                   calibration_loss=calibration_loss(model, calib, s.batch_size),
                    layer_errors=[[r.get("attn_error"), r.get("ffn_error")] for r in res.layers])
     ft = extra.get("finetune")
     if ft:

@@ -201,7 +201,8 @@ def prune_heads(W, H, n_prune: int, head_dim: int, *, percdamp=0.0, gcd=True, co
 
 
 def _greedy_heads(W, H, d, n_prune, groups, quota, gcd, compensate):
-    """Algorithm 1's loop for the prepared (damped) H: (W_new, pruned heads, loss); prune_heads."""
+    """Algorithm 1's loop for the prepared (damped) H: (W_new, pruned heads, loss) of prune_heads;
+    head errors Eq. (5), removal and compensation Eqs. (3)-(4), spec §3.3."""
     n_heads = W.shape[1] // d
     W0, H0, loss = W.copy(), H.copy(), 0.0
     pruned = np.zeros(n_heads, dtype=bool)

@@ -39,7 +39,7 @@ import torch
 
 from slimgpt import align, distributed, gqa, methods, schedule, schedules
 from slimgpt.activations import Resident
-from slimgpt.evaluate import check_activations, perplexity
+from slimgpt.evaluate import calibration_loss, check_activations
 from slimgpt.methods import MethodOptions
 from slimgpt.model import LlamaForCausalLM, rope_cos_sin
 from slimgpt.ops import resolve_backend
@@ -226,8 +226,7 @@ def choose_plan(cfg, model, calib: torch.Tensor, s: PruneSettings, method, log=N
     for c in cands:
         t0, trial = time.perf_counter(), copy.deepcopy(model)
         prune_model(trial, calib, s, log=lambda m: None, progress=False, plan=(c.ratios, c.plans))
-        losses.append(perplexity(trial, calib.reshape(-1), calib.shape[1],
-                                 batch_tokens=s.batch_size * calib.shape[1])["nll"])
+        losses.append(calibration_loss(trial, calib, s.batch_size))
         del trial
         log(f"schedule {s.schedule}: candidate {c.label}: calibration loss {losses[-1]:.4f} "
             f"({time.perf_counter() - t0:.1f} s)")
