@@ -48,6 +48,8 @@ SEEDS = (0, 1, 2)
 CALIB = (32, 256)           # the study's default calibration: windows x tokens
 # recovery rows (slimgpt.finetune): LoRA distilled from the dense model, sized for a shared 2-core CPU
 LORA = {"steps": 60, "rank": 8, "lr": 1e-3, "batch": 2, "seqlen": 512, "teacher": "dense"}
+# the same recipe with 4x the steps (245,760 tokens): about half an hour of a 2-core CPU
+LORA_LONG = {**LORA, "steps": 240}
 
 # variant -> (PruneSettings overrides, extra): extra may hold "calib" (n, T), "finetune" (dict),
 # "paper" (True: the published method and settings) and "doc" (what the row tests).
@@ -90,6 +92,13 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
                                     "paper's head counts)"}),
     "slimgpt/c128x2048": ({"method": "slimgpt"}, {"calib": (128, 2048), "doc": "the paper's calibration scale: "
                                                                               "128 x 2048 C4 tokens"}),
+    "slimgpt/flap-plan/c128x2048": ({"method": "slimgpt", "schedule": "flap"},
+                                    {"calib": (128, 2048), "doc": "SlimGPT OBS with FLAP's per-layer counts at the "
+                                                                  "paper's calibration scale: 128 x 2048 C4 tokens"}),
+    "slimgpt/flap-plan/c16x2048+lora-long": ({"method": "slimgpt", "schedule": "flap"},
+                                             {"calib": (16, 2048), "finetune": LORA_LONG,
+                                              "doc": "SlimGPT with FLAP's counts, 16 x 2048 calibration, then LoRA "
+                                                     "recovery with 4x the steps"}),
     # LoRA recovery (slimgpt finetune) after pruning
     "slimgpt+lora": ({"method": "slimgpt"}, {"finetune": LORA, "doc": "SlimGPT, then LoRA recovery"}),
     "flap+lora": ({"method": "flap"}, {"finetune": LORA, "doc": "FLAP, then LoRA recovery"}),
@@ -128,8 +137,11 @@ def queue() -> list[tuple[str, float, int]]:
     q += [("auto", 0.2, 0)]
     q += [("slimgpt/align32-ffn", r, s) for s in SEEDS for r in (0.2, 0.5)]
     q += [(v, r, s) for r in (0.1, 0.4, 0.6) for s in SEEDS[1:] for v in alloc]
-    # 4. the paper's calibration scale, then the older rows
-    q += [("slimgpt/c128x2048", 0.2, 0)]
+    # 4. the paper's calibration scale (log and FLAP's counts at 20%, log at 50%: the best
+    #    allocation there), the recovery rows on the best 20% configuration, then the older rows
+    q += [("slimgpt/c128x2048", 0.2, 0), ("slimgpt/flap-plan/c128x2048", 0.2, 0), ("slimgpt/c128x2048", 0.5, 0)]
+    q += [(v, 0.2, 0) for v in ("slimgpt/flap-plan/c16x2048", "slimgpt/flap-plan/c16x2048+lora",
+                                "slimgpt/flap-plan/c16x2048+lora-long")]
     q += [(v, r, 0) for r in (0.2, 0.5) for v in ("flap", "wanda-sp")]
     seen, out = set(), []
     for item in q:
@@ -204,7 +216,7 @@ def run_row(variant, ratio, seed, base, tok, ids, calib_cache, args) -> dict:
                    layer_errors=[[r.get("attn_error"), r.get("ffn_error")] for r in res.layers])
     ft = extra.get("finetune")
     if ft:
-        base_key = key(variant.replace("+lora", ""), ratio, seed)
+        base_key = key(variant.split("+")[0], ratio, seed)
         before = args.data["results"].get(base_key)
         if before is None:
             t1 = time.time()
