@@ -1,22 +1,25 @@
-"""Quality study on the real model: SlimGPT, its data-driven schedule and recovery, the baselines.
+"""Quality study on the real model: SlimGPT's allocations (the log schedule, FLAP's counts),
+calibration scale and recovery, and the baselines.
 
 Every row of the study is one *configuration* (a variant, a target ratio, a calibration seed),
 keyed "variant@ratio#sSEED" (e.g. "slimgpt@0.2#s1"). The queue below lists them in order of
-value: the measurement rows with three seeds first, then the hypotheses for FLAP's lead, then
-the data-driven schedule, bias compensation and LoRA recovery, then the ratio sweep and the
-paper's ablations. Each finished configuration is cached in a JSON file, so an interrupted run
+value: the allocation grid with three seeds first, then the cost of --align, the paper's
+calibration scale and LoRA recovery, then the older rows. Each finished configuration is cached in a JSON file, so an interrupted run
 resumes where it stopped (nohup it, kill it, start it again); `--only` picks configurations by
 glob, so every row is one command:
 
     python benchmarks/study.py                               # the whole queue, resumable
     python benchmarks/study.py --list                        # the queue and what is cached
     python benchmarks/study.py --only 'slimgpt@0.2#s1'       # one row
-    python benchmarks/study.py --only 'auto*@0.5#*'          # a glob
+    python benchmarks/study.py --only 'slimgpt*@0.5#*'       # a glob
     python benchmarks/study_report.py                        # re-render docs/study.md from the cache
+
+The committed rows of the variants "auto/t0.5" and "auto" were made by `--schedule auto`, removed
+after this study (docs/study.md says why); they run at commit 10a61b2, the last that has it.
 
 Not part of the default test run. Everything goes through the project's own code: the
 `smollm2-135m` loader, `slimgpt.textdata` calibration windows, `slimgpt.pipeline.prune_model`
-with the method registry (`slimgpt.methods`), `slimgpt.autoschedule` (schedule="auto"),
+with the method registry (`slimgpt.methods`) and schedules (`slimgpt.schedules`),
 `slimgpt.finetune` (LoRA recovery) and `slimgpt.evaluate.perplexity`.
 """
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import study_report as R  # noqa: E402
 
-from slimgpt.evaluate import calibration_loss, perplexity  # noqa: E402
+from slimgpt.evaluate import perplexity  # noqa: E402
 from slimgpt.loaders import load_model  # noqa: E402
 from slimgpt.pipeline import PruneSettings, prune_model  # noqa: E402
 from slimgpt.textdata import calibration_windows, wikitext2_tokens  # noqa: E402
@@ -79,11 +82,6 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "slimgpt/c128x512": ({"method": "slimgpt"}, {"calib": (128, 512), "doc": "128 x 512 calibration tokens"}),
     "slimgpt/c64x2048": ({"method": "slimgpt"}, {"calib": (64, 2048), "doc": "64 x 2048 calibration tokens"}),
     "slimgpt/c16x2048": ({"method": "slimgpt"}, {"calib": (16, 2048), "doc": "16 x 2048 calibration tokens"}),
-    # the allocation search (--schedule auto): its candidates t = 0 (log), 0.5, 1 (FLAP's counts)
-    "auto/t0.5": ({"method": "slimgpt", "schedule": "auto", "method_options": {"auto": {"blends": [0.5]}}},
-                  {"doc": "the auto schedule's middle candidate: half the log schedule, half FLAP's counts"}),
-    "auto": ({"method": "slimgpt", "schedule": "auto"},
-             {"doc": "--schedule auto run end to end (its choice is derived from the candidate rows too)"}),
     "slimgpt/align32": ({"method": "slimgpt", "align": 32},
                         {"doc": "the log schedule with --align 32 (the CLI default; kept FFN widths a multiple "
                                 "of 32, balanced heads)"}),
@@ -122,19 +120,17 @@ def queue() -> list[tuple[str, float, int]]:
     """(variant, ratio, seed) in priority order (the CPU budget decides how far it gets). Workers
     re-read this before every row."""
     ratios = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-    alloc = ("slimgpt", "slimgpt/flap-plan", "auto/t0.5")       # the auto schedule's candidates t = 0, 1, 0.5
+    alloc = ("slimgpt", "slimgpt/flap-plan")       # the log schedule and FLAP's counts
     q = [("dense", 0.0, 0)]
-    # 1. the allocation grid: log, FLAP's counts and their blend at every ratio, seed 0 first
+    # 1. the allocation grid: log and FLAP's counts at every ratio, seed 0 first
     q += [(v, r, 0) for r in ratios for v in alloc]
     # 2. the quality cost of --align 32 (the CLI default) paired with the log rows, the grid's
     #    seeds at 20% and 50%
     q += [("slimgpt/align32", r, 0) for r in (0.2, 0.5)]
     q += [(v, r, s) for s in SEEDS[1:] for r in (0.2, 0.5) for v in alloc]
     q += [("slimgpt/align32", r, s) for s in SEEDS[1:] for r in (0.2, 0.5)]
-    # 3. the seeds at 30% (where auto's choice is closest), auto end to end (checks the derived
-    #    choice), then the rest of the grid's seeds
+    # 3. the rest of the grid's seeds
     q += [(v, 0.3, s) for s in SEEDS[1:] for v in alloc]
-    q += [("auto", 0.2, 0)]
     q += [("slimgpt/align32-ffn", r, s) for s in SEEDS for r in (0.2, 0.5)]
     q += [(v, r, s) for r in (0.1, 0.4, 0.6) for s in SEEDS[1:] for v in alloc]
     # 4. the paper's calibration scale (log and FLAP's counts at 20%, log at 50%: the best
@@ -175,8 +171,6 @@ def command(variant: str, ratio: float, seed: int) -> str:
             cmd += f" --gqa {over['gqa']}"
         if "percdamp" in over:
             cmd += f" --percdamp {over['percdamp']:g}"
-        if over.get("method_options", {}).get("auto", {}).get("blends"):
-            cmd += " --auto-blends " + " ".join(f"{t:g}" for t in over["method_options"]["auto"]["blends"])
         cmd += f" --align {over.get('align', 1)}"          # the study's rows are exact counts unless named
         if over.get("align_heads") is False:
             cmd += " --align-ffn-only"
@@ -211,7 +205,6 @@ def run_row(variant, ratio, seed, base, tok, ids, calib_cache, args) -> dict:
         row.update(prune_s=time.time() - t1, ratios=sm["ratios"], pruned_params=sm["pruned_params"],
                    target_pruned_params=sm["target_pruned_params"],
                    pruned_fraction_of_prunable=sm["pruned_fraction_of_prunable"],
-                   schedule_search=sm.get("schedule_search"),
                    calibration_loss=calibration_loss(model, calib, s.batch_size),
                    layer_errors=[[r.get("attn_error"), r.get("ffn_error")] for r in res.layers])
     ft = extra.get("finetune")
@@ -283,6 +276,12 @@ def _reload() -> dict:
 
 def release(cache: Path, k: str) -> None:
     (cache.parent / "claims" / (k.replace("/", "_").replace("#", "_") + ".pid")).unlink(missing_ok=True)
+
+
+def calibration_loss(model, calib: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token loss of the pruned `model` on its own calibration windows (N × T): the
+    in-sample score the removed `--schedule auto` ranked its candidates by (docs/study.md)."""
+    return perplexity(model, calib.reshape(-1), calib.shape[1], batch_tokens=batch_size * calib.shape[1])["nll"]
 
 
 def _ppl(model, ids, seqlen, args) -> float:

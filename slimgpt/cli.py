@@ -24,7 +24,6 @@ import torch
 
 from slimgpt import distributed
 from slimgpt.align import CLI_DEFAULT
-from slimgpt.autoschedule import BLENDS
 from slimgpt.evaluate import wikitext2_perplexity
 from slimgpt.export.cli import add_export_subcommand
 from slimgpt.export.cli import run as run_export
@@ -61,8 +60,7 @@ def cmd_prune(a):
                       first=a.first, last=a.last, n_samples=a.nsamples, seqlen=a.seqlen, seed=a.seed, gqa=a.gqa,
                       method=a.method, percdamp=a.percdamp, backend=a.backend, batch_size=a.batch_size,
                       hit_target=not a.no_target, gcd=not a.no_gcd, compensate=not a.no_compensation,
-                      method_options=dict({"group_sizes": a.fixed_group} if a.fixed_group is not None else {},
-                                          **({"auto": {"blends": a.auto_blends}} if a.auto_blends else {})),
+                      method_options={"group_sizes": a.fixed_group} if a.fixed_group is not None else {},
                       device=distributed.rank_device(a.device),
                       bias_compensation=True if a.bias_compensation else None,
                       align=a.align if a.align is not None else default_align(a.schedule, a.method),
@@ -170,10 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ratio", type=float, default=None,
                     help="global target: fraction of prunable decoder parameters (default 0.2)")
     pr.add_argument("--schedule", default="log", choices=list(SCHEDULES), help="per-layer ratio schedule (IPR; default log); beyond the paper: flap (FLAP's per-layer "
-                    "counts) and auto (log, flap or a blend, whichever prunes to the lowest calibration loss)")
-    pr.add_argument("--auto-blends", type=float, nargs="+", default=None, metavar="T",
-                    help=f"--schedule auto: the blends t (0: log, 1: flap) it tries (default "
-                         f"{' '.join(f'{t:g}' for t in BLENDS)}); one value prunes that blend directly")
+                    "counts; better than log at 10%% on SmolLM2, worse from 30%%: docs/study.md)")
     pr.add_argument("--first", type=float, default=None, help="explicit first-layer ratio (instead of --ratio)")
     pr.add_argument("--last", type=float, default=None, help="explicit last-layer ratio (with --first)")
     pr.add_argument("--nsamples", type=_positive_int, default=64, help="calibration windows (default 64)")
@@ -194,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--align", type=_positive_int, default=None, metavar="N",
                     help=f"keep a multiple of N FFN channels per layer and equal query heads per KV head, so the "
                          f"model runs faster than dense in llama.cpp (slimgpt/align.py, docs/inference.md; default "
-                         f"{CLI_DEFAULT}, 1 with --schedule auto|flap or --method flap); --align 1: the paper's exact counts")
+                         f"{CLI_DEFAULT}, 1 with --schedule flap or --method flap); --align 1: the paper's exact counts")
     pr.add_argument("--align-ffn-only", action="store_true",
                     help="with --align N: align the FFN widths only and keep the paper's head counts (better "
                          "quality, but uneven query->KV groups that llama.cpp runs slower; docs/inference.md)")

@@ -13,7 +13,7 @@ calibration samples, and the rule that keeps a failing rank from leaving the oth
 - `selection`: the method runs on rank 0 only; its result (the compensated weight, the pruned
   indices and the log info) is broadcast, so every rank holds bit-for-bit the same pruned layer
   without relying on the backend being deterministic across processes.
-- whole-model plans (FLAP's `plan`, `--schedule auto`) run on rank 0 over all N windows and are
+- whole-model plans (FLAP's `plan`, `--schedule flap`) run on rank 0 over all N windows and are
   broadcast (`broadcast_object`).
 
 Failure rule: every collective step starts with `check()`, an all_reduce of a 0/1 flag. A rank

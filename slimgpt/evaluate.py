@@ -117,12 +117,6 @@ def perplexity(model, tokens: torch.Tensor, seqlen: int = 128, max_tokens: int |
             "seconds": time.perf_counter() - t0}
 
 
-def calibration_loss(model, calib: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token loss of `model` on the calibration windows `calib` (N × T), batch_size
-    windows at a time: the score --schedule auto ranks its candidates by (pipeline.choose_plan)."""
-    return perplexity(model, calib.reshape(-1), calib.shape[1], batch_tokens=batch_size * calib.shape[1])["nll"]
-
-
 def wikitext2_perplexity(model, tokenizer, seqlen: int = 128, max_tokens: int | None = None,
                          progress: bool = False) -> dict:
     from slimgpt.textdata import wikitext2_tokens

@@ -30,7 +30,6 @@ of rows and columns in shrink.py. This file is the data path.
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ import torch
 
 from slimgpt import align, distributed, gqa, methods, schedule, schedules
 from slimgpt.activations import Resident
-from slimgpt.evaluate import calibration_loss, check_activations
+from slimgpt.evaluate import check_activations
 from slimgpt.methods import MethodOptions
 from slimgpt.model import LlamaForCausalLM, rope_cos_sin
 from slimgpt.ops import resolve_backend
@@ -55,7 +54,7 @@ planned_heads = gqa.planned_heads
 @dataclass
 class PruneSettings:
     ratio: float | None = 0.2          # global target: fraction of prunable decoder parameters
-    schedule: str = "log"               # a name in schedules.SCHEDULES (IPR strategies, auto, flap)
+    schedule: str = "log"               # a name in schedules.SCHEDULES (IPR strategies, flap)
     first: float | None = None          # explicit first/last ratios instead of a target
     last: float | None = None
     ratios: list | None = None          # explicit per-layer ratios (instead of a schedule)
@@ -102,8 +101,6 @@ class PruneSettings:
             raise PruneError("--last needs --first")
         if self.first is not None and self.ratio is not None:
             raise PruneError("give either --ratio or --first/--last, not both (ratio=None with first)")
-        if "auto" in self.method_options and self.schedule != "auto":
-            raise PruneError(f"--auto-blends needs --schedule auto, not --schedule {self.schedule}")
         g = self.method_options.get("group_sizes")
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
             raise PruneError("--fixed-group must be a positive group size")
@@ -162,7 +159,6 @@ class Job:
     prunable: int
     run: _Run
     t_start: float
-    search: dict | None = None      # a searched schedule's choice and every candidate's loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,14 +166,13 @@ class Job:
 
 @torch.no_grad()
 def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSettings,
-                log=None, progress: bool = True, comm=distributed.LOCAL, plan: tuple | None = None) -> PruneResult:
+                log=None, progress: bool = True, comm=distributed.LOCAL) -> PruneResult:
     """Prune `model` in place with calibration token windows `calib` (N × T int64). With a
-    distributed `comm`, this rank forwards only its shard of the windows (distributed.py).
-    `plan` = (ratios, LayerPlans) given instead of the schedule's."""
+    distributed `comm`, this rank forwards only its shard of the windows (distributed.py)."""
     settings.validate()
     check_calibration(calib, model, allow_long_context=True)   # the caller decides about the context
     model.to(torch.device(settings.device))
-    job = setup(model.config, model, calib, settings, comm=comm, saved=plan, log=log)
+    job = setup(model.config, model, calib, settings, comm=comm)
     params_before = model.num_parameters()
     X = Resident(embed_calibration(model.embed, comm.shard(calib), settings))   # one layer boundary
     records = prune_layers(job, lambda i: model.model.layers[i], X, log=log, progress=progress)
@@ -190,18 +185,17 @@ def prune_model(model: LlamaForCausalLM, calib: torch.Tensor, settings: PruneSet
 
 
 def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=distributed.LOCAL,
-          saved: tuple | None = None, log=None) -> Job:
-    """Per-layer ratios and plan (choose_plan, on rank 0 over all windows; `saved` = (ratios, plan)
-    of a resumed run or given by the caller), the target, the method options, the RoPE tables and
-    the budget. `model` is only read (or copied) by whole-model plans."""
+          saved: tuple | None = None) -> Job:
+    """Per-layer ratios and plan (the schedule's, on rank 0 over all windows; `saved` = (ratios,
+    plan) of a resumed run), the target, the method options, the RoPE tables and the budget.
+    `model` is only read, by whole-model plans."""
     s, t_start = settings, time.perf_counter()
     s.validate()
     method, dev, L = methods.METHODS[s.method], torch.device(s.device), cfg.num_hidden_layers
     if s.ratios is not None and len(s.ratios) != L:
         raise PruneError(f"{len(s.ratios)} per-layer ratios for a model of {L} layers")
-    search = None
     if saved is None:
-        saved, search = comm.broadcast_object(choose_plan(cfg, model, calib, s, method, log) if comm.is_root else None)
+        saved = comm.broadcast_object(schedules.plan(cfg, model, calib, s, method) if comm.is_root else None)
     ratios, plan = saved
     prunable = sum(schedule.prunable_params(cfg, i) for i in range(L))
     explicit = s.ratios is not None or s.first is not None
@@ -211,30 +205,7 @@ def setup(cfg, model, calib: torch.Tensor, settings: PruneSettings, *, comm=dist
                             gcd=s.gcd, compensate=s.compensate, extra=dict(s.method_options))
     cos, sin = rope_cos_sin(calib.shape[1], cfg.head_dim, cfg.rope_theta, dev, torch.float32, cfg.rope_scaling)
     run = _Run(s, method, options, cos, sin, Budget(cfg, ratios, plan, target, s.align), comm)
-    return Job(s, cfg, ratios, plan, target, prunable, run, t_start, search)
-
-
-def choose_plan(cfg, model, calib: torch.Tensor, s: PruneSettings, method, log=None) -> tuple:
-    """((ratios, plans), search) of settings `s`: the schedule's plan, or, when it proposes several
-    (schedule.Schedule.candidates, e.g. --schedule auto), the one whose prune of a copy of `model`
-    leaves the lowest mean next-token loss on the calibration windows (ties: the earlier one).
-    `search` records every candidate's loss and the choice (None for a single plan)."""
-    cands = schedules.candidates(cfg, model, calib, s, method)
-    if len(cands) == 1:
-        return (cands[0].ratios, cands[0].plans), None
-    losses, log = [], log or (lambda msg: print(msg, file=sys.stderr))
-    for c in cands:
-        t0, trial = time.perf_counter(), copy.deepcopy(model)
-        prune_model(trial, calib, s, log=lambda m: None, progress=False, plan=(c.ratios, c.plans))
-        losses.append(calibration_loss(trial, calib, s.batch_size))
-        del trial
-        log(f"schedule {s.schedule}: candidate {c.label}: calibration loss {losses[-1]:.4f} "
-            f"({time.perf_counter() - t0:.1f} s)")
-    best = min(range(len(cands)), key=lambda k: losses[k])
-    search = {"chosen": cands[best].label, **(cands[best].info or {}),
-              "candidates": [{"label": c.label, **(c.info or {}), "calibration_loss": loss}
-                             for c, loss in zip(cands, losses)]}
-    return (cands[best].ratios, cands[best].plans), search
+    return Job(s, cfg, ratios, plan, target, prunable, run, t_start)
 
 
 def embed_calibration(embed, calib: torch.Tensor, s: PruneSettings, into=None) -> torch.Tensor | None:
@@ -287,7 +258,6 @@ def summarize(job: Job, records: list, params_before: int, params_after: int, ca
         "channels_kept": [r["channels_kept"] for r in records],
         "seconds": time.perf_counter() - job.t_start,
         "calibration": {"n_samples": calib_shape[0], "seqlen": calib_shape[1], "seed": s.seed},
-        **({"schedule_search": job.search} if job.search else {}),
     }
 
 

@@ -182,7 +182,6 @@ def manifest(src, s, summary, records, calibration, report) -> dict:
             "source_dtype": src.source_dtype, "compute_dtype": "float32",
             "params_before": summary["params_before"], "params_after": summary["params_after"],
             "prune_seconds": summary["seconds"], "layers": records,
-            **({"schedule_search": summary["schedule_search"]} if "schedule_search" in summary else {}),
             "eval": {k: report[k] for k in ("dense", "pruned") if k in report}}
 
 

@@ -56,15 +56,11 @@ class Schedule:
     the summary and the manifest; the Budget re-apportions FFN channels in proportion to m_i · r_i)
     and a LayerPlan per layer. `model` is the dense model (None on a resumed streamed run, which
     reads its saved plan); `method` the run's Method, whose own whole-model plan a schedule may
-    follow (a ratio schedule does). A schedule that proposes several plans overrides `candidates`
-    instead; the pipeline prunes each on a copy and keeps the lowest calibration loss
-    (pipeline.choose_plan). needs_whole_model: the plan reads or copies the whole model at once, so
-    a streamed run cannot make it. whole_model_plan: the plan sets every layer's counts itself, so
+    follow (a ratio schedule does). whole_model_plan: the plan sets every layer's counts itself, so
     the Budget and --align do not shape them.
     """
 
     name: str = ""
-    needs_whole_model: bool = False
     whole_model_plan: bool = False      # sets every layer's counts itself (no per-layer budget, no --align)
 
     def plan(self, cfg, model, calib, settings, method) -> tuple[list, list]:
@@ -72,10 +68,6 @@ class Schedule:
 
     def validate(self, settings) -> None:
         """Refuse settings this schedule cannot plan (PruneError), before any work is done."""
-
-    def candidates(self, cfg, model, calib, settings, method) -> list[Candidate]:
-        """The plans to choose from: this schedule's one plan."""
-        return [Candidate("", *self.plan(cfg, model, calib, settings, method))]
 
 
 @dataclass
@@ -85,16 +77,6 @@ class LayerPlan:
     heads: int
     kv_heads: int = 0
     channels: int | None = None
-
-
-@dataclass
-class Candidate:
-    """One plan a schedule proposes: a label, the per-layer ratios and LayerPlans, and what the
-    manifest should record of it (e.g. the auto schedule's blend t)."""
-    label: str
-    ratios: list
-    plans: list
-    info: dict | None = None
 
 
 class Budget:

@@ -3,16 +3,13 @@
     log, linear, uniform,     the Incremental Pruning Ratio (spec §5.2, Eq. 6): a ratio per layer
     log-decrease, ...         from a formula; heads rounded as published, channels by the Budget
     flap                      FLAP's per-layer counts (its global threshold, methods/flap.py)
-    auto                      the log schedule, FLAP's counts or a blend, whichever prunes to the
-                              lowest calibration loss (autoschedule.py, beyond the paper)
 
-Each entry is a `schedule.Schedule`; the pipeline calls `candidates` and never names one. A
+Each entry is a `schedule.Schedule`; the pipeline calls `plan` and never names one. A
 schedule of your own: subclass `Schedule` and `register(MySchedule())`.
 """
 from __future__ import annotations
 
 from slimgpt import align, gqa, reference
-from slimgpt.autoschedule import AutoSchedule
 from slimgpt.methods import METHODS, Method
 from slimgpt.methods.flap import FLAPSchedule
 from slimgpt.schedule import LayerPlan, Schedule, layer_ratios
@@ -42,7 +39,7 @@ def layer_counts(cfg, i: int, r: float, s) -> LayerPlan:
 
 
 SCHEDULES: dict[str, Schedule] = {s.name: s for s in (RatioSchedule(n) for n in reference.ipr.STRATEGIES)}
-SCHEDULES.update(auto=AutoSchedule(SCHEDULES["log"]), flap=FLAPSchedule())
+SCHEDULES.update(flap=FLAPSchedule())
 
 
 def register(schedule: Schedule) -> None:
@@ -60,12 +57,12 @@ def chosen(s) -> Schedule:
     return SCHEDULES[s.schedule]
 
 
-def candidates(cfg, model, calib, s, method) -> list:
-    """The plans settings `s` propose (Schedule.candidates; one for every schedule but auto)."""
-    return chosen(s).candidates(cfg, model, calib, s, method)
+def plan(cfg, model, calib, s, method) -> tuple[list, list]:
+    """(ratios, plans) of settings `s`: the chosen schedule's plan."""
+    return chosen(s).plan(cfg, model, calib, s, method)
 
 
-__all__ = ["SCHEDULES", "RatioSchedule", "Schedule", "candidates", "chosen", "layer_counts", "register"]
+__all__ = ["SCHEDULES", "RatioSchedule", "Schedule", "chosen", "layer_counts", "plan", "register"]
 
 
 def whole_model_plan(schedule: str, method_name: str) -> bool:

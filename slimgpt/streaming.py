@@ -32,8 +32,7 @@ the same bytes. At the end out/ is renamed to --out (paths.replace_folder) and t
 removed; nothing half-written is ever at --out.
 
 Whole-model plans: FLAP's plan streams (a LazyModel facade loads each layer on access, one
-extra pass); `--schedule auto` prunes copies of the whole model, so streaming refuses it with
-one line. What this is not: the algebra (ops),
+extra pass). What this is not: the algebra (ops),
 the loop (pipeline.py) or the command line (cli.py).
 """
 from __future__ import annotations
@@ -49,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from slimgpt import activations, distributed, paths, schedules
+from slimgpt import activations, distributed, paths
 from slimgpt.evaluate import NonFiniteError, logits_problem
 from slimgpt.model import LlamaConfig, param_count, rope_cos_sin
 from slimgpt.pipeline import (LayerPlan, PruneError, PruneSettings, embed_calibration, prune_layers, setup,
@@ -382,9 +381,6 @@ def prune_streaming(src, calib: torch.Tensor, settings: PruneSettings, opts: Str
     opts.out. Returns the result and a Finisher that writes the rest and moves it to opts.out."""
     s, cfg = settings, src.config
     s.validate()
-    if schedules.chosen(s).needs_whole_model:
-        raise PruneError(f"--schedule {s.schedule} needs the whole model in memory (it prunes copies of it); "
-                         f"it is not available with --stream or --resume")
     if not s.shrink:
         raise PruneError("streaming writes each layer physically shrunk; shrink=False needs the in-memory pipeline")
     log = log or (lambda m: None)

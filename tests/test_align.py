@@ -100,15 +100,15 @@ def test_ffn_only_alignment_keeps_the_papers_heads():
     assert head_mode("query", 9, 3, 32, balance=False) == "query"
 
 
-@pytest.mark.parametrize("kw", [dict(align=0), dict(align=-3), dict(align=8, schedule="auto"),
-                                dict(align=8, schedule="flap"), dict(align=8, method="flap"),
+@pytest.mark.parametrize("kw", [dict(align=0), dict(align=-3), dict(align=8, schedule="flap"),
+                                dict(align=8, method="flap"),
                                 dict(align=1, align_heads=False), dict(align=8, align_heads="no")])
 def test_bad_align_settings(kw):
     with pytest.raises(PruneError, match="--align"):
         PruneSettings(ratio=0.2, **kw).validate()
 
 
-@pytest.mark.parametrize("argv,align", [([], 32), (["--align", "1"], 1), (["--schedule", "auto"], 1)])
+@pytest.mark.parametrize("argv,align", [([], 32), (["--align", "1"], 1), (["--schedule", "flap"], 1)])
 def test_cli_default_align(tmp_path, argv, align):
     """`slimgpt prune` aligns to 32 unless told otherwise; whole-model plans keep exact counts."""
     from slimgpt.cli import main

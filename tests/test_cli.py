@@ -322,11 +322,11 @@ def test_prune_carries_the_tokenizer_metadata(tmp_path, capsys):
     assert main(["generate", str(out), "hello", "--chat", "--max-new-tokens", "3", "--quiet"]) == 0
 
 
-def test_auto_blends_reach_the_schedule(tmp_path):
-    """docs/study.md's blend rows of --schedule auto are CLI commands (issue 19)."""
-    out = tmp_path / "o"
-    rc = main(["prune", "--model", "tiny-llama", "--ratio", "0.3", "--schedule", "auto", "--auto-blends", "0.5",
-               "--nsamples", "4", "--seqlen", "16", "--eval-tokens", "0", "--out", str(out), "--quiet"])
-    assert rc == 0
-    man = json.loads((out / "manifest.json").read_text())
-    assert man["settings"]["method_options"]["auto"] == {"blends": [0.5]}
+@pytest.mark.parametrize("argv", [["--schedule", "auto"], ["--auto-blends", "0.5"]])
+def test_the_removed_auto_schedule_is_one_clear_error(tmp_path, capsys, argv):
+    """--schedule auto failed issue 21's bar and was removed (docs/study.md): asking for it is a
+    usage error naming the schedules there are, and nothing is written."""
+    with pytest.raises(SystemExit) as e:
+        main(["prune", "--model", "tiny-llama", "--ratio", "0.3", "--out", str(tmp_path / "o"), *argv])
+    assert e.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

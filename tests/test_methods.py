@@ -361,3 +361,22 @@ def test_flap_schedule_gives_any_method_flaps_per_layer_counts(method):
     assert abs(sm["pruned_params"] - sm["target_pruned_params"]) <= P.param_costs(tiny_model("tiny-gqa").config)["channel"]
     with pytest.raises(PruneError, match="--schedule flap"):
         quiet_prune(tiny_model("tiny-gqa"), calib, ratio=0.4, schedule="flap", gqa="balanced")
+
+
+@pytest.mark.parametrize("name,gqa,ratio", [
+    ("tiny-gqa", "query", 0.2), ("tiny-gqa", "group", 0.5), ("tiny-llama", "query", 0.3),
+    ("tiny-hetero", "query", 0.4), ("tiny-qwen2", "query", 0.5),
+])
+def test_flap_schedule_meets_the_budget_on_every_architecture(name, gqa, ratio):
+    """--schedule flap with SlimGPT's selection removes the target within one FFN channel, keeps
+    at least one head and channel per layer and, under --gqa group, whole KV groups."""
+    m = tiny_model(name)
+    res = quiet_prune(m, calibration_windows(byte_tokenizer(), 8, 32, 0), ratio=ratio, gqa=gqa, schedule="flap")
+    sm = res.summary
+    assert abs(sm["pruned_params"] - sm["target_pruned_params"]) <= P.param_costs(m.config)["channel"]
+    assert sm["params_after"] == sm["params_before"] - sm["pruned_params"]
+    for rec in res.layers:
+        assert rec["heads_kept"] >= 1 and rec["channels_kept"] >= 1
+        if gqa == "group":
+            rep = m.config.num_attention_heads // m.config.num_key_value_heads
+            assert len(rec["heads_pruned"]) == rep * len(rec["kv_pruned"])
