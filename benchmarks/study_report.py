@@ -330,7 +330,7 @@ def finetuned(variant: str) -> bool:
     return "lora" in variant
 
 
-def best_config(res: dict, r: float, accept) -> tuple:
+def best_config(res: dict, r: float, accept) -> tuple | None:
     """(variant, mean PPL@2048, seeds) of the lowest mean PPL@2048 at ratio r among the variants
     `accept` admits, or None."""
     means = {}
@@ -600,6 +600,7 @@ def auto_section(res: dict, dense2048, drawn: bool, status: str) -> list[str]:
 
 
 def verdict_section(res: dict, cells: list[dict], missing: list[str], dense2048) -> list[str]:
+    """Issue 21's bar, which schedule to use instead, the targets, and what auto's search cost."""
     return [
         "## Verdict",
         "",
@@ -682,7 +683,8 @@ def reproduce_section(res: dict, source: Path) -> list[str]:
         "```",
         "",
         "Each row records the CLI command that makes its model; a derived auto row has no key of its own (it is "
-        "computed from its three candidates' rows) and its command is `--schedule auto` at that ratio and seed. "
+        "computed from its three candidates' rows) and its command is `--schedule auto` at that ratio and seed, at "
+        f"commit {REMOVED_AT}. "
         + eval_note(res),
         "",
         *command_table(res),
