@@ -15,7 +15,10 @@ glob, so every row is one command:
     python benchmarks/study_report.py                        # re-render docs/study.md from the cache
 
 The committed rows of the variants "auto/t0.5" and "auto" were made by `--schedule auto`, removed
-after this study (docs/study.md says why); they run at commit 10a61b2, the last that has it.
+after this study (docs/study.md says why); they run at commit 10a61b2, the last that has it. Their
+`calibration_loss` (the pruned model's mean next-token loss on its own calibration windows, the
+score auto ranked its candidates by) was recorded by that commit's runner; later rows do not
+spend the extra pass on it.
 
 Not part of the default test run. Everything goes through the project's own code: the
 `smollm2-135m` loader, `slimgpt.textdata` calibration windows, `slimgpt.pipeline.prune_model`
@@ -205,7 +208,6 @@ def run_row(variant, ratio, seed, base, tok, ids, calib_cache, args) -> dict:
         row.update(prune_s=time.time() - t1, ratios=sm["ratios"], pruned_params=sm["pruned_params"],
                    target_pruned_params=sm["target_pruned_params"],
                    pruned_fraction_of_prunable=sm["pruned_fraction_of_prunable"],
-                   calibration_loss=calibration_loss(model, calib, s.batch_size),
                    layer_errors=[[r.get("attn_error"), r.get("ffn_error")] for r in res.layers])
     ft = extra.get("finetune")
     if ft:
@@ -276,12 +278,6 @@ def _reload() -> dict:
 
 def release(cache: Path, k: str) -> None:
     (cache.parent / "claims" / (k.replace("/", "_").replace("#", "_") + ".pid")).unlink(missing_ok=True)
-
-
-def calibration_loss(model, calib: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token loss of the pruned `model` on its own calibration windows (N × T): the
-    in-sample score the removed `--schedule auto` ranked its candidates by (docs/study.md)."""
-    return perplexity(model, calib.reshape(-1), calib.shape[1], batch_tokens=batch_size * calib.shape[1])["nll"]
 
 
 def _ppl(model, ids, seqlen, args) -> float:
