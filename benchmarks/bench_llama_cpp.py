@@ -67,15 +67,15 @@ def planned_shapes(cfg, ratio: float, align: str):
     exact under --align N > 1 (balanced heads: no KV head leaves); under --align 1 or Nf the KV heads
     the selection removes are unknown, so every KV head stays and the query heads leave one
     group at a time (uneven groups, as real prunes have)."""
+    from slimgpt import schedules
+    from slimgpt.methods import METHODS
     from slimgpt.pipeline import PruneSettings
-    from slimgpt.schedule import Budget, layer_ratios, prunable_params
-    from slimgpt.schedules import layer_counts
+    from slimgpt.schedule import Budget, prunable_params
 
     n, ffn_only = int(align.rstrip("f")), align.endswith("f")
     s = PruneSettings(ratio=ratio, align=n, align_heads=not ffn_only)
     L = cfg.num_hidden_layers
-    ratios = layer_ratios(L, ratio, s.schedule)
-    plan = [layer_counts(cfg, i, r, s) for i, r in enumerate(ratios)]
+    ratios, plan = schedules.plan(cfg, None, None, s, METHODS[s.method])     # the pipeline's own plan
     target = round(ratio * sum(prunable_params(cfg, i) for i in range(L)))
     budget = Budget(cfg, ratios, plan, target, n)
     heads, kvs, maps, ffn = [], [], [], []
