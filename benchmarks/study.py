@@ -4,9 +4,9 @@ calibration scale and recovery, and the baselines.
 Every row of the study is one *configuration* (a variant, a target ratio, a calibration seed),
 keyed "variant@ratio#sSEED" (e.g. "slimgpt@0.2#s1"). The queue below lists them in order of
 value: the allocation grid with three seeds first, then the cost of --align, the paper's
-calibration scale and LoRA recovery, then the older rows. Each finished configuration is cached in a JSON file, so an interrupted run
-resumes where it stopped (nohup it, kill it, start it again); `--only` picks configurations by
-glob, so every row is one command:
+calibration scale and LoRA recovery, then the older rows. Each finished configuration is cached
+in a JSON file, so an interrupted run resumes where it stopped (nohup it, kill it, start it
+again); `--only` picks configurations by glob, so every row is one command:
 
     python benchmarks/study.py                               # the whole queue, resumable
     python benchmarks/study.py --list                        # the queue and what is cached
